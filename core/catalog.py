@@ -1,0 +1,95 @@
+"""Catalog: what runs and exported models exist on disk, read without torch.
+
+Holds the layout of a run directory (run.json, log.jsonl, checkpoints/, tokenizer/), `read_log`, and
+summaries of runs and exported models for pickers and tables.
+
+Deliberately not here: writing any of these (the trainer and the exporter do), loading weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS_DIR = ROOT / "runs"
+EXPORTED_DIR = ROOT / "exported"
+
+RUN_FILE = "run.json"
+LOG_FILE = "log.jsonl"
+TOKENIZER_DIR = "tokenizer"
+CHECKPOINT_DIR = "checkpoints"
+CARD_FILE = "card.json"
+_STEP_FILE = re.compile(r"^step_(\d{8})\.safetensors$")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    name: str
+    path: Path
+    step: int                       # newest checkpoint's step (0 if none)
+    val_loss: float | None          # last eval in the log
+    val_bits_per_byte: float | None
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    name: str
+    path: Path
+    parameters: int | None
+    tokenizer: str | None
+    val_loss: float | None
+
+
+def read_log(run_dir: str | os.PathLike) -> list[dict]:
+    """Every record a run logged (lines cut short by a kill are skipped)."""
+    path = Path(run_dir) / LOG_FILE
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def checkpoint_steps(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(step, path) of every checkpoint file of a run, oldest first; temp files are ignored."""
+    d = Path(run_dir) / CHECKPOINT_DIR
+    if not d.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in d.iterdir() if (m := _STEP_FILE.match(p.name)))
+
+
+def list_runs(runs_dir: str | os.PathLike | None = None) -> list[RunSummary]:
+    d = Path(runs_dir or RUNS_DIR)
+    if not d.is_dir():
+        return []
+    out = []
+    for run in sorted(p for p in d.iterdir() if (p / RUN_FILE).is_file()):
+        evals = [r for r in read_log(run) if r.get("type") == "EvalResult"]
+        steps = checkpoint_steps(run)
+        last = evals[-1] if evals else {}
+        out.append(RunSummary(run.name, run, steps[-1][0] if steps else 0, last.get("val_loss"),
+                              last.get("val_bits_per_byte")))
+    return out
+
+
+def list_exported_models(exported_dir: str | os.PathLike | None = None) -> list[ModelSummary]:
+    d = Path(exported_dir or EXPORTED_DIR)
+    if not d.is_dir():
+        return []
+    out = []
+    for model in sorted(p for p in d.iterdir() if (p / CARD_FILE).is_file()):
+        try:
+            card = json.loads((model / CARD_FILE).read_text(encoding="utf-8"))
+        except ValueError:
+            continue   # a damaged card: the model is not offered rather than crashing a picker
+        out.append(ModelSummary(model.name, model, card.get("parameters", {}).get("total"),
+                                card.get("tokenizer", {}).get("name"), card.get("val_loss")))
+    return out

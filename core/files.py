@@ -1,0 +1,45 @@
+"""Files: writing that survives a kill, and names that cannot escape their folder.
+
+Holds `write_atomic` (temp file in the same folder, fsync, rename, fsync the folder: a reader sees the
+old file or the new one, never a torn one) and `resolve_inside` (a user-given name resolved under a
+base folder, refusing `../`, absolute paths and symlinks that lead out).
+
+Deliberately not here: what is written (checkpoints, tokenizers, datasets each own their format).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    # make the rename itself durable
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def resolve_inside(base: str | os.PathLike, name: str | os.PathLike) -> Path:
+    """`base / name`, resolved, or ValueError when it would lie outside `base`."""
+    root = Path(base).resolve()
+    target = (root / name).resolve()
+    if target != root and root not in target.parents:
+        raise ValueError(f"{str(name)!r} points outside {root}; use a plain name inside that folder")
+    return target

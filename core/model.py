@@ -1,0 +1,351 @@
+"""The model: a decoder-only GPT, configurable enough to compare its design choices.
+
+Holds `ModelConfig` and the modules of a GPT-2-style transformer (GPT-2 names throughout: wte, wpe,
+h, ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj, ln_f, lm_head), with a choice of
+positional encoding (learned | sinusoidal | rope) and norm (layernorm | rmsnorm), an optional KV cache,
+two attention paths (fused `scaled_dot_product_attention`, and an explicit one that also returns the
+attention probabilities of every layer and head), parameter counts and FLOPs per token.
+
+Deliberately not here: training loops and optimizers' schedules (`core.train`), tokenization, data,
+sampling strategies (`core.sampling`, numpy), export (`core.export`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+POS_ENCODINGS = ("learned", "sinusoidal", "rope")
+NORMS = ("layernorm", "rmsnorm")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 257       # the tokenizer's n_vocab (byte tokenizer: 256 bytes + <|endoftext|>)
+    block_size: int = 64        # context length: the longest sequence the model attends over
+    n_layer: int = 4            # transformer blocks; depth buys composition of features
+    n_head: int = 4             # attention heads per block; n_embd must divide evenly among them
+    n_embd: int = 128           # residual stream width
+    dropout: float = 0.0        # 0 for small data/short runs (nanoGPT's CPU recipe); 0.1-0.2 to fight overfitting
+    bias: bool = True           # biases in Linear and LayerNorm, as GPT-2; False is slightly faster
+    pos_encoding: str = "learned"   # learned (GPT-2) | sinusoidal (Vaswani 2017) | rope (Su 2021)
+    norm: str = "layernorm"     # layernorm (GPT-2) | rmsnorm (cheaper, LLaMA)
+    tie_embeddings: bool = True     # share wte with lm_head: fewer parameters, and GPT-2 does it
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.pos_encoding not in POS_ENCODINGS:
+            raise ValueError(f"pos_encoding must be one of {POS_ENCODINGS}, got {self.pos_encoding!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"rope needs an even head size, got n_embd/n_head = {self.n_embd // self.n_head}")
+        if not (0.0 <= self.dropout < 1.0):
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+# A layer's KV cache: (key, value), each (B, nh, T_past, hs).
+KVCache = tuple[torch.Tensor, torch.Tensor]
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd, eps=1e-5)
+    return nn.LayerNorm(config.n_embd, bias=config.bias)
+
+
+def sinusoidal_table(n_positions: int, dim: int) -> torch.Tensor:
+    """Vaswani et al. 2017: PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(...)."""
+    pos = torch.arange(n_positions, dtype=torch.float32)[:, None]
+    inv_freq = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    table = torch.zeros(n_positions, dim)
+    table[:, 0::2] = torch.sin(pos * inv_freq)
+    table[:, 1::2] = torch.cos(pos * inv_freq[: dim // 2])
+    return table
+
+
+def rope_tables(n_positions: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (n_positions, head_dim/2) of RoPE's rotation angles pos * base^(-2i/hs)."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(n_positions, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (..., hs) by its positions' angles, pairing dimension i with i + hs/2 (the
+    "rotate-half" layout of GPT-NeoX and LLaMA: a permutation of the paper's interleaved pairs, and
+    cheaper, since it needs no interleaving copy). cos and sin (..., hs/2) broadcast against x."""
+    half = x.size(-1) // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def causal_mask(t_query: int, t_key: int, device) -> torch.Tensor:
+    """Bottom-right aligned causal mask (t_query, t_key), True where attention is allowed.
+
+    With a KV cache the queries are the last t_query positions of t_key, so query i may see keys up
+    to t_key - t_query + i. (`is_causal=True` aligns top-left and is wrong once there is a cache.)
+    """
+    offset = t_key - t_query
+    q = torch.arange(t_query, device=device)[:, None]
+    k = torch.arange(t_key, device=device)[None, :]
+    return k <= q + offset
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        # key, query, value projections for all heads, in one matmul
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                past: KVCache | None = None, explicit: bool = False
+                ) -> tuple[torch.Tensor, KVCache, torch.Tensor | None]:
+        B, T, C = x.size()
+        hs = C // self.n_head
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, hs)           # (B, T, 3, nh, hs)
+        if rope is not None:
+            cos, sin = rope                                            # (T, hs/2) at these positions
+            # rotate q and k in one pass: (B, T, 2, nh, hs) against (T, 1, 1, hs/2)
+            q, k = apply_rope(qkv[:, :, :2], cos[:, None, None, :], sin[:, None, None, :]).unbind(2)
+        else:
+            q, k = qkv[:, :, 0], qkv[:, :, 1]
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), qkv[:, :, 2].transpose(1, 2)   # (B, nh, T, hs)
+        if past is not None:
+            k = torch.cat((past[0], k), dim=2)                           # (B, nh, T_past+T, hs)
+            v = torch.cat((past[1], v), dim=2)
+        present = (k, v)
+        T_k = k.size(2)
+        dropout_p = self.dropout if self.training else 0.0
+        probs = None
+        if explicit:
+            # the textbook path: softmax(q k^T / sqrt(hs) + mask) v, keeping the probabilities
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))   # (B, nh, T, T_k)
+            att = att.masked_fill(~causal_mask(T, T_k, x.device), float("-inf"))
+            probs = F.softmax(att, dim=-1)
+            y = F.dropout(probs, p=dropout_p, training=self.training) @ v       # (B, nh, T, hs)
+        elif past is None or T == 1:
+            # a single query over a cache may see every key, so no mask is needed there
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=past is None)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, T_k, x.device),
+                                               dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)   # re-assemble all head outputs side by side
+        return self.resid_dropout(self.c_proj(y)), present, probs
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")   # GPT-2's gelu_new, so weights port to GPT2LMHeadModel
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.ln_1 = make_norm(config)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = make_norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rope=None, past=None, explicit=False):
+        a, present, probs = self.attn(self.ln_1(x), rope, past, explicit)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, present, probs
+
+
+@dataclass
+class GPTOutput:
+    logits: torch.Tensor                       # (B, T, vocab) or (B, 1, vocab) when only the last is asked
+    loss: torch.Tensor | None = None           # mean cross-entropy in nats/token, when targets are given
+    present: list[KVCache] | None = None       # per layer (k, v) including this call's positions
+    attentions: list[torch.Tensor] | None = None   # per layer (B, nh, T, T_k), explicit path only
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=make_norm(config),
+        ))
+        if config.pos_encoding == "learned":
+            self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        elif config.pos_encoding == "sinusoidal":
+            self.register_buffer("pos_table", sinusoidal_table(config.block_size, config.n_embd),
+                                 persistent=False)
+        else:
+            cos, sin = rope_tables(config.block_size, config.head_dim)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2's scaled init of the projections into the residual stream: 0.02/sqrt(2 * n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module: nn.Module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                past: list[KVCache] | None = None, use_cache: bool = False,
+                return_attention: bool = False, last_only: bool = False) -> GPTOutput:
+        """idx (B, T) token ids, positions starting after `past`'s length.
+
+        targets (B, T): returns the mean cross-entropy (ids of -1 are ignored).
+        use_cache: return `present`, each layer's keys and values, to pass as `past` next time.
+        return_attention: take the explicit attention path and return every layer's probabilities.
+        last_only: compute logits for the last position only (generation; saves the head's matmul).
+        """
+        B, T = idx.size()
+        t_past = past[0][0].size(2) if past else 0
+        if t_past + T > self.config.block_size:
+            raise ValueError(f"cannot attend over {t_past + T} positions: the context length "
+                             f"(block_size) is {self.config.block_size}")
+        x = self.transformer.wte(idx)                          # (B, T, C)
+        rope = None
+        if self.config.pos_encoding == "learned":
+            pos = torch.arange(t_past, t_past + T, device=idx.device)
+            x = x + self.transformer.wpe(pos)                  # (T, C) broadcast over B
+        elif self.config.pos_encoding == "sinusoidal":
+            x = x + self.pos_table[t_past:t_past + T]
+        else:
+            rope = (self.rope_cos[t_past:t_past + T], self.rope_sin[t_past:t_past + T])
+        x = self.transformer.drop(x)
+        presents, attentions = [], []
+        for i, block in enumerate(self.transformer.h):
+            x, present, probs = block(x, rope, past[i] if past else None, return_attention)
+            if use_cache:
+                presents.append(present)
+            if return_attention:
+                attentions.append(probs)
+        x = self.transformer.ln_f(x)
+        if targets is not None:
+            logits = self.lm_head(x)                           # (B, T, vocab)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
+                                   ignore_index=-1)
+        else:
+            logits = self.lm_head(x[:, [-1], :] if last_only else x)
+            loss = None
+        return GPTOutput(logits, loss, presents if use_cache else None,
+                         attentions if return_attention else None)
+
+    # -- sizes ---------------------------------------------------------------------------------------
+    def count_parameters(self) -> dict[str, int]:
+        """total: every distinct parameter (a tied head counted once).
+        embedding: the token table wte, the learned positions wpe and an untied lm_head (vocabulary
+        and position matrices). non_embedding: the rest; Kaplan et al. (2020) fit their laws on this N.
+        """
+        return count_parameters(self.config)
+
+    def flops_per_token(self, seq_len: int | None = None, training: bool = True) -> float:
+        return flops_per_token(self.config, seq_len, training)
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Sample continuations with a KV cache (for training-time samples; the playground's full
+        decoding engine is numpy on the onnxruntime path). Slides the window at the context limit."""
+        was_training = self.training
+        self.eval()
+        past = None
+        inp = idx[:, -self.config.block_size:]
+        for _ in range(max_new_tokens):
+            if past is not None and past[0][0].size(2) + 1 > self.config.block_size:
+                past, inp = None, idx[:, -self.config.block_size:]   # window full: recompute
+            out = self(inp, past=past, use_cache=True, last_only=True)
+            past = out.present
+            logits = out.logits[:, -1, :].float()
+            if temperature == 0:
+                nxt = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = float("-inf")
+                nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+            idx = torch.cat((idx, nxt), dim=1)
+            inp = nxt
+        self.train(was_training)
+        return idx
+
+
+def count_parameters(config: ModelConfig) -> dict[str, int]:
+    """Parameter counts from the config alone (equal to counting a built model's tensors)."""
+    C, V, L = config.n_embd, config.vocab_size, config.n_layer
+    b = 1 if config.bias else 0
+    norm = C * (2 if config.norm == "layernorm" and config.bias else 1)
+    attn = C * 3 * C + b * 3 * C + C * C + b * C
+    mlp = C * 4 * C + b * 4 * C + 4 * C * C + b * C
+    non_embedding = L * (2 * norm + attn + mlp) + norm
+    embedding = V * C
+    if config.pos_encoding == "learned":
+        embedding += config.block_size * C
+    if not config.tie_embeddings:
+        embedding += V * C
+    return {"total": non_embedding + embedding, "embedding": embedding, "non_embedding": non_embedding}
+
+
+def flops_per_token(config: ModelConfig, seq_len: int | None = None, training: bool = True) -> float:
+    """FLOPs to process one token at context length seq_len (default block_size).
+
+    Forward = 2 per multiply-add of every matmul weight (the non-embedding matrices and the output
+    head, tied or not: the lookup of wte costs nothing, its use as lm_head does) plus attention's
+    q·k and p·v, 2 * 2 * n_layer * seq_len * n_embd. Training (forward + backward) is three times
+    the forward: 6N + 12 * n_layer * seq_len * n_embd (Kaplan et al. 2020; PaLM's appendix B).
+    """
+    T = config.block_size if seq_len is None else seq_len
+    matmul_params = count_parameters(config)["non_embedding"] + config.vocab_size * config.n_embd
+    forward = 2 * matmul_params + 4 * config.n_layer * T * config.n_embd
+    return 3 * forward if training else forward

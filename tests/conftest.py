@@ -1,0 +1,60 @@
+"""Shared fixtures: a generated corpus (no network, no borrowed text), tiny configs, few threads."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# Two threads fight each other on a 2-core machine shared with pytest itself; one is steadier.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def make_text(n_words: int = 40_000, seed: int = 0) -> str:
+    """A small synthetic language: a Zipf-ish word list, short sentences, line breaks. Enough
+    structure for a tiny model's loss to fall, and no one's copyrighted text."""
+    rng = random.Random(seed)
+    words = ["the", "a", "cat", "dog", "sat", "ran", "on", "mat", "and", "then", "slept", "big",
+             "small", "red", "house", "garden", "quickly", "slowly", "saw", "bird", "over", "under"]
+    weights = [1.0 / (i + 1) for i in range(len(words))]
+    lines, line = [], []
+    for _ in range(n_words):
+        line.append(rng.choices(words, weights)[0])
+        if rng.random() < 0.12:
+            lines.append(" ".join(line).capitalize() + ".")
+            line = []
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("corpus") / "tiny.txt"
+    p.write_text(make_text(), encoding="utf-8")
+    return p
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """A data directory of our own; tokenized caches land here, never in shared/."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "tinyshakespeare.txt").is_file():
+        pytest.skip("../shared/data/tinyshakespeare.txt is not present")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+    torch.set_num_threads(1)
+    yield
