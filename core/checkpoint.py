@@ -109,9 +109,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return Checkpoint(path, meta, tensors)
 
 
-def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """(step, path) of every checkpoint file in a run, oldest first (temp files ignored)."""
-    return checkpoint_steps(run_dir)
+# (step, path) of every checkpoint file in a run, oldest first; temp files are ignored
+list_checkpoints = checkpoint_steps
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Checkpoint | None:

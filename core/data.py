@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,7 +207,9 @@ def prepare_dataset(corpus: Corpus, tokenizer: Tokenizer, directory: str | os.Pa
     key = sha256_bytes(json.dumps([corpus.sha256, tokenizer.name, tokenizer.kind, tokenizer.n_vocab,
                                    tokenizer.meta.get("corpus_sha256"), tokenizer.meta.get("vocab_size"),
                                    _ranks_digest(tokenizer), val_fraction]).encode())[:16]
-    out = data_dir(directory) / "tokenized" / f"{tokenizer.name}-{key}"
+    # the name is only a readable prefix; a saved tokenizer's name could hold path separators
+    slug = re.sub(r"[^A-Za-z0-9_.-]", "_", tokenizer.name)[:40].lstrip(".") or "tok"
+    out = data_dir(directory) / "tokenized" / f"{slug}-{key}"
     meta_path = out / "meta.json"
     dtype = token_dtype(tokenizer.n_vocab)
     if not meta_path.is_file():

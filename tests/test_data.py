@@ -137,3 +137,10 @@ def test_corpus_shorter_than_the_context(tmp_path, data_dir):
     ds = prepare_dataset(read_text_file(p), byte_tokenizer(), data_dir)
     with pytest.raises(CorpusError, match="too short for a context of 64.*smaller block_size"):
         ds.check_block_size(64)
+
+
+def test_a_tokenizer_name_cannot_steer_the_cache_path(corpus_file, data_dir):
+    tok = byte_tokenizer()
+    tok.encoding.name = "../../escape"   # as a crafted tokenizer.json could name it
+    ds = prepare_dataset(read_text_file(corpus_file), tok, data_dir)
+    assert ds.directory.parent == data_dir / "tokenized"
