@@ -14,11 +14,27 @@ import tempfile
 from pathlib import Path
 
 
+def _read_umask() -> int:
+    # os.umask can only be read by setting it, which races with other threads; read it once at import
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()
+
+
+def make_readable(path: str | os.PathLike, directory: bool = False) -> None:
+    """Give a file made by mkstemp/mkdtemp (0600/0700) the permissions a plain open() would have."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~UMASK)
+
+
 def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
+        make_readable(tmp)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -154,10 +154,11 @@ class CausalSelfAttention(nn.Module):
             att = att.masked_fill(~causal_mask(T, T_k, x.device), float("-inf"))
             probs = F.softmax(att, dim=-1)
             y = F.dropout(probs, p=dropout_p, training=self.training) @ v       # (B, nh, T, hs)
-        elif past is None or T == 1:
-            # a single query over a cache may see every key, so no mask is needed there
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=past is None)
+        elif past is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:
+            # with a cache, is_causal would align the mask top-left: build the bottom-right one (no
+            # branch on T == 1, so an exported graph keeps T dynamic)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, T_k, x.device),
                                                dropout_p=dropout_p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)   # re-assemble all head outputs side by side

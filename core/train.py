@@ -334,9 +334,10 @@ def resolve_resume(cfg: TrainConfig, model_cfg: ModelConfig,
 
 
 def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
-          overrides: set[str] | None = None) -> Iterator[TrainEvent]:
+          overrides: set[str] | None = None, command: str | None = None) -> Iterator[TrainEvent]:
     """Run (or resume) training, yielding a record per step and per eval, sample and checkpoint.
 
+    `command` (the CLI passes its own command line) is recorded in run.json, and so in exported cards.
     Stopping early is `gen.close()`: the run saves a checkpoint at the step it stopped on, so a later
     `resume` continues from there. Raises TrainingDiverged, RunExists, CorpusError, TokenizerError,
     ValueError with messages that say what to change.
@@ -453,6 +454,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
             "tokenizer": tokenizer.name, "corpus": corpus.source, "corpus_sha256": corpus.sha256,
             "parameters": raw_model.count_parameters(),
             "val_bytes_per_token": dataset.val_bytes_per_token,
+            "command": command if resume_ckpt is None else previous_command(run_dir, command),
         }, indent=2).encode())
         _truncate_log(run_dir / LOG_FILE, step)
     log = _RunLog(run_dir / LOG_FILE if d.master else None)
@@ -539,6 +541,15 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
     yield RunFinished(step, tokens_seen, elapsed_before + time.perf_counter() - t_start,
                       last_eval if last_eval and last_eval.step == step else None,
                       str(ckpt_io.checkpoint_path(run_dir, step)))
+
+
+def previous_command(run_dir: Path, command: str | None) -> str | None:
+    """A resumed run keeps the command that started it, with the resume appended."""
+    try:
+        first = json.loads((run_dir / RUN_FILE).read_text()).get("command")
+    except (OSError, ValueError):
+        first = None
+    return " && ".join(c for c in (first, command) if c) or None
 
 
 def _eval_batches(dataset: TokenDataset, cfg: TrainConfig, block_size: int, rank: int, split: str
@@ -639,7 +650,9 @@ def main(argv: list[str] | None = None) -> int:
 
     master = int(os.environ.get("RANK", "0")) == 0
     bar = None
-    gen = train(cfg, model_cfg, overrides=given)
+    import shlex
+    command = "python -m core.train " + shlex.join(sys.argv[1:] if argv is None else argv)
+    gen = train(cfg, model_cfg, overrides=given, command=command)
     try:
         for rec in gen:
             if isinstance(rec, RunStarted):

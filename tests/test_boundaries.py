@@ -7,7 +7,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # Modules a hosted demo runs on onnxruntime alone; each must import with torch unimportable.
-TORCH_FREE = ["core.tokenizer", "core.data", "core.files", "core.catalog"]
+TORCH_FREE = ["core.tokenizer", "core.data", "core.files", "core.catalog", "core.runtime", "core.sampling",
+              "core.generate"]
 
 BLOCK_TORCH = """
 import sys

@@ -1,0 +1,232 @@
+"""Decoding speed, batch 1: a 20-token prompt and 200 new tokens (greedy), 2 threads, same weights.
+
+    pip install -r requirements-bench.txt && python bench/generate_speed.py
+
+For two shapes, 4L/4H/128 wide with the byte vocabulary and 6L/6H/384 wide with a 4,096-token BPE
+vocabulary (trained with rustbpe on tiny shakespeare), context 256, it times:
+  (a) torch, full recomputation every step (nanoGPT's generate)
+  (b) torch with the model's KV cache
+  (c) this project's runtime: core.runtime.Model on onnxruntime, fp32 with its own thread choice (by
+      model width), then 1 and 2 threads, then the int8 variant
+  (d) transformers' GPT2LMHeadModel.generate(use_cache=True), the same weights ported into it
+and the per-call floor of onnxruntime on a trivial graph. Weights are random-init (speed does not
+depend on them; the port is checked by comparing logits). Each figure is the median of several
+whole generations, the variants interleaved so the machine's drift hits all alike; ms/token is the
+whole generation (prefill included) divided by 200.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+from common import default_data_dir, set_threads
+
+PROMPT, NEW = 20, 200
+
+
+def port_to_transformers(model):
+    """Our GPT (learned positions, LayerNorm, exact GELU, tied head) as a GPT2LMHeadModel."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+    c = model.config
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
+                                    n_layer=c.n_layer, n_head=c.n_head, activation_function="gelu",
+                                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
+                                    bos_token_id=None, eos_token_id=None)).eval()
+    ours = model.state_dict()
+    conv = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    new = {}
+    for k, v in hf.state_dict().items():
+        if k.endswith("attn.bias") or k.endswith("attn.masked_bias"):
+            continue
+        src = ours[k]
+        new[k] = src.t() if k.endswith(conv) else src   # Conv1D stores (in, out)
+    hf.load_state_dict(new, strict=False)
+    with torch.no_grad():
+        ids = torch.randint(0, c.vocab_size, (1, 30))
+        diff = (hf(input_ids=ids).logits - model(ids).logits).abs().max().item()
+    assert diff < 1e-4, f"weight port failed: logits differ by {diff}"
+    return hf
+
+
+def make_run(tmp: Path, model, tokenizer) -> Path:
+    from core.checkpoint import checkpoint_path, save_checkpoint
+    run = tmp / "run"
+    tokenizer.save(run / "tokenizer")
+    save_checkpoint(checkpoint_path(run, 0), model, None,
+                    {"train_config": {}, "state": {"step": 0, "tokens_seen": 0, "elapsed": 0.0}})
+    return run
+
+
+def trivial_graph_floor(threads: int) -> float:
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "floor",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    x = {"x": np.zeros(1, np.float32)}
+    times = []
+    for _ in range(5000):
+        t0 = time.perf_counter()
+        sess.run(None, x)
+        times.append(time.perf_counter() - t0)
+    del onnx
+    return 1000 * statistics.median(times)
+
+
+def bench_shape(name, mcfg, tokenizer, threads, repeats):
+    import numpy as np
+    import torch
+    from core.export import ExportConfig, export_model
+    from core.model import GPT
+    from core.runtime import Model
+
+    torch.manual_seed(0)
+    model = GPT(mcfg).eval()
+    hf = port_to_transformers(model)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-gen-"))
+    export_model(make_run(tmp, model, tokenizer), tmp / "model", ExportConfig(int8=True, parity_steps=50))
+    rt = Model(tmp / "model")                      # the runtime's own thread choice
+    rt1 = Model(tmp / "model", threads=1)
+    rt2 = Model(tmp / "model", threads=threads)
+    rt8 = Model(tmp / "model", variant="int8")
+    prompt = torch.randint(0, mcfg.vocab_size, (1, PROMPT), generator=torch.Generator().manual_seed(1))
+
+    # Each variant is a generator of greedy tokens after `prompt`, so whole runs and single steps
+    # can both be timed.
+    @torch.no_grad()
+    def torch_full(prompt, n):
+        idx = prompt
+        for _ in range(n):
+            logits = model(idx[:, -mcfg.block_size:]).logits[:, -1]
+            idx = torch.cat([idx, logits.argmax(-1, keepdim=True)], 1)
+            yield int(idx[0, -1])
+
+    @torch.no_grad()
+    def torch_cache(prompt, n):
+        out = model(prompt, use_cache=True, last_only=True)
+        for _ in range(n):
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            yield int(nxt)
+            out = model(nxt, past=out.present, use_cache=True, last_only=True)
+
+    def runtime(m):
+        def run(prompt, n):
+            logits, cache = m.next_logits(prompt.numpy())
+            for _ in range(n):
+                t = int(np.argmax(logits))
+                yield t
+                if cache.length < mcfg.block_size:
+                    logits, cache = m.next_logits([[t]], cache)
+        return run
+
+    def hf_generate(prompt, n):
+        import queue
+        import threading
+        tokens: queue.Queue = queue.Queue()
+
+        class Streamer:   # transformers calls put() with the prompt, then with each new token
+            first = True
+
+            def put(self, value):
+                if self.first:
+                    self.first = False
+                    return
+                tokens.put(int(value.reshape(-1)[0]))
+
+            def end(self):
+                tokens.put(None)
+
+        def work():
+            with torch.no_grad():
+                hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n,
+                            min_new_tokens=n, do_sample=False, use_cache=True, pad_token_id=0,
+                            streamer=Streamer())
+        thread = threading.Thread(target=work)
+        thread.start()
+        while (t := tokens.get()) is not None:
+            yield t
+        thread.join()
+
+    variants = {"(a) torch, no cache": torch_full, "(b) torch, KV cache": torch_cache,
+                f"(c) runtime ({rt.threads} thread(s), its default)": runtime(rt),
+                "(c) runtime, 1 thread": runtime(rt1),
+                f"(c) runtime, {threads} threads": runtime(rt2),
+                f"(c) runtime, int8 ({rt8.threads} thread(s))": runtime(rt8),
+                "(d) transformers generate(use_cache)": hf_generate}
+    ref = list(torch_cache(prompt, NEW))
+    agree = {k: sum(a == b for a, b in zip(f(prompt, NEW), ref)) / NEW for k, f in variants.items()}
+    # a prompt that brings the context to exactly block_size after NEW tokens: the last steps run at
+    # a (nearly) full context
+    long_prompt = torch.randint(0, mcfg.vocab_size, (1, mcfg.block_size - NEW),
+                                generator=torch.Generator().manual_seed(2))
+    times = {k: [] for k in variants}
+    late = {k: [] for k in variants}
+    for _ in range(repeats):
+        for k, f in variants.items():
+            t0 = time.perf_counter()
+            for _ in f(prompt, NEW):
+                pass
+            times[k].append(time.perf_counter() - t0)
+            stamps = [time.perf_counter()]
+            for _ in f(long_prompt, NEW):
+                stamps.append(time.perf_counter())
+            late[k].extend(b - a for a, b in zip(stamps[-21:-1], stamps[-20:]))
+    ms = {k: 1000 * statistics.median(v) / NEW for k, v in times.items()}
+    ms_full = {k: 1000 * statistics.median(v) for k, v in late.items()}
+    print(f"\n## {name}: {sum(p.numel() for p in model.parameters()):,} parameters, vocab {mcfg.vocab_size}, "
+          f"context {mcfg.block_size}")
+    print(f"{'variant':42s} {'ms/token':>9s} {'tokens/s':>9s} {'ms/step @256':>13s}  greedy = (b)")
+    for k in variants:
+        print(f"{k:42s} {ms[k]:9.3f} {1000 / ms[k]:9.0f} {ms_full[k]:13.3f}  {100 * agree[k]:.0f} %")
+    c_key, d_key, a_key = f"(c) runtime ({rt.threads} thread(s), its default)", "(d) transformers generate(use_cache)", "(a) torch, no cache"
+    i8_key = f"(c) runtime, int8 ({rt8.threads} thread(s))"
+    for label, table in (("20-token prompt + 200 tokens", ms), ("one step at 256 tokens of context", ms_full)):
+        c = table[c_key]
+        print(f"{label}: (c)/(d) {table[d_key] / c:.2f}x (target >= 3), (c)/(a) {table[a_key] / c:.2f}x "
+              f"(target >= 10); int8: (c)/(d) {table[d_key] / table[i8_key]:.2f}x")
+    return ms
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    set_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    from core.data import load_corpus
+    from core.model import ModelConfig
+    from core.tokenizer import byte_tokenizer, train_bpe
+
+    floor1, floor2 = trivial_graph_floor(1), trivial_graph_floor(args.threads)
+    print(f"onnxruntime per-call floor (Identity on one float): {1000 * floor1:.1f} us (1 thread), "
+          f"{1000 * floor2:.1f} us ({args.threads} threads)")
+    small = bench_shape("4L/4H/128, byte vocabulary",
+                        ModelConfig(vocab_size=257, block_size=256, n_layer=4, n_head=4, n_embd=128),
+                        byte_tokenizer(), args.threads, args.repeats)
+    corpus = load_corpus("tinyshakespeare", default_data_dir())
+    bpe = train_bpe([corpus.text], 4096, name="bpe4096")
+    big = bench_shape("6L/6H/384, 4k BPE vocabulary",
+                      ModelConfig(vocab_size=bpe.n_vocab, block_size=256, n_layer=6, n_head=6, n_embd=384),
+                      bpe, args.threads, args.repeats)
+    for name, ms in (("4L/128", small), ("6L/384", big)):
+        c = min(v for k, v in ms.items() if k.startswith("(c) runtime") and "int8" not in k)
+        print(f"{name}: best runtime step {1000 * c:.0f} us/token = {c / floor1:.0f}x the trivial-graph floor")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,298 @@
+"""Runtime: exported models on onnxruntime, with no torch anywhere.
+
+Holds `Model`, which opens an exported model directory (see `core.export`) and answers: next-token
+logits with a KV cache (`step`), logits for a whole sequence (`logits`), attention probabilities of
+every layer and head (`attention`), and a text's score (`score`: per-token logprobs, perplexity, bits
+per byte). One `Model` (and its onnxruntime sessions) is shared by every user of a server: it keeps
+no per-caller state; each caller holds its own `KVCache`, an immutable value that can be kept, forked
+and thrown away freely.
+
+Safety: only files inside the model directory are opened (symlinks out are refused), models with
+external-data references are refused (an ONNX file must not make onnxruntime read other files), the
+card is JSON and nothing is unpickled; token ids, shapes and the context length are checked before
+onnxruntime sees them (it silently accepts ids like -1).
+
+Context policy: `step` refuses to go past the model's context (block_size) with ContextLimitError;
+callers that want to keep going slide the window themselves (`core.generate` re-prefills the most
+recent half-context and says so), and `score` evaluates long texts in overlapping windows.
+
+Deliberately not here: torch, sampling and decoding strategies (`core.sampling`, `core.generate`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from core.catalog import CARD_FILE, TOKENIZER_DIR
+from core.files import resolve_inside
+from core.sampling import log_softmax
+from core.tokenizer import Tokenizer, TokenizerError, load_tokenizer
+
+FORMAT = "llm-playground-onnx/1"
+VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
+ATTENTION_FILE = "attention.onnx"
+
+
+class ModelError(ValueError):
+    """A model directory cannot be opened or a request cannot be run; the message says why."""
+
+
+class ContextLimitError(ModelError):
+    """The request would go past the model's context length."""
+
+
+def available_providers() -> list[str]:
+    """CUDA when onnxruntime-gpu sees a GPU, then the CPU."""
+    have = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in have]
+
+
+@dataclass(frozen=True)
+class KVCache:
+    """Keys and values of the positions seen so far, per layer (numpy arrays, never mutated)."""
+
+    arrays: tuple[np.ndarray, ...]   # past_key_values.{i}.key, .value for every layer, in order
+    length: int                      # positions held
+    batch: int
+
+
+@dataclass
+class TextScore:
+    tokens: list[int]
+    logprobs: list[float]            # log p(token i | tokens < i) for i >= 1 (nats)
+    mean_nll: float                  # nats per predicted token
+    perplexity: float
+    bits_per_byte: float             # over the bytes of the predicted tokens
+    windows: int                     # model calls (more than one when the text exceeds the context)
+
+
+@dataclass
+class AttentionMaps:
+    logits: np.ndarray               # (B, T, V)
+    probs: list[np.ndarray] = field(default_factory=list)   # per layer (B, n_head, T, T)
+
+
+class Model:
+    """An exported model, ready to run. Thread-safe: share one per server."""
+
+    def __init__(self, directory: str | os.PathLike, variant: str = "fp32", threads: int | None = None,
+                 providers: list[str] | None = None):
+        self.directory = Path(directory).resolve()
+        if not self.directory.is_dir():
+            raise ModelError(f"no model directory at {directory}")
+        if variant not in VARIANT_FILES:
+            raise ModelError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANT_FILES)}")
+        self.card = self._read_card()
+        cfg = self.card["model_config"]
+        self.config = cfg
+        self.n_layer, self.n_head = int(cfg["n_layer"]), int(cfg["n_head"])
+        self.head_dim = int(cfg["n_embd"]) // self.n_head
+        self.block_size, self.vocab_size = int(cfg["block_size"]), int(cfg["vocab_size"])
+        self.variant = variant
+        self.threads = threads or default_threads(int(cfg["n_embd"]))
+        self.providers = providers or available_providers()
+        try:
+            self.tokenizer: Tokenizer = load_tokenizer(self._inside(TOKENIZER_DIR))
+        except TokenizerError as e:
+            raise ModelError(f"{self.directory.name}: {e}") from e
+        if self.tokenizer.n_vocab != self.vocab_size:
+            raise ModelError(f"{self.directory.name}: the tokenizer has {self.tokenizer.n_vocab} ids, "
+                             f"the model {self.vocab_size}")
+        self.session = self._open_session(VARIANT_FILES[variant])
+        self._kv_dtype = (np.float16 if self.session.get_inputs()[1].type == "tensor(float16)"
+                          else np.float32)
+        self._past_names = [f"past_key_values.{i}.{kv}" for i in range(self.n_layer) for kv in ("key", "value")]
+        expected = ["input_ids"] + self._past_names
+        if [i.name for i in self.session.get_inputs()] != expected:
+            raise ModelError(f"{self.directory.name}/{VARIANT_FILES[variant]} does not have the inputs of "
+                             f"an exported playground model ({', '.join(expected[:2])}, ...)")
+        self._attention_session = None
+
+    @property
+    def name(self) -> str:
+        return self.directory.name
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r}, variant={self.variant!r}, provider={self.provider!r})"
+
+    # -- opening -----------------------------------------------------------------------------------
+    def _inside(self, name: str) -> Path:
+        try:
+            return resolve_inside(self.directory, name)
+        except ValueError as e:
+            raise ModelError(f"{self.directory.name}: {e}") from e
+
+    def _read_card(self) -> dict:
+        path = self._inside(CARD_FILE)
+        if not path.is_file():
+            raise ModelError(f"{self.directory} has no {CARD_FILE}: not an exported model directory")
+        try:
+            card = json.loads(path.read_text(encoding="utf-8"))
+            card["model_config"]["n_layer"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ModelError(f"{path} is damaged or not a model card ({type(e).__name__}); re-export the model") from e
+        if card.get("format") != FORMAT:
+            raise ModelError(f"{path}: unknown format {card.get('format')!r} (expected {FORMAT})")
+        return card
+
+    def _open_session(self, filename: str) -> ort.InferenceSession:
+        path = self._inside(filename)
+        if not path.is_file():
+            raise ModelError(f"{self.directory.name} has no {filename}"
+                             + ("" if filename == "model.onnx" else "; export it with that variant"))
+        check_self_contained(path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.enable_cpu_mem_arena = False     # the arena cost 26-79 MB per small session for nothing
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            return ort.InferenceSession(str(path), opts, providers=self.providers)
+        except Exception as e:   # onnxruntime raises its own exception types for damaged files
+            raise ModelError(f"onnxruntime cannot load {self.directory.name}/{filename}: it is damaged or "
+                             f"truncated ({type(e).__name__}); re-export the model") from e
+
+    # -- running -----------------------------------------------------------------------------------
+    def empty_cache(self, batch: int = 1) -> KVCache:
+        z = np.zeros((batch, self.n_head, 0, self.head_dim), self._kv_dtype)
+        return KVCache(tuple(z for _ in self._past_names), 0, batch)
+
+    def check_ids(self, ids) -> np.ndarray:
+        """ids as an int64 (B, T) array, or ModelError naming the problem."""
+        try:
+            arr = np.asarray(ids)
+        except (ValueError, TypeError) as e:
+            raise ModelError(f"token ids must be a list or array of integers ({e})") from e
+        if arr.ndim == 1:
+            arr = arr[None, :]
+        if arr.ndim != 2:
+            raise ModelError(f"token ids must be 1-D or 2-D (batch, seq), got shape {arr.shape}")
+        if arr.size == 0:
+            raise ModelError("no token ids given: the input is empty")
+        if arr.dtype.kind not in "iu":
+            if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+                arr = arr.astype(np.int64)
+            else:
+                raise ModelError(f"token ids must be integers, got {arr.dtype}")
+        bad = (arr < 0) | (arr >= self.vocab_size)
+        if bad.any():
+            b, t = np.argwhere(bad)[0]
+            raise ModelError(f"token id {int(arr[b, t])} at position {int(t)} is out of range "
+                             f"(this model's ids are 0..{self.vocab_size - 1})")
+        return arr.astype(np.int64, copy=False)
+
+    def step(self, ids, cache: KVCache | None = None) -> tuple[np.ndarray, KVCache]:
+        """Logits (B, T, V) for `ids` following the cached positions, and the extended cache."""
+        arr = self.check_ids(ids)
+        cache = cache or self.empty_cache(arr.shape[0])
+        if arr.shape[0] != cache.batch:
+            raise ModelError(f"batch of {arr.shape[0]} does not match the cache's batch of {cache.batch}")
+        total = cache.length + arr.shape[1]
+        if total > self.block_size:
+            raise ContextLimitError(
+                f"{total} positions exceed the context of {self.block_size} tokens "
+                f"({cache.length} cached + {arr.shape[1]} new); shorten the input or slide the window")
+        feeds = {"input_ids": arr}
+        feeds.update(zip(self._past_names, cache.arrays))
+        outs = self.session.run(None, feeds)
+        logits = outs[0] if outs[0].dtype == np.float32 else outs[0].astype(np.float32)
+        return logits, KVCache(tuple(outs[1:]), total, cache.batch)
+
+    def next_logits(self, ids, cache: KVCache | None = None) -> tuple[np.ndarray, KVCache]:
+        """The last position's logits (V,) for batch 1: the decode loop's call."""
+        logits, cache = self.step(ids, cache)
+        return logits[0, -1], cache
+
+    def logits(self, ids) -> np.ndarray:
+        """Logits (B, T, V) of a whole sequence, computed afresh."""
+        return self.step(ids)[0]
+
+    def attention(self, ids) -> AttentionMaps:
+        """Logits and every layer's attention probabilities (B, n_head, T, T) for `ids`."""
+        arr = self.check_ids(ids)
+        if arr.shape[1] > self.block_size:
+            raise ContextLimitError(f"{arr.shape[1]} tokens exceed the context of {self.block_size}; "
+                                    f"show attention for a shorter text")
+        if self._attention_session is None:
+            self._attention_session = self._open_session(ATTENTION_FILE)
+        outs = self._attention_session.run(None, {"input_ids": arr})
+        return AttentionMaps(outs[0], list(outs[1:]))
+
+    def score(self, text: str) -> TextScore:
+        """How well the model predicts `text`: each token's logprob given the ones before it.
+
+        Texts longer than the context are scored in windows that overlap by half a context, each token
+        scored once with at least half a context before it (except at the start)."""
+        ids = self.tokenizer.encode(text)
+        if len(ids) < 2:
+            raise ModelError("scoring needs at least 2 tokens (the first is only context); give a longer text")
+        logprobs: list[float] = []
+        windows, start, stride = 0, 0, max(1, self.block_size // 2)
+        while True:
+            window = ids[start:start + self.block_size]
+            lp = log_softmax(self.logits(window)[0])             # (T, V)
+            first = 0 if start == 0 else self.block_size - stride - 1
+            for t in range(first, len(window) - 1):
+                logprobs.append(float(lp[t, window[t + 1]]))
+            windows += 1
+            if start + self.block_size >= len(ids):
+                break
+            start += stride
+        nll = -sum(logprobs)
+        n_bytes = len(self.tokenizer.decode_bytes(ids[1:]))
+        mean = nll / len(logprobs)
+        return TextScore(ids, logprobs, mean, math.exp(min(mean, 700)), nll / math.log(2) / n_bytes, windows)
+
+
+def default_threads(n_embd: int) -> int:
+    """onnxruntime intra-op threads for a model of this width, chosen by measurement
+    (bench/generate_speed.py, 2 vCPUs): up to 256 wide one thread was faster and far steadier at
+    batch 1 (two spinning threads doubled the step time under load); at 384 wide two were ~10 % faster."""
+    return 1 if n_embd <= 256 else min(2, os.cpu_count() or 1)
+
+
+def check_self_contained(path: Path) -> None:
+    """Refuse an ONNX file that is not a model or that points at external data files.
+
+    onnxruntime resolves external-data locations relative to the model; our exports never have any,
+    so a model that does is either not ours or crafted to read a file it should not."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, OSError) as e:
+        raise ModelError(f"{path.name} is not a readable ONNX file ({type(e).__name__}): it is damaged or "
+                         f"truncated; re-export the model") from e
+    if len(proto.graph.node) == 0:
+        raise ModelError(f"{path.name} holds no graph: it is damaged or truncated; re-export the model")
+    for t in _all_tensors(proto.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.external_data:
+            where = {e.key: e.value for e in t.external_data}.get("location", "?")
+            raise ModelError(f"{path.name} refers to external data ({where!r}); playground models are "
+                             f"self-contained, so this file is refused")
+
+
+def _all_tensors(graph):
+    """Every tensor stored in a graph: initializers, constant attributes, and those of subgraphs."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _all_tensors(attr.g)
+            for g in attr.graphs:
+                yield from _all_tensors(g)

@@ -1,0 +1,283 @@
+"""Export to ONNX and the torch-free runtime: parity, shapes, bad input, damaged and hostile files."""
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from core.checkpoint import load_model
+from core.export import ExportConfig, ExportError, export_model
+from core.generate import main as generate_main
+from core.generate import stream
+from core.model import NORMS, POS_ENCODINGS, ModelConfig
+from core.runtime import ContextLimitError, Model, ModelError
+from core.sampling import log_softmax
+from core.train import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ModelConfig(block_size=24, n_layer=2, n_head=2, n_embd=16)
+
+
+def make_run(run_dir, corpus_file, data_dir, model_cfg=SMALL, steps=30, **kw):
+    cfg = TrainConfig(out_dir=str(run_dir), corpus=str(corpus_file), data_dir=str(data_dir), batch_size=4,
+                      max_steps=steps, eval_interval=steps, eval_iters=2, learning_rate=3e-3, threads=1, **kw)
+    list(train(cfg, model_cfg))
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, corpus_file, data_dir) -> Path:
+    base = tmp_path_factory.mktemp("exp")
+    run = make_run(base / "run", corpus_file, data_dir, dataclasses.replace(SMALL, pos_encoding="rope"), steps=60)
+    out = base / "tiny-rope"
+    export_model(run, out, ExportConfig(int8=True, fp16=True))
+    return out
+
+
+@pytest.mark.parametrize("pos, norm", [(p, n) for p in POS_ENCODINGS for n in NORMS])
+def test_export_parity_for_every_encoding_and_norm(tmp_path, corpus_file, data_dir, pos, norm):
+    run = make_run(tmp_path / "run", corpus_file, data_dir,
+                   dataclasses.replace(SMALL, pos_encoding=pos, norm=norm, bias=norm == "layernorm"), steps=5)
+    card = export_model(run, tmp_path / "out", ExportConfig(parity_steps=15))
+    assert card["parity"]["max_abs_logit_diff"] < 1e-4 and card["parity"]["cached_steps"] == 15
+    assert card["parity"]["attention_max_abs_diff"] < 1e-5
+    # the runtime, on a fresh prompt: prefill + cached steps == torch recomputation
+    torch_model, _ = load_model(run)
+    m = Model(tmp_path / "out")
+    ids = np.random.default_rng(0).integers(0, m.vocab_size, (1, 20))
+    logits, cache = m.step(ids[:, :7])
+    got = [logits]
+    for t in range(7, 20):
+        logits, cache = m.step(ids[:, t:t + 1], cache)
+        got.append(logits)
+    with torch.no_grad():
+        ref = torch_model(torch.from_numpy(ids)).logits.numpy()
+    assert np.abs(np.concatenate(got, 1) - ref).max() < 1e-4
+
+
+def test_dynamic_batch_and_past_lengths(exported):
+    m = Model(exported)
+    torch_model, _ = load_model(exported.parent / "run")
+    ids = np.random.default_rng(1).integers(0, m.vocab_size, (3, 12))
+    with torch.no_grad():
+        ref = torch_model(torch.from_numpy(ids)).logits.numpy()
+    full, _ = m.step(ids)                         # batch 3, past 0
+    assert np.abs(full - ref).max() < 1e-4
+    first, cache = m.step(ids[:, :5])             # then past 5, several new tokens at once
+    rest, cache = m.step(ids[:, 5:], cache)
+    assert cache.length == 12 and cache.batch == 3
+    assert np.abs(rest - ref[:, 5:]).max() < 1e-4
+    one, _ = m.step(ids[:1])                      # batch 1
+    assert np.abs(one - ref[:1]).max() < 1e-4
+
+
+def test_attention_equals_the_torch_explicit_path(exported):
+    m = Model(exported)
+    torch_model, _ = load_model(exported.parent / "run")
+    ids = m.tokenizer.encode("The cat sat on the mat.")
+    maps = m.attention(ids)
+    with torch.no_grad():
+        ref = torch_model(torch.tensor([ids]), return_attention=True).attentions
+    assert len(maps.probs) == len(ref) == 2
+    for got, want in zip(maps.probs, ref):
+        assert got.shape == (1, 2, len(ids), len(ids))
+        assert np.abs(got - want.numpy()).max() < 1e-5
+
+
+def test_card_records_what_the_model_is(exported):
+    card = json.loads((exported / "card.json").read_text())
+    assert card["model_config"]["pos_encoding"] == "rope" and card["tokenizer"]["name"] == "byte"
+    assert card["parameters"]["total"] > 0 and card["val_loss"] > 0 and card["val_bits_per_byte"] > 0
+    assert len(card["training"]["corpus_sha256"]) == 64 and card["training"]["step"] == 60
+    assert set(card["variants"]) == {"fp32", "int8", "fp16"}
+    assert card["variants"]["int8"]["bytes"] < card["variants"]["fp32"]["bytes"]
+    assert card["variants"]["fp16"]["top1_agreement"] > 0.9
+    meta = onnx.load(str(exported / "model.onnx"), load_external_data=False).metadata_props
+    props = {p.key: p.value for p in meta}
+    assert json.loads(props["llm_playground.model_config"]) == card["model_config"]
+    assert (exported / "tokenizer" / "tokenizer.json").is_file()
+
+
+@pytest.mark.parametrize("variant", ["int8", "fp16"])
+def test_variants_run(exported, variant):
+    m = Model(exported, variant=variant)
+    fp32 = Model(exported)
+    ids = fp32.tokenizer.encode("The big dog ran")
+    a, b = m.next_logits(ids)[0], fp32.next_logits(ids)[0]
+    assert a.shape == b.shape and np.abs(a - b).max() < 0.5
+
+
+def test_bad_ids_and_lengths_get_clear_messages(exported):
+    m = Model(exported)
+    with pytest.raises(ModelError, match=r"token id 999 at position 1 is out of range .*0\.\.256"):
+        m.step([5, 999])
+    with pytest.raises(ModelError, match="token id -1"):
+        m.step([-1])
+    with pytest.raises(ModelError, match="input is empty"):
+        m.step([])
+    with pytest.raises(ModelError, match="must be integers"):
+        m.step([1.5, 2.0])
+    with pytest.raises(ContextLimitError, match=r"25 positions exceed the context of 24 tokens"):
+        m.step(list(range(25)))
+    _, cache = m.step(list(range(20)))
+    with pytest.raises(ContextLimitError, match=r"20 cached \+ 5 new"):
+        m.step(list(range(5)), cache)
+    with pytest.raises(ModelError, match="batch of 2 does not match"):
+        m.step([[1], [2]], cache)
+    with pytest.raises(ModelError, match="unknown variant"):
+        Model(exported, variant="int4")
+
+
+def test_score_matches_the_logits(exported):
+    m = Model(exported)
+    text = "The cat sat."
+    s = m.score(text)
+    lp = log_softmax(m.logits(s.tokens)[0])
+    want = [lp[t, s.tokens[t + 1]] for t in range(len(s.tokens) - 1)]
+    assert np.allclose(s.logprobs, want) and s.windows == 1
+    assert s.perplexity == pytest.approx(math.exp(s.mean_nll))
+    assert s.bits_per_byte == pytest.approx(-sum(want) / math.log(2) / (len(text) - 1))
+    long = m.score("The dog ran over the garden. " * 5)        # 145 bytes > context 24
+    assert long.windows > 1 and len(long.logprobs) == len(long.tokens) - 1
+    with pytest.raises(ModelError, match="at least 2 tokens"):
+        m.score("x")
+
+
+def test_generation_is_seeded_and_slides_past_the_context(exported):
+    m = Model(exported)
+    a = [s.token_id for s in stream(m, "The", 60, temperature=1.0, seed=3)]
+    b = [s.token_id for s in stream(m, "The", 60, temperature=1.0, seed=3)]
+    assert a == b and len(a) == 60
+    steps = list(stream(m, "The", 60, temperature=0))
+    assert any(s.window_slid for s in steps)            # 3 + 60 tokens > 24 context
+    # greedy: each token is the argmax of the model's logits given what came before
+    ids = m.tokenizer.encode("The")
+    for s in steps[:10]:
+        assert s.token_id == int(np.argmax(m.logits(ids[-24:])[0, -1]))
+        ids.append(s.token_id)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        next(stream(m, "x", 0))
+
+
+def test_generate_cli(exported, capsys):
+    assert generate_main([str(exported), "--prompt", "The", "--max-new-tokens", "20", "--seed", "1"]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("The") and "20 tokens" in out.err
+    assert generate_main([str(exported), "--prompt", "The", "--top-p", "0"]) == 1
+    out = capsys.readouterr()
+    assert "top_p must be in (0, 1]" in out.err and out.out == ""
+
+
+def copy_model(exported, tmp_path) -> Path:
+    dst = tmp_path / "copy"
+    shutil.copytree(exported, dst)
+    return dst
+
+
+def test_truncated_or_corrupt_model_files_are_refused(exported, tmp_path):
+    d = copy_model(exported, tmp_path)
+    data = (d / "model.onnx").read_bytes()
+    (d / "model.onnx").write_bytes(data[: len(data) // 3])
+    with pytest.raises(ModelError, match="damaged or truncated"):
+        Model(d)
+    (d / "model.onnx").write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(ModelError, match="damaged or truncated|not a readable ONNX"):
+        Model(d)
+    (d / "card.json").write_text("{not json")
+    with pytest.raises(ModelError, match="card.json is damaged"):
+        Model(d)
+    (d / "card.json").unlink()
+    with pytest.raises(ModelError, match="not an exported model directory"):
+        Model(d)
+    d2 = copy_model(exported, tmp_path / "b")
+    (d2 / "tokenizer" / "tokenizer.json").unlink()
+    with pytest.raises(ModelError, match="not a saved tokenizer"):
+        Model(d2)
+
+
+def test_a_graph_pointing_outside_its_directory_is_refused(exported, tmp_path):
+    d = copy_model(exported, tmp_path)
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"\x00" * 4096)
+    proto = onnx.load(str(d / "model.onnx"))
+    init = proto.graph.initializer[0]
+    init.ClearField("raw_data")
+    init.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", "../../secret.bin"), ("offset", "0"), ("length", "16")):
+        entry = init.external_data.add()
+        entry.key, entry.value = key, value
+    (d / "model.onnx").write_bytes(proto.SerializeToString())
+    with pytest.raises(ModelError, match=r"refers to external data \('\.\./\.\./secret\.bin'\)"):
+        Model(d)
+
+
+def test_a_symlink_out_of_the_model_directory_is_refused(exported, tmp_path):
+    d = copy_model(exported, tmp_path)
+    outside = tmp_path / "elsewhere.onnx"
+    shutil.copy(d / "model.onnx", outside)
+    (d / "model.onnx").unlink()
+    os.symlink(outside, d / "model.onnx")
+    with pytest.raises(ModelError, match="points outside"):
+        Model(d)
+
+
+def test_export_refuses_a_non_empty_target_and_a_failed_parity_leaves_nothing(exported, tmp_path):
+    run = exported.parent / "run"
+    with pytest.raises(ExportError, match="not empty"):
+        export_model(run, exported)
+    with pytest.raises(ExportError, match="parity check failed.*not kept"):
+        export_model(run, tmp_path / "strict", ExportConfig(parity_tolerance=0.0, parity_steps=3))
+    assert not (tmp_path / "strict").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".strict")]
+
+
+def test_runtime_and_generation_run_without_torch(exported):
+    code = f"""
+import sys
+class BlockTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked")
+sys.meta_path.insert(0, BlockTorch())
+sys.path.insert(0, {str(ROOT)!r})
+from core.runtime import Model
+from core.generate import stream
+m = Model({str(exported)!r})
+print("".join(s.text for s in stream(m, "The", 10, temperature=0)))
+print(m.score("The cat sat.").perplexity > 1, len(m.attention([1, 2, 3]).probs))
+assert "torch" not in sys.modules
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "True 2"
+
+
+def test_one_model_shared_by_many_threads_keeps_callers_apart(exported):
+    from concurrent.futures import ThreadPoolExecutor
+    m = Model(exported)
+    prompts = ["The cat", "A dog ran", "Then the bird", "Slowly", "The red house", "Under the mat"]
+
+    def greedy(prompt):
+        return [s.token_id for s in stream(m, prompt, 30, temperature=0)]
+    alone = [greedy(p) for p in prompts]
+    with ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(greedy, prompts * 3))
+    assert together == alone * 3
+
+
+def test_cache_is_a_value_that_can_fork(exported):
+    m = Model(exported)
+    _, cache = m.step(m.tokenizer.encode("The cat"))
+    a, _ = m.step([5], cache)
+    b, _ = m.step([9], cache)            # a second branch from the same cache
+    a2, _ = m.step([5], cache)
+    assert np.array_equal(a, a2) and not np.array_equal(a, b)
