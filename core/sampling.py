@@ -1,23 +1,47 @@
 """Sampling: turning next-token logits into a choice, one pure numpy stage at a time.
 
-Holds softmax / log-softmax and the sampler stages as pure functions on a 1-D float logits array that
-return processed logits, removed tokens at -inf, and every stage keeps at least one token:
-  temperature(logits, t)   divide by t; t == 0 means greedy (only the argmax survives)
-  top_k(logits, k)         keep the k highest; k == 0 is off
-  top_p(logits, p)         keep the smallest set of most likely tokens whose mass reaches p (nucleus)
-and `choose()`, which draws a token from the processed logits with a seeded numpy Generator.
+Holds softmax / log-softmax, entropy, and the sampler stages. Each stage is a pure function of a 1-D
+float logits array (and, for the penalties, the token history) that returns processed logits, removed
+tokens at -inf, and keeps at least one token:
 
-Deliberately not here: torch (this runs on the inference side), models, decoding loops
-(`core.generate`).
+  repetition_penalty(logits, history, penalty)   CTRL (Keskar et al. 2019) as Hugging Face applies it:
+                                                 a seen token's logit is divided by the penalty when
+                                                 positive, multiplied when negative; 1 is off
+  frequency_presence_penalty(logits, history, frequency, presence)
+                                                 OpenAI's form: logit - count * frequency
+                                                 - (count > 0) * presence; 0 is off
+  temperature(logits, t)                         divide by t; t == 0 is greedy (only the argmax stays)
+  top_k(logits, k)                               keep the k most likely; 0 is off
+  top_p(logits, p)                               nucleus (Holtzman et al. 2020): the smallest set of most
+                                                 likely tokens whose mass reaches p; 1 is off
+  min_p(logits, p)                               keep tokens whose probability is at least p times the top
+                                                 token's (Nguyen et al. 2024); 0 is off
+  typical_p(logits, p)                           locally typical sampling (Meister et al. 2023): keep the
+                                                 tokens whose surprise is closest to the entropy until
+                                                 their mass reaches p; 1 is off
+
+`SamplerConfig` holds the knobs (validated as serving engines do: a bad value raises ValueError
+naming the knob, its range and the value) and the order of the stages; `run_pipeline` returns the
+distribution after every stage, which is what the Generate page draws; `choose` draws a token with
+one uniform number, so a seed gives the same token on every path that asks.
+
+Deliberately not here: torch, models, decoding loops and beam search (`core.generate`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
 
 import numpy as np
 
 NEG_INF = -np.inf
+
+# raw -> penalties -> temperature -> truncations, as Hugging Face's generate and vLLM order them:
+# penalties act on the model's own scores, temperature reshapes, truncations cut the reshaped tail.
+DEFAULT_ORDER = ("repetition_penalty", "frequency_presence_penalty", "temperature", "top_k", "top_p",
+                 "min_p", "typical_p")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -36,59 +60,273 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
         return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
-def _check_number(name: str, value, low: float, high: float, low_open: bool = False) -> float:
+def entropy(logits: np.ndarray) -> float:
+    """Shannon entropy of softmax(logits), in nats."""
+    p = softmax(logits)
+    nz = p > 0
+    return float(-(p[nz] * np.log(p[nz])).sum())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Validation (vLLM's rules: each error names the knob, its range and the value)
+
+def _number(name: str, value, low: float, high: float, low_open: bool = False, high_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise ValueError(f"{name} must be a number, got {value!r}")
     v = float(value)
-    if not math.isfinite(v) or v < low or v > high or (low_open and v == low):
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{name} must be in {bracket}{low:g}, {high:g}], got {value!r}")
+    lo_ok = v > low if low_open else v >= low
+    hi_ok = v < high if high_open else v <= high
+    if not math.isfinite(v) or not lo_ok or not hi_ok:
+        rng = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be a finite number in {rng}, got {value!r}")
     return v
 
 
-def temperature(logits: np.ndarray, t: float) -> np.ndarray:
-    """Scale by 1/t: t < 1 sharpens, t > 1 flattens; t == 0 keeps only the most likely token."""
-    t = _check_number("temperature", t, 0.0, 1e6)
+def _integer(name: str, value, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        rng = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be an integer {rng}, got {value!r}")
+    return int(value)
+
+
+def _as_logits(logits) -> np.ndarray:
     x = np.asarray(logits, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"logits must be a non-empty 1-D array, got shape {x.shape}")
+    if np.isnan(x).any() or not np.isfinite(x).any():
+        raise ValueError("logits hold NaN, or no finite value: nothing can be sampled")
+    return x
+
+
+def _keep(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Logits where mask, -inf elsewhere; when nothing would survive, the most likely token does."""
+    if not mask.any():
+        mask = np.zeros_like(mask)
+        mask[int(np.argmax(x))] = True
+    return np.where(mask, x, NEG_INF)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Stages
+
+def repetition_penalty(logits, history: Sequence[int], penalty: float) -> np.ndarray:
+    penalty = _number("repetition_penalty", penalty, 0.0, 1e6, low_open=True)
+    x = _as_logits(logits).copy()
+    if penalty == 1.0 or len(history) == 0:
+        return x
+    seen = np.unique(np.asarray(history, dtype=np.int64))
+    v = x[seen]
+    x[seen] = np.where(v > 0, v / penalty, v * penalty)
+    return x
+
+
+def frequency_presence_penalty(logits, history: Sequence[int], frequency: float, presence: float) -> np.ndarray:
+    frequency = _number("frequency_penalty", frequency, -2.0, 2.0)
+    presence = _number("presence_penalty", presence, -2.0, 2.0)
+    x = _as_logits(logits).copy()
+    if (frequency == 0 and presence == 0) or len(history) == 0:
+        return x
+    counts = np.bincount(np.asarray(history, dtype=np.int64), minlength=x.size)[: x.size]
+    return x - counts * frequency - (counts > 0) * presence
+
+
+def temperature(logits, t: float) -> np.ndarray:
+    """Scale by 1/t: t < 1 sharpens, t > 1 flattens; t == 0 keeps only the most likely token."""
+    t = _number("temperature", t, 0.0, 100.0)
+    x = _as_logits(logits)
     if t == 0.0:
-        out = np.full_like(x, NEG_INF)
-        i = int(np.argmax(x))
-        out[i] = x[i]
-        return out
+        return _keep(x, np.zeros(x.size, dtype=bool))
     return x / t
 
 
-def top_k(logits: np.ndarray, k: int) -> np.ndarray:
+def top_k(logits, k: int) -> np.ndarray:
     """Keep the k highest logits (ties at the k-th value are kept too); k == 0 is off."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-        raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {k!r}")
-    x = np.asarray(logits, dtype=np.float64)
+    k = _integer("top_k", k, 0)
+    x = _as_logits(logits)
     if k == 0 or k >= x.size:
-        return x
+        return x.copy()
     kth = np.partition(x, -k)[-k]
-    return np.where(x >= kth, x, NEG_INF)
+    return _keep(x, x >= kth)
 
 
-def top_p(logits: np.ndarray, p: float) -> np.ndarray:
+def top_p(logits, p: float) -> np.ndarray:
     """Nucleus: keep the smallest set of most likely tokens whose probability mass reaches p."""
-    p = _check_number("top_p", p, 0.0, 1.0, low_open=True)
-    x = np.asarray(logits, dtype=np.float64)
+    p = _number("top_p", p, 0.0, 1.0, low_open=True)
+    x = _as_logits(logits)
     if p >= 1.0:
-        return x
+        return x.copy()
     order = np.argsort(-x, kind="stable")
     cum = np.cumsum(softmax(x)[order])
     n_keep = int(np.searchsorted(cum, p - 1e-12)) + 1        # first index where the mass reaches p
-    keep = order[:max(1, n_keep)]
-    out = np.full_like(x, NEG_INF)
-    out[keep] = x[keep]
+    mask = np.zeros(x.size, dtype=bool)
+    mask[order[:n_keep]] = True
+    return _keep(x, mask)
+
+
+def min_p(logits, p: float) -> np.ndarray:
+    """Keep tokens with probability >= p * (the top token's probability); 0 is off."""
+    p = _number("min_p", p, 0.0, 1.0)
+    x = _as_logits(logits)
+    if p == 0.0:
+        return x.copy()
+    probs = softmax(x)
+    return _keep(x, probs >= p * probs.max())
+
+
+def typical_p(logits, p: float) -> np.ndarray:
+    """Locally typical: sort tokens by |surprise - entropy| and keep them until their mass reaches p."""
+    p = _number("typical_p", p, 0.0, 1.0)
+    x = _as_logits(logits)
+    if p >= 1.0:
+        return x.copy()
+    logp = log_softmax(x)
+    probs = np.exp(logp)
+    finite = np.isfinite(logp)
+    ent = -(probs[finite] * logp[finite]).sum()
+    distance = np.where(finite, np.abs(-logp - ent), np.inf)
+    order = np.argsort(distance, kind="stable")
+    cum = np.cumsum(probs[order])
+    n_keep = int(np.searchsorted(cum, p - 1e-12)) + 1
+    mask = np.zeros(x.size, dtype=bool)
+    mask[order[:n_keep]] = True
+    return _keep(x, mask)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The pipeline
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    temperature: float = 1.0            # 0 = greedy; < 1 sharper, > 1 flatter
+    top_k: int = 0                      # keep the k most likely tokens; 0 = off
+    top_p: float = 1.0                  # keep the smallest set with this much probability; 1 = off
+    min_p: float = 0.0                  # keep tokens at least this fraction as likely as the top one; 0 = off
+    typical_p: float = 1.0              # keep the most typical tokens up to this mass; 1 = off
+    repetition_penalty: float = 1.0     # > 1 discourages any token already present; 1 = off
+    frequency_penalty: float = 0.0      # subtract per occurrence so far; 0 = off; [-2, 2]
+    presence_penalty: float = 0.0       # subtract once if present at all; 0 = off; [-2, 2]
+    order: tuple[str, ...] = DEFAULT_ORDER
+
+    def __post_init__(self):
+        _number("temperature", self.temperature, 0.0, 100.0)
+        _integer("top_k", self.top_k, 0)
+        _number("top_p", self.top_p, 0.0, 1.0, low_open=True)
+        _number("min_p", self.min_p, 0.0, 1.0)
+        _number("typical_p", self.typical_p, 0.0, 1.0)
+        _number("repetition_penalty", self.repetition_penalty, 0.0, 1e6, low_open=True)
+        _number("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
+        _number("presence_penalty", self.presence_penalty, -2.0, 2.0)
+        order = tuple(self.order)
+        unknown = [s for s in order if s not in STAGES]
+        if unknown or len(set(order)) != len(order):
+            raise ValueError(f"order must list distinct stages from {', '.join(DEFAULT_ORDER)}; got {list(order)}")
+        object.__setattr__(self, "order", order)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["order"] = list(self.order)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SamplerConfig":
+        d = dict(d)
+        if "order" in d:
+            d["order"] = tuple(d["order"])
+        return cls(**d)
+
+
+def _apply(stage: str, x: np.ndarray, cfg: SamplerConfig, history: Sequence[int],
+           generated: Sequence[int]) -> np.ndarray:
+    if stage == "repetition_penalty":
+        return repetition_penalty(x, history, cfg.repetition_penalty)
+    if stage == "frequency_presence_penalty":
+        return frequency_presence_penalty(x, generated, cfg.frequency_penalty, cfg.presence_penalty)
+    if stage == "temperature":
+        return temperature(x, cfg.temperature)
+    if stage == "top_k":
+        return top_k(x, cfg.top_k)
+    if stage == "top_p":
+        return top_p(x, cfg.top_p)
+    if stage == "min_p":
+        return min_p(x, cfg.min_p)
+    return typical_p(x, cfg.typical_p)
+
+
+STAGES = DEFAULT_ORDER
+
+
+@dataclass
+class StageView:
+    name: str               # "raw" first, then each stage
+    logits: np.ndarray      # after this stage (-inf: removed)
+    probs: np.ndarray       # softmax of those
+    kept: int               # tokens still possible
+
+
+@dataclass
+class PipelineResult:
+    stages: list[StageView] = field(default_factory=list)
+
+    @property
+    def final(self) -> StageView:
+        return self.stages[-1]
+
+
+def run_pipeline(logits, cfg: SamplerConfig, history: Sequence[int] = (), generated: Sequence[int] | None = None,
+                 keep_stages: bool = True) -> PipelineResult:
+    """Apply the stages in cfg.order; with keep_stages, record the distribution after each.
+
+    history: every token so far, prompt included (the repetition penalty looks at it, as in Hugging
+    Face and vLLM); generated: only the tokens generated (frequency and presence penalties count
+    these, as vLLM does); None means the whole history."""
+    x = _as_logits(logits)
+    generated = history if generated is None else generated
+    out = PipelineResult()
+
+    def record(name, v):
+        probs = softmax(v)
+        out.stages.append(StageView(name, v, probs, int((probs > 0).sum())))
+
+    if keep_stages:
+        record("raw", x)
+    for stage in cfg.order:
+        x = _apply(stage, x, cfg, history, generated)
+        if keep_stages:
+            record(stage, x)
+    if not keep_stages:
+        record("final", x)
     return out
 
 
-def choose(logits: np.ndarray, rng: np.random.Generator) -> int:
-    """Draw a token id from softmax(logits); a single surviving token is returned without a draw."""
+def process(logits, cfg: SamplerConfig, history: Sequence[int] = (),
+            generated: Sequence[int] | None = None) -> np.ndarray:
+    """The final processed logits (no per-stage record): the fast path of a decoding loop."""
+    x = _as_logits(logits)
+    generated = history if generated is None else generated
+    for stage in cfg.order:
+        x = _apply(stage, x, cfg, history, generated)
+    return x
+
+
+def choose(logits, rng: np.random.Generator) -> int:
+    """Draw a token id from softmax(logits) by inverse CDF with one uniform number.
+
+    A single surviving token is returned without a draw, so greedy never consumes randomness."""
     probs = softmax(logits)
-    finite = np.flatnonzero(probs > 0)
-    if finite.size == 1:
-        return int(finite[0])
-    # inverse-CDF with one uniform: the same seed gives the same token on every path that asks
-    return int(min(np.searchsorted(np.cumsum(probs), rng.random() * probs.sum(), side="right"), probs.size - 1))
+    alive = np.flatnonzero(probs > 0)
+    if alive.size == 1:
+        return int(alive[0])
+    cdf = np.cumsum(probs)
+    return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), probs.size - 1))
+
+
+def position_rng(seed: int, position: int) -> np.random.Generator:
+    """The generator for the token at absolute position `position`: a given seed draws the same token
+    there whether it is reached by a stepper, a batch run, or a branch replayed from a URL."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(position)])

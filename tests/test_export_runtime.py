@@ -16,15 +16,21 @@ import torch
 
 from core.checkpoint import load_model
 from core.export import ExportConfig, ExportError, export_model
+from core.generate import GenerationConfig, decode
 from core.generate import main as generate_main
-from core.generate import stream
 from core.model import NORMS, POS_ENCODINGS, ModelConfig
 from core.runtime import ContextLimitError, Model, ModelError
-from core.sampling import log_softmax
+from core.sampling import SamplerConfig, log_softmax
 from core.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ModelConfig(block_size=24, n_layer=2, n_head=2, n_embd=16)
+
+
+def stream(m, prompt, n, temperature=1.0, seed=0):
+    cfg = GenerationConfig(max_new_tokens=n, sampler=SamplerConfig(temperature=temperature), seed=seed,
+                           stop_at_eos=False)
+    return decode(m, prompt, cfg)
 
 
 def make_run(run_dir, corpus_file, data_dir, model_cfg=SMALL, steps=30, **kw):
@@ -154,8 +160,8 @@ def test_score_matches_the_logits(exported):
 
 def test_generation_is_seeded_and_slides_past_the_context(exported):
     m = Model(exported)
-    a = [s.token_id for s in stream(m, "The", 60, temperature=1.0, seed=3)]
-    b = [s.token_id for s in stream(m, "The", 60, temperature=1.0, seed=3)]
+    a = [s.token_id for s in stream(m, "The", 60, seed=3)]
+    b = [s.token_id for s in stream(m, "The", 60, seed=3)]
     assert a == b and len(a) == 60
     steps = list(stream(m, "The", 60, temperature=0))
     assert any(s.window_slid for s in steps)            # 3 + 60 tokens > 24 context
@@ -164,7 +170,7 @@ def test_generation_is_seeded_and_slides_past_the_context(exported):
     for s in steps[:10]:
         assert s.token_id == int(np.argmax(m.logits(ids[-24:])[0, -1]))
         ids.append(s.token_id)
-    with pytest.raises(ValueError, match="max_new_tokens"):
+    with pytest.raises(ValueError, match=r"max_new_tokens must be an integer in \[1, 1024\], got 0"):
         next(stream(m, "x", 0))
 
 
@@ -174,7 +180,7 @@ def test_generate_cli(exported, capsys):
     assert out.out.startswith("The") and "20 tokens" in out.err
     assert generate_main([str(exported), "--prompt", "The", "--top-p", "0"]) == 1
     out = capsys.readouterr()
-    assert "top_p must be in (0, 1]" in out.err and out.out == ""
+    assert "top_p must be a finite number in (0, 1], got 0.0" in out.err and out.out == ""
 
 
 def copy_model(exported, tmp_path) -> Path:
@@ -250,9 +256,10 @@ class BlockTorch:
 sys.meta_path.insert(0, BlockTorch())
 sys.path.insert(0, {str(ROOT)!r})
 from core.runtime import Model
-from core.generate import stream
+from core.generate import GenerationConfig, decode
+from core.sampling import SamplerConfig
 m = Model({str(exported)!r})
-print("".join(s.text for s in stream(m, "The", 10, temperature=0)))
+print("".join(s.text for s in decode(m, "The", GenerationConfig(10, SamplerConfig(temperature=0)))))
 print(m.score("The cat sat.").perplexity > 1, len(m.attention([1, 2, 3]).probs))
 assert "torch" not in sys.modules
 """

@@ -1,0 +1,414 @@
+"""Decoding engine: sampler stages by hand, strategies on a numpy toy model, traces, metrics."""
+
+import dataclasses
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from core import sampling
+from core.generate import (GenerationConfig, Limits, BeamResult, BeamStep, beam_search, best_of, complete,
+                           decode, sample_n)
+from core.metrics import distinct_n, measure, repeated_ngram_rate
+from core.runtime import KVCache
+from core.sampling import SamplerConfig, run_pipeline
+from core.tokenizer import byte_tokenizer
+from core.trace import Trace, replay
+
+
+class ToySource:
+    """A numpy language model: logits from the last token (and, with order 2, the one before),
+    looked up in fixed random tables. It keeps its 'cache' as the token history, in a KVCache."""
+
+    def __init__(self, vocab=4, block_size=64, order=2, seed=0, scale=2.0, boost=None):
+        rng = np.random.default_rng(seed)
+        self.vocab_size, self.block_size, self.order = vocab, block_size, order
+        self.t1 = rng.normal(0, scale, (vocab, vocab))
+        self.t2 = rng.normal(0, scale, (vocab, vocab, vocab)) if order == 2 else None
+        if boost is not None:
+            self.t1[:, boost] += 6.0          # make some tokens (e.g. ASCII letters) likely
+        self.tokenizer = byte_tokenizer()
+        self.calls = 0
+
+    def step(self, ids, cache=None):
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.ndim == 1:
+            ids = ids[None]
+        B, T = ids.shape
+        hist = cache.arrays[0] if cache is not None else np.zeros((B, 0), np.int64)
+        if hist.shape[1] + T > self.block_size:
+            raise ValueError("context exceeded")
+        full = np.concatenate([hist, ids], axis=1)
+        self.calls += 1
+        logits = np.zeros((B, T, self.vocab_size))
+        for j in range(T):
+            pos = hist.shape[1] + j
+            last = full[:, pos] % self.vocab_size        # text prompts bring byte ids beyond a small vocab
+            logits[:, j] = self.t1[last]
+            if self.order == 2:
+                prev = full[:, pos - 1] % self.vocab_size if pos >= 1 else np.zeros(B, np.int64)
+                logits[:, j] += self.t2[prev, last]
+        return logits, KVCache((full,), full.shape[1], B)
+
+    def next_logits(self, ids, cache=None):
+        logits, cache = self.step(np.asarray(ids)[None] if np.asarray(ids).ndim == 1 else ids, cache)
+        return logits[0, -1], cache
+
+
+def log(p):
+    return np.log(np.asarray(p, dtype=np.float64))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Stages, worked by hand
+
+def test_temperature():
+    assert np.allclose(sampling.temperature([1.0, 2.0, 3.0], 2.0), [0.5, 1.0, 1.5])
+    greedy = sampling.temperature([1.0, 3.0, 2.0], 0)
+    assert np.isneginf(greedy[[0, 2]]).all() and greedy[1] == 3.0
+
+
+def test_top_k():
+    out = sampling.top_k([1.0, 3.0, 2.0, 0.0], 2)
+    assert out[1] == 3.0 and out[2] == 2.0 and np.isneginf(out[[0, 3]]).all()
+    assert np.array_equal(sampling.top_k([1.0, 2.0], 0), [1.0, 2.0])          # 0 = off
+    assert np.isfinite(sampling.top_k([1.0, 1.0, 1.0], 1)).all()              # ties at the k-th are kept
+
+
+@pytest.mark.parametrize("p, kept", [(0.5, [0]), (0.6, [0, 1]), (0.8, [0, 1]), (0.81, [0, 1, 2]), (1.0, [0, 1, 2])])
+def test_top_p(p, kept):
+    out = sampling.top_p(log([0.5, 0.3, 0.2]), p)
+    assert list(np.flatnonzero(np.isfinite(out))) == kept
+
+
+@pytest.mark.parametrize("p, kept", [(0.0, [0, 1, 2]), (0.4, [0, 1, 2]), (0.5, [0, 1]), (0.7, [0]), (1.0, [0])])
+def test_min_p(p, kept):
+    # 0.2 >= 0.4 * 0.5 survives at 0.4; at 0.5 only tokens >= 0.25 stay
+    out = sampling.min_p(log([0.5, 0.3, 0.2]), p)
+    assert list(np.flatnonzero(np.isfinite(out))) == kept
+
+
+@pytest.mark.parametrize("p, kept", [(0.2, [1]), (0.3, [1]), (0.5, [0, 1]), (0.8, [0, 1]), (0.9, [0, 1, 2])])
+def test_typical_p(p, kept):
+    # H = 1.0297 nats; surprises 0.693, 1.204, 1.609 -> distances 0.337, 0.174, 0.580:
+    # order of typicality 1, 0, 2 with masses 0.3, 0.8, 1.0
+    out = sampling.typical_p(log([0.5, 0.3, 0.2]), p)
+    assert list(np.flatnonzero(np.isfinite(out))) == kept
+
+
+def test_repetition_penalty_is_ctrl_as_hugging_face_applies_it():
+    out = sampling.repetition_penalty([2.0, -2.0, 1.0], [0, 1, 1], 2.0)
+    assert np.allclose(out, [1.0, -4.0, 1.0])        # positive divided, negative multiplied, once each
+
+
+def test_frequency_and_presence_penalties_are_openais():
+    out = sampling.frequency_presence_penalty([0.0, 0.0, 0.0], [0, 0, 1], 0.5, 1.0)
+    assert np.allclose(out, [-2.0, -1.5, 0.0])
+
+
+def test_every_stage_keeps_at_least_one_token():
+    x = np.array([0.0, 0.0, 5.0, 0.0])
+    for out in (sampling.top_p(x, 1e-9), sampling.min_p(x, 1.0), sampling.typical_p(x, 0.0),
+                sampling.top_k(x, 1), sampling.temperature(x, 0)):
+        assert np.isfinite(out).sum() >= 1 and np.isfinite(out[2])
+
+
+def test_pipeline_outputs_are_valid_distributions():
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        cfg = SamplerConfig(temperature=float(rng.choice([0, 0.3, 1, 2.5])), top_k=int(rng.integers(0, 8)),
+                            top_p=float(rng.uniform(0.05, 1)), min_p=float(rng.uniform(0, 1)),
+                            typical_p=float(rng.uniform(0, 1)), repetition_penalty=float(rng.uniform(0.5, 2)),
+                            frequency_penalty=float(rng.uniform(-2, 2)), presence_penalty=float(rng.uniform(-2, 2)))
+        logits = rng.normal(0, 3, 20)
+        history = list(rng.integers(0, 20, 5))
+        res = run_pipeline(logits, cfg, history)
+        assert [s.name for s in res.stages] == ["raw", *cfg.order]
+        for s in res.stages:
+            assert np.all(s.probs >= 0) and math.isclose(s.probs.sum(), 1.0, rel_tol=1e-9)
+            assert s.kept >= 1
+        assert np.allclose(sampling.process(logits, cfg, history), res.final.logits)
+
+
+def test_stage_order_is_a_parameter():
+    logits = log([0.6, 0.3, 0.1])    # at temperature 3: 0.427, 0.339, 0.235
+    a = SamplerConfig(temperature=3.0, top_p=0.5)
+    b = SamplerConfig(temperature=3.0, top_p=0.5, order=("top_p", "temperature"))
+    # nucleus before flattening keeps one token; after flattening it needs two
+    assert run_pipeline(logits, a).final.kept == 2
+    assert run_pipeline(logits, b).final.kept == 1
+    assert [s.name for s in run_pipeline(logits, b).stages] == ["raw", "top_p", "temperature"]
+
+
+def test_choose_follows_the_distribution_and_skips_the_draw_when_forced():
+    probs = np.array([0.5, 0.3, 0.2])
+    rng = np.random.default_rng(0)
+    draws = np.bincount([sampling.choose(log(probs), rng) for _ in range(20000)], minlength=3) / 20000
+    assert np.allclose(draws, probs, atol=0.015)
+    r = np.random.default_rng(1)
+    state = r.bit_generator.state
+    assert sampling.choose(sampling.temperature(log(probs), 0), r) == 0
+    assert r.bit_generator.state == state
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(temperature=-1), r"temperature must be a finite number in \[0, 100\], got -1"),
+    (dict(temperature=float("nan")), "temperature must be a finite number"),
+    (dict(temperature=float("inf")), "temperature must be a finite number"),
+    (dict(temperature="hot"), "temperature must be a number, got 'hot'"),
+    (dict(top_p=0.0), r"top_p must be a finite number in \(0, 1\], got 0.0"),
+    (dict(top_p=1.5), r"top_p must be a finite number in \(0, 1\], got 1.5"),
+    (dict(top_k=-1), "top_k must be an integer >= 0, got -1"),
+    (dict(top_k=2.5), "top_k must be an integer, got 2.5"),
+    (dict(top_k=True), "top_k must be an integer, got True"),
+    (dict(min_p=1.5), r"min_p must be a finite number in \[0, 1\], got 1.5"),
+    (dict(typical_p=-0.1), r"typical_p must be a finite number in \[0, 1\], got -0.1"),
+    (dict(repetition_penalty=0), r"repetition_penalty must be a finite number in \(0, 1e\+06\], got 0"),
+    (dict(repetition_penalty=float("inf")), "repetition_penalty must be a finite number"),
+    (dict(frequency_penalty=3), r"frequency_penalty must be a finite number in \[-2, 2\], got 3"),
+    (dict(presence_penalty=-2.5), r"presence_penalty must be a finite number in \[-2, 2\], got -2.5"),
+    (dict(order=("temperature", "top_q")), "order must list distinct stages"),
+    (dict(order=("top_k", "top_k")), "order must list distinct stages"),
+])
+def test_every_bad_knob_is_named(kw, message):
+    with pytest.raises(ValueError, match=message):
+        SamplerConfig(**kw)
+
+
+def test_bad_generation_settings_are_named():
+    toy = ToySource()
+    with pytest.raises(ValueError, match=r"max_new_tokens must be an integer in \[1, 1024\], got 0"):
+        list(decode(toy, [1], GenerationConfig(max_new_tokens=0)))
+    with pytest.raises(ValueError, match=r"max_new_tokens must be an integer in \[1, 10\], got 11"):
+        list(decode(toy, [1], GenerationConfig(max_new_tokens=11), Limits(max_new_tokens=10)))
+    with pytest.raises(ValueError, match="stop strings must be non-empty text, got ''"):
+        list(decode(toy, [1], GenerationConfig(stop=("",))))
+    with pytest.raises(ValueError, match="stop takes at most 8 strings"):
+        list(decode(toy, [1], GenerationConfig(stop=tuple("abcdefghi"))))
+    with pytest.raises(ValueError, match=r"beam width must be an integer in \[1, 16\], got 17"):
+        list(beam_search(toy, [1], width=17))
+    with pytest.raises(ValueError, match=r"beam width must be an integer in \[1, 16\], got 0"):
+        list(beam_search(toy, [1], width=0))
+    with pytest.raises(ValueError, match=r"n must be an integer in \[1, 16\], got 0"):
+        sample_n(toy, [1], GenerationConfig(), 0)
+    with pytest.raises(ValueError, match="the prompt has 30,001 characters; the limit is 20,000"):
+        list(decode(toy, "x" * 30_001))
+    with pytest.raises(ValueError, match="prompt encodes to no tokens"):
+        list(decode(toy, ""))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Strategies
+
+def tokens_of(steps):
+    return [s.token_id for s in steps]
+
+
+def test_sampling_is_reproducible_by_seed():
+    toy = ToySource(vocab=30, order=1, seed=1, scale=1.0)
+    cfg = GenerationConfig(max_new_tokens=40, seed=7, stop_at_eos=False)
+    a, b = tokens_of(decode(toy, [3], cfg)), tokens_of(decode(toy, [3], cfg))
+    c = tokens_of(decode(toy, [3], dataclasses.replace(cfg, seed=8)))
+    assert a == b and a != c
+
+
+def test_the_stepper_draws_what_a_batch_run_draws():
+    toy = ToySource(vocab=30, order=1, seed=1, scale=1.0)
+    cfg = GenerationConfig(max_new_tokens=25, seed=11, stop_at_eos=False, sampler=SamplerConfig(top_k=10))
+    batch = tokens_of(decode(toy, "ab", cfg))
+    trace = Trace(toy, "ab", cfg)
+    stepped = [trace.step() for _ in range(10)] + trace.run(15)
+    assert stepped == batch
+
+
+def test_steps_report_probabilities_alternatives_and_stages():
+    toy = ToySource(vocab=30, order=1, seed=2, scale=1.0)
+    cfg = GenerationConfig(max_new_tokens=5, sampler=SamplerConfig(temperature=0.7, top_k=5), keep_stages=True,
+                           top_n=3, stop_at_eos=False)
+    for s in decode(toy, [1], cfg):
+        raw = sampling.softmax(s.stages[0].logits)
+        assert math.isclose(s.raw_prob, raw[s.token_id]) and s.prob >= s.raw_prob * 0.999
+        assert np.allclose([a.prob for a in s.alternatives], sorted(raw, reverse=True)[:3], rtol=1e-12)
+        assert math.isclose(s.entropy, -(raw * np.log(raw)).sum())
+        assert [v.name for v in s.stages] == ["raw", *SamplerConfig().order]
+        assert s.stages[-1].kept <= 5
+
+
+def test_beam_width_one_is_greedy():
+    toy = ToySource(vocab=20, order=2, seed=3)
+    greedy = tokens_of(decode(toy, [1, 2], GenerationConfig(max_new_tokens=12, sampler=SamplerConfig(temperature=0),
+                                                          stop_at_eos=False)))
+    result = list(beam_search(toy, [1, 2], width=1, max_new_tokens=12, stop_at_eos=False))[-1]
+    assert result.hypotheses[0].tokens == greedy
+
+
+def test_wide_beam_search_finds_what_exhaustive_search_finds():
+    found_better_than_greedy = False
+    for seed in range(6):
+        toy = ToySource(vocab=3, order=2, seed=seed, scale=2.5)
+        prompt, length = [1], 4
+        best, best_lp = None, -math.inf
+        for seq in itertools.product(range(3), repeat=length):
+            lp, ids = 0.0, list(prompt)
+            for t in seq:
+                lp += sampling.log_softmax(toy.next_logits(ids)[0])[t]
+                ids.append(t)
+            if lp > best_lp:
+                best, best_lp = list(seq), lp
+        result = list(beam_search(toy, prompt, width=9, max_new_tokens=length, length_penalty=0.0,
+                                  stop_at_eos=False))[-1]
+        assert result.hypotheses[0].tokens == best
+        assert math.isclose(result.hypotheses[0].sum_logprob, best_lp, rel_tol=1e-9)
+        greedy = list(beam_search(toy, prompt, width=1, max_new_tokens=length, stop_at_eos=False))[-1]
+        found_better_than_greedy |= greedy.hypotheses[0].tokens != best
+    assert found_better_than_greedy, "the toy models should include a case where greedy is not optimal"
+
+
+def test_beam_steps_form_a_tree_and_n_best_is_sorted():
+    toy = ToySource(vocab=6, order=2, seed=4)
+    records = list(beam_search(toy, [2], width=3, max_new_tokens=5, n_best=3, stop_at_eos=False))
+    steps, result = records[:-1], records[-1]
+    assert all(isinstance(s, BeamStep) for s in steps) and isinstance(result, BeamResult)
+    for prev, cur in zip(steps, steps[1:]):
+        for beam in cur.beams:
+            parent = prev.beams[beam.parent]
+            assert beam.tokens[:-1] == parent.tokens
+    scores = [h.score for h in result.hypotheses]
+    assert scores == sorted(scores, reverse=True) and len(scores) == 3
+
+
+def test_beam_search_stops_early_at_eos():
+    toy = ToySource(vocab=257, order=1, seed=5, scale=0.5)
+    toy.t1[:, 256] += 8.0                     # <|endoftext|> is by far the likeliest next token
+    result = list(beam_search(toy, [65], width=2, max_new_tokens=20))[-1]
+    assert result.finish_reason == "eos"
+    assert all(h.finished and h.tokens[-1] == 256 for h in result.hypotheses)
+    assert result.texts[0] == ""
+
+
+def test_a_stop_string_split_across_tokens_is_honoured():
+    letters = list(range(97, 123))
+    toy = ToySource(vocab=257, order=1, seed=6, scale=1.0, boost=letters)
+    greedy = GenerationConfig(max_new_tokens=30, sampler=SamplerConfig(temperature=0), stop_at_eos=False)
+    full = complete(toy, "q", greedy)
+    stop = full.text[6:8]                      # two characters, two byte tokens
+    assert len(stop) == 2
+    cut = complete(toy, "q", dataclasses.replace(greedy, stop=(stop,)))
+    assert cut.finish_reason == "stop" and cut.text == full.text[: full.text.find(stop)]
+    assert cut.steps[-1].stop_sequence == stop and len(cut.token_ids) == full.text.find(stop) + 2
+
+
+def test_max_new_tokens_and_eos_finish_reasons():
+    toy = ToySource(vocab=30, order=1)
+    steps = list(decode(toy, [1], GenerationConfig(max_new_tokens=7, stop_at_eos=False)))
+    assert len(steps) == 7 and steps[-1].finish_reason == "length" and steps[0].finish_reason is None
+    eos_toy = ToySource(vocab=257, order=1, seed=5, scale=0.5)
+    eos_toy.t1[:, 256] += 20.0
+    c = complete(eos_toy, [65], GenerationConfig(max_new_tokens=7))
+    assert c.finish_reason == "eos" and c.token_ids == [256] and c.text == ""
+
+
+def test_the_window_slides_at_the_context_limit():
+    toy = ToySource(vocab=30, order=1, block_size=8)
+    steps = list(decode(toy, [1, 2, 3], GenerationConfig(max_new_tokens=20, stop_at_eos=False)))
+    assert len(steps) == 20 and any(s.window_slid for s in steps)
+
+
+def test_n_samples_and_best_of():
+    toy = ToySource(vocab=30, order=1, seed=7, scale=1.0)
+    cfg = GenerationConfig(max_new_tokens=10, seed=100, stop_at_eos=False)
+    samples = sample_n(toy, [1], cfg, 4)
+    assert [c.seed for c in samples] == [100, 101, 102, 103]
+    assert samples[2].token_ids == complete(toy, [1], dataclasses.replace(cfg, seed=102)).token_ids
+    best = best_of(toy, [1], cfg, 4)
+    assert best.total_logprob == max(c.total_logprob for c in samples)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Traces
+
+def test_trace_force_back_fork_and_switch():
+    toy = ToySource(vocab=30, order=1, seed=8, scale=1.0)
+    t = Trace(toy, "ab", GenerationConfig(seed=3))
+    first = t.run(3)
+    t.back()
+    assert t.tokens == first[:2]
+    t.forward()
+    assert t.tokens == first
+    t.back()
+    other = (first[2] + 1) % 30
+    t.force(other)                            # a different choice forks; the old path is kept
+    assert t.current != "main" and t.tokens == first[:2] + [other]
+    assert t.branches["main"].tokens == first
+    assert t.steps()[-1].forced and not t.steps()[0].forced
+    t.switch("main")
+    assert t.tokens == first
+    t.back()
+    t.force(first[2])                         # the same token as the branch: just follows it
+    assert t.current == "main" and t.cursor == 3
+    name = t.fork("mine")
+    assert name == "mine" and t.tokens == first
+    with pytest.raises(ValueError, match="no branch named 'nope'"):
+        t.switch("nope")
+    with pytest.raises(ValueError, match=r"token id must be an integer in \[0, 29\], got 30"):
+        t.force(30)
+
+
+def test_a_restored_trace_continues_identically():
+    toy = ToySource(vocab=30, order=1, seed=9, scale=1.0)
+    t = Trace(toy, "hello", GenerationConfig(seed=5, sampler=SamplerConfig(temperature=0.9, top_p=0.9)))
+    t.run(4)
+    t.back()
+    t.force(7)
+    t.run(2)
+    url = t.to_url()
+    restored = Trace.from_url(toy, url)
+    assert restored.to_dict() == t.to_dict()
+    assert restored.run(6) == t.run(6)
+    assert restored.text == t.text
+    assert [s.prob for s in restored.steps()] == [s.prob for s in t.steps()]
+
+
+def test_a_damaged_share_link_says_so():
+    toy = ToySource()
+    with pytest.raises(ValueError, match="damaged"):
+        Trace.from_url(toy, "not-a-trace!!")
+    d = Trace(toy, "a").to_dict()
+    d["cursor"] = 99
+    with pytest.raises(ValueError, match="cannot be restored.*cursor 99"):
+        Trace.from_dict(toy, d)
+    d = Trace(toy, "a").to_dict()
+    d["branches"][0]["tokens"] = [999]
+    with pytest.raises(ValueError, match="cannot be restored"):
+        Trace.from_dict(toy, d)
+
+
+def test_trace_distribution_shows_every_stage():
+    toy = ToySource(vocab=30, order=1)
+    t = Trace(toy, "x", GenerationConfig(sampler=SamplerConfig(top_k=3)))
+    view = t.distribution()
+    assert view.stages[0].name == "raw" and view.final.kept == 3
+    assert replay(toy, "x", GenerationConfig(), [1, 2]).tokens == [1, 2]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Metrics
+
+def test_distinct_and_repetition():
+    assert distinct_n([1, 2, 3, 1], 1) == 0.75
+    assert distinct_n([1, 2, 1, 2, 1], 2) == 0.5
+    assert distinct_n([1], 2) == 0.0
+    assert repeated_ngram_rate([1, 2, 3, 1, 2, 3, 1], 3) == 2 / 5
+    assert repeated_ngram_rate([1, 2, 3, 4], 3) == 0.0
+
+
+def test_measure_scores_under_the_model():
+    toy = ToySource(vocab=30, order=1, seed=10, scale=1.0)
+    c = complete(toy, [1], GenerationConfig(max_new_tokens=12, stop_at_eos=False))
+    m = measure(toy, [1], c.token_ids, seconds=0.012)
+    assert math.isclose(m.mean_logprob, c.total_logprob / 12, rel_tol=1e-9)
+    assert math.isclose(m.perplexity, math.exp(-m.mean_logprob))
+    assert m.length == 12 and m.ms_per_token == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="nothing was generated"):
+        measure(toy, [1], [])
