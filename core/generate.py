@@ -179,7 +179,8 @@ class Context:
 
 
 def token_text(source: LogitsSource, token_id: int) -> str:
-    return source.tokenizer.token_bytes(token_id).decode("utf-8", errors="replace")
+    # ids here come from the model's own distribution, so in range: skip the tokenizer's id check
+    return source.tokenizer.encoding.decode_single_token_bytes(token_id).decode("utf-8", errors="replace")
 
 
 def alternatives(source: LogitsSource, probs: np.ndarray, n: int) -> list[Alternative]:
@@ -195,10 +196,12 @@ def make_step(source: LogitsSource, logits: np.ndarray, processed: np.ndarray, t
     the raw distribution's entropy and top-n alternatives."""
     raw_logp = sampling.log_softmax(logits)
     raw_probs = np.exp(raw_logp)
+    alive = raw_probs > 0
+    entropy = float(-(raw_probs[alive] * raw_logp[alive]).sum())
     p = float(sampling.softmax(processed)[token])
     return Step(index, position, int(token), token_text(source, token), p,
                 math.log(p) if p > 0 else -math.inf, float(raw_probs[token]), float(raw_logp[token]),
-                sampling.entropy(logits), alternatives(source, raw_probs, top_n), stages, forced)
+                entropy, alternatives(source, raw_probs, top_n), stages, forced)
 
 
 def next_choice(logits: np.ndarray, cfg: GenerationConfig, history: Sequence[int], generated: Sequence[int]
@@ -223,7 +226,8 @@ def decode(source: LogitsSource, prompt: str | Sequence[int], cfg: GenerationCon
         t0 = time.perf_counter()
         position = len(ctx.ids)
         processed, stages = next_choice(ctx.logits, cfg, ctx.ids, ctx.ids[n_prompt:])
-        token = sampling.choose(processed, sampling.position_rng(cfg.seed, position))
+        rng = None if cfg.sampler.greedy else sampling.position_rng(cfg.seed, position)
+        token = sampling.choose(processed, rng)
         step = make_step(source, ctx.logits, processed, token, i, position, cfg.top_n, stages)
         step.window_slid = ctx.slid
         text_bytes += source.tokenizer.token_bytes(token)

@@ -304,24 +304,39 @@ def run_pipeline(logits, cfg: SamplerConfig, history: Sequence[int] = (), genera
     return out
 
 
+def is_active(stage: str, cfg: SamplerConfig) -> bool:
+    """Whether a stage changes anything with these settings (off stages are skipped when sampling)."""
+    return {"repetition_penalty": cfg.repetition_penalty != 1.0,
+            "frequency_presence_penalty": cfg.frequency_penalty != 0.0 or cfg.presence_penalty != 0.0,
+            "temperature": cfg.temperature != 1.0,
+            "top_k": cfg.top_k != 0,
+            "top_p": cfg.top_p < 1.0,
+            "min_p": cfg.min_p > 0.0,
+            "typical_p": cfg.typical_p < 1.0}[stage]
+
+
 def process(logits, cfg: SamplerConfig, history: Sequence[int] = (),
             generated: Sequence[int] | None = None) -> np.ndarray:
-    """The final processed logits (no per-stage record): the fast path of a decoding loop."""
+    """The final processed logits (no per-stage record): the fast path of a decoding loop, which
+    skips the stages that are off."""
     x = _as_logits(logits)
     generated = history if generated is None else generated
     for stage in cfg.order:
-        x = _apply(stage, x, cfg, history, generated)
+        if is_active(stage, cfg):
+            x = _apply(stage, x, cfg, history, generated)
     return x
 
 
-def choose(logits, rng: np.random.Generator) -> int:
+def choose(logits, rng: np.random.Generator | None) -> int:
     """Draw a token id from softmax(logits) by inverse CDF with one uniform number.
 
-    A single surviving token is returned without a draw, so greedy never consumes randomness."""
+    A single surviving token is returned without a draw (greedy needs no generator: rng may be None)."""
     probs = softmax(logits)
     alive = np.flatnonzero(probs > 0)
     if alive.size == 1:
         return int(alive[0])
+    if rng is None:
+        raise ValueError("several tokens remain possible, so a random generator is needed to choose")
     cdf = np.cumsum(probs)
     return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), probs.size - 1))
 

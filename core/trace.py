@@ -107,7 +107,7 @@ class Trace:
         if greedy:
             cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, temperature=0.0))
         processed, _ = next_choice(ctx.logits, cfg, ctx.ids, ctx.ids[len(self.prompt_ids):])
-        token = sampling.choose(processed, sampling.position_rng(cfg.seed, len(ctx.ids)))
+        token = sampling.choose(processed, None if cfg.sampler.greedy else sampling.position_rng(cfg.seed, len(ctx.ids)))
         self._take(token, forced=False)
         return token
 

@@ -20,8 +20,8 @@ with left:
         st.dataframe([{"model": m.name, "parameters": m.parameters, "tokenizer": m.tokenizer,
                        "val loss": m.val_loss} for m in models], hide_index=True)
     else:
-        st.info("No exported model yet in `exported/`. Train one with the command on the right; "
-                "the export step arrives with the ONNX engine.")
+        st.info("No exported model yet in `exported/`. Train one with the command on the right, then "
+                "export it: `python -m core.export runs/NAME exported/NAME`.")
 with right:
     st.subheader("Training runs")
     if runs:
@@ -29,5 +29,7 @@ with right:
                        "bits/byte": r.val_bits_per_byte} for r in runs], hide_index=True)
     else:
         st.info("No training run in `runs/` yet.")
-    st.markdown("Train the byte-level model on tiny shakespeare from a terminal:")
-    st.code("python -m core.train --out-dir runs/shakespeare-byte", language="bash")
+    st.markdown("Train the byte-level model on tiny shakespeare from a terminal, export it, generate:")
+    st.code("python -m core.train --out-dir runs/shakespeare-byte\n"
+            "python -m core.export runs/shakespeare-byte exported/shakespeare-byte\n"
+            "python -m core.generate exported/shakespeare-byte --prompt 'ROMEO:'", language="bash")

@@ -150,6 +150,9 @@ def test_choose_follows_the_distribution_and_skips_the_draw_when_forced():
     state = r.bit_generator.state
     assert sampling.choose(sampling.temperature(log(probs), 0), r) == 0
     assert r.bit_generator.state == state
+    assert sampling.choose(sampling.temperature(log(probs), 0), None) == 0     # greedy needs no generator
+    with pytest.raises(ValueError, match="random generator is needed"):
+        sampling.choose(log(probs), None)
 
 
 @pytest.mark.parametrize("kw, message", [
