@@ -27,5 +27,6 @@ def test_home_lists_a_real_run(tmp_path, monkeypatch, corpus_file, data_dir):
     monkeypatch.setattr(catalog, "RUNS_DIR", runs)
     at = AppTest.from_file(APP, default_timeout=30).run()
     assert not at.exception
-    table = at.dataframe[0].value
-    assert list(table["run"]) == ["tiny"] and list(table["steps"]) == [10]
+    models, run_table = at.dataframe[0].value, at.dataframe[1].value
+    assert {"shakespeare-char", "shakespeare-bpe"} <= set(models["model"])   # the committed defaults
+    assert list(run_table["run"]) == ["tiny"] and list(run_table["steps"]) == [10]
