@@ -6,5 +6,10 @@ st.set_page_config(page_title="LLM Playground", page_icon="🔬", layout="wide")
 
 pages = [
     st.Page("playground/home.py", title="Home", icon="🏠", default=True),
+    st.Page("playground/tokenizer.py", title="Tokenizer", icon="🔤", url_path="tokenizer"),
+    st.Page("playground/generate.py", title="Generate", icon="🎲", url_path="generate"),
+    st.Page("playground/compare.py", title="Compare", icon="⚖️", url_path="compare"),
+    st.Page("playground/attention.py", title="Attention", icon="🔍", url_path="attention"),
+    st.Page("playground/models.py", title="Models", icon="📦", url_path="models"),
 ]
 st.navigation(pages).run()

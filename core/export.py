@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.catalog import CARD_FILE, RUN_FILE, TOKENIZER_DIR
+from core.catalog import CARD_FILE, RUN_FILE, TOKENIZER_DIR, read_log
 from core.checkpoint import load_model
 from core.files import make_readable, write_atomic
 from core.model import GPT
@@ -232,7 +232,11 @@ def _export_into(work: Path, name: str, model: GPT, ckpt, run_dir: Path, tokeniz
         "training": {"step": ckpt.step, "tokens_seen": ckpt.meta["state"].get("tokens_seen"),
                      "train_config": ckpt.meta.get("train_config"),
                      "corpus": run_info.get("corpus"), "corpus_sha256": ckpt.meta.get("corpus_sha256"),
-                     "command": run_info.get("command")},
+                     "command": run_info.get("command"),
+                     # the loss curve, for the Models page (evals only: a few dozen points)
+                     "curve": [{k: r[k] for k in ("step", "train_loss", "val_loss", "val_bits_per_byte")}
+                               for r in read_log(run_dir) if r.get("type") == "EvalResult"
+                               and r["step"] <= ckpt.step]},
         "train_loss": last_eval.get("train_loss"),
         "val_loss": last_eval.get("val_loss"),
         "val_bits_per_byte": last_eval.get("val_bits_per_byte"),

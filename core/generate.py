@@ -62,6 +62,13 @@ class Limits:
     max_stop_chars: int = 64
     max_prompt_chars: int = 20_000
     max_top_n: int = 50
+    max_strategies: int = 8             # strategies in one comparison
+
+    @classmethod
+    def hosted(cls) -> "Limits":
+        """For a shared demo on a small machine: every visitor's request stays short."""
+        return cls(max_new_tokens=256, max_beam_width=8, max_samples=4, max_stop_strings=4,
+                   max_prompt_chars=2_000, max_top_n=20, max_strategies=6)
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,12 @@ def entropy(logits: np.ndarray) -> float:
     return float(-(p[nz] * np.log(p[nz])).sum())
 
 
+def entropy_by_temperature(logits, temperatures: Sequence[float]) -> np.ndarray:
+    """Entropy (nats) of softmax(logits / T) for each T > 0: how temperature spreads or sharpens."""
+    x = _as_logits(logits)
+    return np.array([entropy(x / _number("temperature", t, 0.0, 100.0, low_open=True)) for t in temperatures])
+
+
 # ---------------------------------------------------------------------------------------------------
 # Validation (vLLM's rules: each error names the knob, its range and the value)
 

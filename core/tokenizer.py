@@ -225,6 +225,13 @@ class Tokenizer:
         return d
 
 
+def char_frequencies(text: str, top: int = 40) -> list[tuple[str, int]]:
+    """The most common characters of `text` with their counts: a few characters make most of a text,
+    and frequent pairs of them are what BPE merges first."""
+    from collections import Counter
+    return Counter(text).most_common(top)
+
+
 def byte_tokenizer() -> Tokenizer:
     """256 single-byte tokens plus <|endoftext|> (id 256). No merges: every byte is one token."""
     enc = tiktoken.Encoding(

@@ -51,3 +51,14 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
     assert ci in readme
+
+
+def test_the_hosted_requirements_have_no_torch_and_the_same_pins():
+    def pins(name):
+        lines = (ROOT / name).read_text().splitlines()
+        return dict(line.split("==") for line in lines if "==" in line and not line.startswith("#"))
+    hosted, full = pins("requirements-hosted.txt"), pins("requirements.txt")
+    assert not {"torch", "rustbpe", "safetensors", "onnxscript"} & set(hosted)
+    assert all(full[name] == version for name, version in hosted.items())
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert "requirements-hosted.txt" in dockerfile and "LLM_PLAYGROUND_HOSTED=1" in dockerfile

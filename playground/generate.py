@@ -1,0 +1,207 @@
+"""Generate: step through generation one token at a time and see every stage of the sampler."""
+
+import time
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from core.generate import GenerationConfig
+from core.sampling import SamplerConfig, entropy_by_temperature
+from core.trace import Trace
+from playground.shared import limits, pick_model, prob_colour, tokens_html, url_value, visible
+
+KNOBS = {   # (label, min, max, step, default, one-line explanation)
+    "temperature": ("Temperature", 0.0, 3.0, 0.05, 1.0,
+                    "Divides the logits: below 1 sharpens the distribution, above 1 flattens it; 0 always "
+                    "takes the most likely token (greedy)."),
+    "top_k": ("Top-k", 0, 200, 1, 0, "Keeps only the k most likely tokens. 0 keeps them all."),
+    "top_p": ("Top-p (nucleus)", 0.01, 1.0, 0.01, 1.0,
+              "Keeps the most likely tokens until their probabilities add up to p: a fixed share of the "
+              "probability mass, however many tokens that takes. 1 keeps all."),
+    "min_p": ("Min-p", 0.0, 1.0, 0.01, 0.0,
+              "Keeps tokens at least this fraction as likely as the single most likely one: a bar relative "
+              "to the model's confidence, unlike top-p's fixed mass. 0 keeps all."),
+    "typical_p": ("Typical-p", 0.01, 1.0, 0.01, 1.0,
+                  "Keeps the tokens whose surprise is closest to the distribution's average surprise "
+                  "(its entropy) until their mass reaches p. 1 keeps all."),
+    "repetition_penalty": ("Repetition penalty", 0.5, 2.0, 0.05, 1.0,
+                           "Above 1, every token already in the text (prompt included) becomes less likely, "
+                           "once, however often it appeared. 1 is off."),
+    "frequency_penalty": ("Frequency penalty", -2.0, 2.0, 0.1, 0.0,
+                          "Subtracts this from a token's logit for every time it was already generated."),
+    "presence_penalty": ("Presence penalty", -2.0, 2.0, 0.1, 0.0,
+                         "Subtracts this from a token's logit once if it was generated at all."),
+}
+
+model = pick_model()
+if model is None:
+    st.stop()
+lim = limits()
+st.title("Generate, step by step")
+st.caption("Each step: the model scores every token, the sampler stages reshape those scores, one token "
+           "is drawn. Click a candidate to force it; go back and choose differently to branch.")
+
+with st.sidebar:
+    st.subheader("Sampler")
+    values = {}
+    for key, (label, lo, hi, step, default, explain) in KNOBS.items():
+        cast = int if isinstance(default, int) else float
+        start = min(hi, max(lo, url_value(key, default, cast)))
+        values[key] = st.slider(label, lo, hi, start, step, help=explain, key=f"knob_{key}")
+        if values[key] != default:
+            st.query_params[key] = str(values[key])
+        elif key in st.query_params:
+            del st.query_params[key]
+    seed = st.number_input("Seed", 0, 2**31 - 1, url_value("seed", 0, int), help="Same seed, same choices: a "
+                           "shared link replays exactly.", key="seed")
+    st.query_params["seed"] = str(seed)
+
+sampler = SamplerConfig(**values)
+config = GenerationConfig(max_new_tokens=lim.max_new_tokens, sampler=sampler, seed=int(seed), top_n=10)
+prompt = st.text_area("Prompt", url_value("prompt", "ROMEO:\n"), max_chars=lim.max_prompt_chars, key="prompt")
+st.query_params["prompt"] = prompt
+path = str(model.directory)
+
+
+def current_trace() -> Trace | None:
+    """The visitor's trace for this model and prompt, restored from the session or a shared link."""
+    saved = st.session_state.get("trace")
+    if saved and saved["model"] == path and saved["state"]["prompt"] == prompt:
+        trace = Trace.from_dict(model, saved["state"])
+    elif "t" in st.query_params and not saved:
+        try:
+            trace = Trace.from_url(model, st.query_params["t"])
+        except ValueError as e:
+            st.warning(str(e))
+            trace = None
+        if trace is not None and trace.prompt != prompt:
+            trace = None
+    else:
+        trace = None
+    if trace is None:
+        if not prompt:
+            return None
+        trace = Trace(model, prompt, config)
+    trace.config = config
+    return trace
+
+
+def save(trace: Trace) -> None:
+    st.session_state["trace"] = {"model": path, "state": trace.to_dict()}
+    st.query_params["t"] = trace.to_url()
+
+
+def act(action: str, arg=None) -> None:
+    """Button callbacks: one move on the trace, then saved (runs before the page reruns)."""
+    st.session_state["click_started"] = time.perf_counter()
+    trace = current_trace()
+    if trace is None:
+        return
+    if action in ("sample", "greedy", "run") and len(trace.tokens) >= lim.max_new_tokens:
+        st.session_state["notice"] = f"This demo stops at {lim.max_new_tokens} generated tokens; go back or reset."
+        return
+    if action == "sample":
+        trace.step()
+    elif action == "greedy":
+        trace.step(greedy=True)
+    elif action == "run":
+        trace.run(min(int(arg), lim.max_new_tokens - len(trace.tokens)))
+    elif action == "back":
+        trace.back()
+    elif action == "forward":
+        trace.forward()
+    elif action == "force":
+        trace.force(int(arg))
+    elif action == "switch":
+        trace.switch(st.session_state["branch"])
+    elif action == "reset":
+        trace = Trace(model, prompt, config)
+    save(trace)
+
+
+if not prompt:
+    st.info("Type a prompt to start.")
+    st.stop()
+
+
+@st.fragment
+def stepper() -> None:
+    trace = current_trace()
+    if "notice" in st.session_state:
+        st.warning(st.session_state.pop("notice"))
+    b = st.columns([1, 1, 1.3, 0.8, 1, 1, 1])
+    b[0].button("Sample one", on_click=act, args=("sample",), help="Draw the next token from the final distribution.")
+    b[1].button("Greedy one", on_click=act, args=("greedy",), help="Take the most likely token after the penalties.")
+    n = b[3].number_input("N", 1, 100, 10, label_visibility="collapsed", key="run_n")
+    b[2].button(f"Run {n}", on_click=act, args=("run", n))
+    b[4].button("Back", on_click=act, args=("back",), disabled=trace.cursor == 0)
+    b[5].button("Forward", on_click=act, args=("forward",), disabled=trace.cursor >= len(trace.branch.tokens))
+    b[6].button("Reset", on_click=act, args=("reset",))
+
+    steps, view = trace.view()
+    pieces = [(trace.prompt, "prompt", "#e5e7eb")]
+    for s in steps:
+        alts = ", ".join(f"{a.text!r} {a.prob:.2f}" for a in s.alternatives[:5])
+        mark = " (forced)" if s.forced else ""
+        pieces.append((s.text, f"id {s.token_id}{mark}: p={s.raw_prob:.3f}, entropy {s.entropy:.2f} nats; "
+                               f"top: {alts}", prob_colour(s.raw_prob)))
+    st.markdown(tokens_html(pieces), unsafe_allow_html=True)
+    st.caption(f"{len(steps)} tokens generated · branch `{trace.current}` · colour: probability under the "
+               f"model (red unlikely, green likely); hover a token for its alternatives")
+    if len(trace.branches) > 1:
+        names = list(trace.branches)
+        st.session_state["branch"] = trace.current
+        st.selectbox("Branch", names, key="branch", on_change=act, args=("switch",),
+                     help="Each different choice made where the text already continued keeps the old path.")
+
+    final = view.final
+    top = final.probs.argsort()[::-1][:10]
+    st.subheader("Next token candidates")
+    cols = st.columns(5)
+    for i, t in enumerate(top):
+        if final.probs[t] <= 0:
+            break
+        label = f"{visible(model.tokenizer.decode([int(t)]))}  {final.probs[t]:.3f}"
+        cols[i % 5].button(label, key=f"cand_{i}", on_click=act, args=("force", int(t)),
+                           help=f"token id {int(t)}: click to take it next")
+
+    raw = view.stages[0]
+    labels_ids = raw.probs.argsort()[::-1][:15]
+    labels = [f"{visible(model.tokenizer.decode([int(t)])) or '∅'} " for t in labels_ids]
+    rows = [f"{s.name} ({s.kept} kept)" for s in view.stages]
+    z = [s.probs[labels_ids] for s in view.stages]
+    heat = go.Figure(go.Heatmap(z=z, x=labels, y=rows, colorscale="Blues", zmin=0, zmax=1,
+                                text=[[f"{v:.2f}" for v in row] for row in z], texttemplate="%{text}",
+                                hovertemplate="%{y}<br>token %{x}: p = %{z:.4f}<extra></extra>"))
+    heat.update_yaxes(autorange="reversed")
+    heat.update_layout(height=60 + 34 * len(rows), margin=dict(t=40, b=20, l=10, r=10),
+                       title="The sampler, stage by stage: each row is the distribution after that stage "
+                             "(top 15 tokens of the raw one)")
+    st.plotly_chart(heat, width="stretch", key="stages_chart")
+    bars = go.Figure([go.Bar(x=labels, y=z[0], name="raw (the model)"),
+                      go.Bar(x=labels, y=z[-1], name="final (sampled from)")])
+    bars.update_layout(barmode="group", height=260, margin=dict(t=30, b=20), title="Raw vs final")
+    st.plotly_chart(bars, width="stretch", key="raw_final_chart")
+
+    left, right = st.columns(2)
+    if steps:
+        ent = go.Figure(go.Scatter(y=[s.entropy for s in steps], mode="lines+markers",
+                                   text=[s.text for s in steps]))
+        ent.update_layout(title="Entropy of the model's distribution at each step (nats)", height=300,
+                          xaxis_title="step", yaxis_title="entropy", margin=dict(t=40, b=20))
+        left.plotly_chart(ent, width="stretch", key="entropy_chart")
+    temps = [0.05 * i for i in range(1, 61)]
+    curve = entropy_by_temperature(raw.logits, temps)
+    tfig = go.Figure(go.Scatter(x=temps, y=curve, mode="lines"))
+    if sampler.temperature > 0:
+        tfig.add_vline(x=sampler.temperature, line_dash="dash")
+    tfig.update_layout(title="Temperature vs entropy of the next-token distribution", height=300,
+                       xaxis_title="temperature", yaxis_title="entropy (nats)", margin=dict(t=40, b=20))
+    right.plotly_chart(tfig, width="stretch", key="temperature_chart")
+    started = st.session_state.pop("click_started", None)
+    server = f" · server time for this step: {1000 * (time.perf_counter() - started):.1f} ms" if started else ""
+    st.caption("Share this exact state: copy the page's address (prompt, model, knobs, seed and the steps "
+               f"taken are in it){server}.")
+
+
+stepper()

@@ -1,0 +1,97 @@
+"""Plumbing every page shares: the model picker, open models, limits, URL state, token rendering.
+
+Open models live in a process-wide cache (functools.lru_cache), not st.cache_resource: any anonymous
+client can ask Streamlit to clear its caches for everyone, and a shared demo should not reopen its
+onnxruntime sessions because one visitor pressed a key. A `Model` keeps no per-user state, so one per
+process serves every session; per-user traces live in st.session_state.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import os
+
+import streamlit as st
+
+from core import catalog
+from core.generate import Limits
+from core.runtime import Model, ModelError
+
+DEFAULT_MODEL = "shakespeare-char"
+HOSTED = os.environ.get("LLM_PLAYGROUND_HOSTED", "") == "1"
+
+
+def limits() -> Limits:
+    return Limits.hosted() if HOSTED else Limits()
+
+
+@functools.lru_cache(maxsize=8)
+def open_model(path: str) -> Model:
+    return Model(path)
+
+
+def model_names() -> list[str]:
+    return [m.name for m in catalog.list_exported_models()]
+
+
+def model_by_name(name: str) -> Model:
+    return open_model(str(catalog.EXPORTED_DIR / name))
+
+
+def pick_model() -> Model | None:
+    """The sidebar's model picker (shared through the URL's `model`); None, with a message, if none opens."""
+    names = model_names()
+    if not names:
+        st.sidebar.warning("No exported model in `exported/`. Train and export one (see Home).")
+        return None
+    wanted = st.query_params.get("model", DEFAULT_MODEL)
+    index = names.index(wanted) if wanted in names else (names.index(DEFAULT_MODEL) if DEFAULT_MODEL in names else 0)
+    name = st.sidebar.selectbox("Model", names, index=index, key="model",
+                                help="Exported models in `exported/`; each page uses the one chosen here.")
+    st.query_params["model"] = name
+    try:
+        model = model_by_name(name)
+    except ModelError as e:
+        st.sidebar.error(f"{name} cannot be opened: {e}")
+        return None
+    card = model.card
+    st.sidebar.caption(f"{card['parameters']['total']:,} parameters · {model.tokenizer.name} tokenizer · "
+                       f"context {model.block_size} · val {card.get('val_loss') or float('nan'):.3f} nats/token")
+    return model
+
+
+def url_value(key: str, default, cast=str):
+    """A value from the URL's query string (for shared links), or the default if absent or malformed."""
+    raw = st.query_params.get(key)
+    if raw is None:
+        return default
+    try:
+        return cast(raw)
+    except (TypeError, ValueError):
+        return default
+
+
+def visible(text: str) -> str:
+    """Spaces and line breaks made visible, as token viewers show them."""
+    return html.escape(text).replace(" ", "·").replace("\n", "↵").replace("\t", "→")
+
+
+PALETTE = ["#fde68a", "#bbf7d0", "#bfdbfe", "#fbcfe8", "#ddd6fe", "#fed7aa", "#a5f3fc", "#d9f99d"]
+
+
+def tokens_html(pieces: list[tuple[str, str, str | None]]) -> str:
+    """Inline token chips: (text, hover title, background colour or None for the palette's cycle)."""
+    chips = []
+    for i, (text, title, colour) in enumerate(pieces):
+        bg = colour or PALETTE[i % len(PALETTE)]
+        chips.append(f'<span title="{html.escape(title)}" style="background:{bg};border-radius:3px;'
+                     f'padding:1px 2px;margin:1px;display:inline-block;font-family:monospace;'
+                     f'white-space:pre">{visible(text)}</span>')
+    return '<div style="line-height:2.0">' + "".join(chips) + "</div>"
+
+
+def prob_colour(p: float) -> str:
+    """Red (unlikely) to green (likely) for a probability in [0, 1]."""
+    p = min(1.0, max(0.0, p))
+    return f"hsl({int(120 * p)}, 75%, 80%)"

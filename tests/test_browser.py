@@ -1,0 +1,130 @@
+"""End to end in a real browser: Playwright driving Debian's Chromium against `streamlit run`.
+
+.ci/run installs the `chromium` package; elsewhere these tests are skipped with the reason. Screenshots
+land in artifacts/ (kept by the run)."""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason="Debian's chromium is not installed (apt-get install chromium)")
+IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py",
+                             "--server.headless", "true", "--server.address", "127.0.0.1",
+                             "--server.port", str(port), "--browser.gatherUsageStats", "false"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail(f"streamlit did not start: {proc.stderr.read().decode()[-2000:]}")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        yield b
+        b.close()
+
+
+def open_page(browser, url):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    page.wait_for_selector("[data-testid='stAppViewContainer']", timeout=60_000)
+    page.wait_for_selector(IDLE, timeout=60_000)
+    return page
+
+
+def shot(page, name):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def generated_count(page) -> int:
+    m = re.search(r"(\d+) tokens generated", page.inner_text("body"))
+    return int(m.group(1)) if m else -1
+
+
+def wait_count(page, n: int):
+    page.wait_for_function(f"document.body.innerText.includes('{n} tokens generated')", timeout=30_000)
+    page.wait_for_selector(IDLE, timeout=30_000)
+
+
+def test_step_force_back_compare_attention_and_reload_a_shared_link(server, browser):
+    page = open_page(browser, f"{server}/generate")
+    prompt = page.get_by_label("Prompt")
+    prompt.fill("JULIET:\n")
+    prompt.press("Control+Enter")
+    # the token view shows the new prompt (newline drawn as ↵) once the rerun has finished
+    page.wait_for_function("document.querySelector(\"[data-testid='stMain']\").innerText.includes('JULIET:↵')",
+                           timeout=30_000)
+    wait_count(page, 0)
+    for n in (1, 2, 3):
+        page.get_by_role("button", name="Sample one").click()
+        wait_count(page, n)
+    shot(page, "generate-3-steps")
+    page.locator(".st-key-cand_2 button:visible").first.click()   # force the third candidate
+    wait_count(page, 4)
+    page.get_by_role("button", name="Back").click()
+    wait_count(page, 3)
+    shot(page, "generate-forced-then-back")
+    shared_url = page.url
+    assert "t=" in shared_url and "model=shakespeare-char" in shared_url
+    text_before = page.locator("[data-testid='stMarkdownContainer'] div").first.inner_text()
+
+    page.get_by_role("link", name="Compare").click()
+    page.wait_for_function("document.body.innerText.includes('The search tree of beam 4')", timeout=60_000)
+    page.wait_for_selector(IDLE, timeout=30_000)
+    page.wait_for_selector("[data-testid='stDataFrame']", timeout=30_000)   # the metrics table
+    shot(page, "compare")
+
+    page.get_by_role("link", name="Attention").click()
+    page.wait_for_function("document.body.innerText.includes('newest token')", timeout=60_000)
+    page.wait_for_selector(IDLE, timeout=30_000)
+    shot(page, "attention")
+
+    other = browser.new_page(viewport={"width": 1400, "height": 1000})
+    other.goto(shared_url)
+    other.wait_for_selector(IDLE, timeout=60_000)
+    other.wait_for_function("document.body.innerText.includes('3 tokens generated')", timeout=30_000)
+    assert other.locator("[data-testid='stMarkdownContainer'] div").first.inner_text() == text_before
+    shot(other, "shared-link-reloaded")
+    page.close()
+    other.close()

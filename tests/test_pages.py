@@ -1,0 +1,171 @@
+"""AppTest of every page on the real default model (exported/shakespeare-char)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tiktoken
+from streamlit.testing.v1 import AppTest
+
+from playground import shared
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "streamlit_app.py")
+PAGES = ["playground/home.py", "playground/tokenizer.py", "playground/generate.py", "playground/compare.py",
+         "playground/attention.py", "playground/models.py"]
+
+
+@pytest.fixture(autouse=True)
+def offline_tiktoken(monkeypatch):
+    """OpenAI encodings fetch files on first use; in tests they are simply unavailable."""
+    def offline(name):
+        raise ConnectionError("offline in tests")
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+
+
+def page(path: str, query: dict | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
+    at.run()
+    at.switch_page(path)
+    return at.run()
+
+
+def button(at: AppTest, label: str):
+    return next(b for b in at.button if b.label.startswith(label))
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_page_renders(path):
+    at = page(path)
+    assert not at.exception, at.exception
+    assert at.title
+
+
+def test_generate_steps_forces_goes_back_and_shares(monkeypatch):
+    at = page("playground/generate.py")
+    for _ in range(3):
+        button(at, "Sample one").click().run()
+    assert not at.exception
+    state = at.session_state["trace"]["state"]
+    main = state["branches"][0]
+    assert len(main["tokens"]) == 3 and state["cursor"] == 3
+    candidate = next(b for b in at.button if b.key == "cand_3")
+    candidate.click().run()                                          # force the 4th most likely token
+    state = at.session_state["trace"]["state"]
+    assert state["cursor"] == 4 and state["branches"][0]["forced"] == [3]
+    button(at, "Back").click().run()
+    assert at.session_state["trace"]["state"]["cursor"] == 3
+    button(at, "Greedy one").click().run()                           # a different choice: a new branch
+    state = at.session_state["trace"]["state"]
+    assert len(state["branches"]) in (1, 2) and state["cursor"] == 4
+    shared_link = dict(at.query_params)
+    assert "t" in shared_link and shared_link["model"] == "shakespeare-char"
+
+    # a fresh visitor opening the link sees the same text and continues identically
+    fresh = page("playground/generate.py", shared_link)
+    assert not fresh.exception
+    html = [m.value for m in fresh.markdown if "span" in m.value]
+    assert html and html[0] == [m.value for m in at.markdown if "span" in m.value][0]
+    button(fresh, "Sample one").click().run()
+    button(at, "Sample one").click().run()
+    assert fresh.session_state["trace"]["state"] == at.session_state["trace"]["state"]
+
+
+def test_generate_in_hosted_mode_stops_at_the_limit(monkeypatch):
+    monkeypatch.setattr(shared, "HOSTED", True)
+    at = page("playground/generate.py")
+    at.number_input(key="run_n").set_value(100).run()
+    for _ in range(3):
+        button(at, "Run").click().run()
+    assert len(at.session_state["trace"]["state"]["branches"][0]["tokens"]) == 256
+    button(at, "Sample one").click().run()
+    assert any("stops at 256 generated tokens" in w.value for w in at.warning)
+
+
+def test_generate_rejects_a_damaged_link():
+    at = page("playground/generate.py", {"t": "garbage!!", "prompt": "ROMEO:\n"})
+    assert not at.exception
+    assert any("damaged" in w.value for w in at.warning)
+
+
+def test_compare_runs_the_strategies_with_metrics():
+    at = page("playground/compare.py")
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table["strategy"]) == ["greedy", "beam 4", "top-p 0.9", "min-p 0.1"]
+    assert (table["perplexity"] > 1).all() and (table["tokens"] > 0).all()
+
+
+def test_compare_limits_strategies_in_hosted_mode(monkeypatch):
+    monkeypatch.setattr(shared, "HOSTED", True)
+    at = page("playground/compare.py", {"strategies": "greedy"})
+    at.multiselect(key="cmp_strategies").set_value(list(__import__("core.compare", fromlist=["PRESETS"]).PRESETS)[:6])
+    at.checkbox(key="cmp_custom").check()
+    button(at, "Run").click().run()
+    assert any("at most 6 strategies" in w.value for w in at.warning)
+
+
+def test_attention_grows_the_text_one_token_at_a_time():
+    at = page("playground/attention.py")
+    before = at.text_area(key="attn_text").value
+    button(at, "Add the next token").click().run()
+    assert not at.exception
+    after = at.text_area(key="attn_text").value
+    assert after.startswith(before) and len(after) == len(before) + 1      # one byte token
+    assert len([m for m in at.markdown if "head " in m.value]) == 4          # a row per head
+
+
+def test_models_page_scores_text():
+    at = page("playground/models.py", {"score": "To be, or not to be"})
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert float(metrics["perplexity"]) > 1 and "nats/token" in metrics["mean loss"]
+    at.text_area(key="score_text").set_value("x").run()
+    assert any("at least 2 tokens" in i.value for i in at.info)
+
+
+def test_tokenizer_page_compares_and_replays_merges():
+    at = page("playground/tokenizer.py")
+    assert not at.exception
+    assert any("Not available here" in i.value for i in at.info)           # OpenAI encodings, offline
+    counts = [m.value for m in at.metric]
+    assert len(counts) >= 2 and counts[0] != counts[1]                     # the char and BPE models differ
+    replay = at.dataframe[0].value
+    assert replay["tokens"].iloc[0] == len(" thousand") and replay["tokens"].iloc[-1] < len(" thousand")
+
+
+def test_clearing_streamlit_caches_keeps_shared_models():
+    import streamlit as st
+    model = shared.model_by_name("shakespeare-char")
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    assert shared.model_by_name("shakespeare-char") is model
+
+
+def test_pages_run_without_torch():
+    code = f"""
+import sys
+class BlockTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked")
+sys.meta_path.insert(0, BlockTorch())
+sys.path.insert(0, {str(ROOT)!r})
+import tiktoken
+def offline(name):
+    raise ConnectionError("offline")
+tiktoken.get_encoding = offline
+from streamlit.testing.v1 import AppTest
+for path in {PAGES!r}:
+    at = AppTest.from_file({APP!r}, default_timeout=60).run()
+    at.switch_page(path)
+    at.run()
+    assert not at.exception, (path, at.exception)
+assert "torch" not in sys.modules
+print("ok")
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
