@@ -11,5 +11,6 @@ pages = [
     st.Page("playground/compare.py", title="Compare", icon="⚖️", url_path="compare"),
     st.Page("playground/attention.py", title="Attention", icon="🔍", url_path="attention"),
     st.Page("playground/models.py", title="Models", icon="📦", url_path="models"),
+    st.Page("playground/train.py", title="Train", icon="🏋️", url_path="train"),
 ]
 st.navigation(pages).run()

@@ -525,7 +525,9 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
                 log.write(last_eval)
                 yield last_eval
             if cfg.sample_interval and step % cfg.sample_interval == 0 and d.master:
-                yield Sample(step, _sample_text(raw_model, tokenizer, cfg.sample_tokens, device))
+                sample = Sample(step, _sample_text(raw_model, tokenizer, cfg.sample_tokens, device))
+                log.write(sample)
+                yield sample
             if step == cfg.max_steps or (cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0):
                 path = save(last_eval if last_eval and last_eval.step == step else None)
                 last_saved = step

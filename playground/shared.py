@@ -26,6 +26,24 @@ def limits() -> Limits:
     return Limits.hosted() if HOSTED else Limits()
 
 
+def job_limits():
+    from core.jobs import JobLimits
+    return JobLimits.hosted() if HOSTED else JobLimits()
+
+
+@functools.lru_cache(maxsize=1)
+def _board():
+    from core.jobs import JobBoard
+    return JobBoard()
+
+
+def job_board():
+    """The server's training jobs, shared by every session (one board per process)."""
+    board = _board()
+    board.limits = job_limits()
+    return board
+
+
 @functools.lru_cache(maxsize=8)
 def open_model(path: str) -> Model:
     return Model(path)
