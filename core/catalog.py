@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RUNS_DIR = ROOT / "runs"
-EXPORTED_DIR = ROOT / "exported"
+# where training runs and exported models live; a deployment (or a test's server) may point elsewhere
+RUNS_DIR = Path(os.environ.get("LLM_PLAYGROUND_RUNS") or ROOT / "runs")
+EXPORTED_DIR = Path(os.environ.get("LLM_PLAYGROUND_EXPORTED") or ROOT / "exported")
 
 RUN_FILE = "run.json"
 LOG_FILE = "log.jsonl"
@@ -64,6 +65,19 @@ def checkpoint_steps(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     if not d.is_dir():
         return []
     return sorted((int(m.group(1)), p) for p in d.iterdir() if (m := _STEP_FILE.match(p.name)))
+
+
+def model_checkpoints(model_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(step, directory) of the earlier checkpoints exported beside a model, oldest first."""
+    d = Path(model_dir) / "checkpoints"
+    if not d.is_dir():
+        return []
+    found = []
+    for p in d.iterdir():
+        m = re.match(r"^step_(\d{8})$", p.name)
+        if m and (p / CARD_FILE).is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
 
 
 def list_runs(runs_dir: str | os.PathLike | None = None) -> list[RunSummary]:

@@ -123,12 +123,14 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Checkpoint | None:
     return None
 
 
-def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
-    """Delete all but the newest `keep` checkpoints (keep <= 0 keeps all)."""
+def prune_checkpoints(run_dir: str | os.PathLike, keep: int, protect: set[int] = frozenset()) -> None:
+    """Delete all but the newest `keep` checkpoints and those at the `protect`ed steps (keep <= 0
+    keeps all)."""
     if keep <= 0:
         return
-    for _, path in list_checkpoints(run_dir)[:-keep]:
-        path.unlink(missing_ok=True)
+    for step, path in list_checkpoints(run_dir)[:-keep]:
+        if step not in protect:
+            path.unlink(missing_ok=True)
 
 
 def load_model(source: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[GPT, Checkpoint]:

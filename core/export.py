@@ -298,10 +298,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--int8", action="store_true", help="also write a dynamically quantized int8 variant")
     p.add_argument("--fp16", action="store_true", help="also write an fp16 variant")
     p.add_argument("--opset", type=int, default=ExportConfig.opset)
+    p.add_argument("--checkpoints", action="store_true",
+                   help="also export the run's earlier checkpoints into OUT_DIR/checkpoints/step_N "
+                        "(the pages' checkpoint scrubber)")
     args = p.parse_args(argv)
     try:
         card = export_model(args.checkpoint, args.out_dir, ExportConfig(opset=args.opset, int8=args.int8,
                                                                         fp16=args.fp16))
+        if args.checkpoints:
+            from core.checkpoint import list_checkpoints
+            final = card["training"]["step"]
+            for step, path in list_checkpoints(args.checkpoint):
+                if step != final:
+                    export_model(path, Path(args.out_dir) / "checkpoints" / f"step_{step:08d}",
+                                 ExportConfig(parity_steps=10))
     except (ExportError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

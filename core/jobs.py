@@ -128,7 +128,8 @@ class TrainingJob:
         if target.exists():
             raise JobError(f"a model named {self.name} is already exported; remove it or train under another name")
         err = open(self.run_dir.parent / f".{self.name}.export.stderr", "w")
-        self._exporter = subprocess.Popen([sys.executable, "-m", "core.export", str(self.run_dir), str(target)],
+        self._exporter = subprocess.Popen([sys.executable, "-m", "core.export", str(self.run_dir), str(target),
+                                           "--checkpoints"],
                                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                                           stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
         err.close()

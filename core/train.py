@@ -66,6 +66,8 @@ class TrainConfig:
     eval_iters: int = 200                   # batches per loss estimate (fixed batches: comparable over time)
     checkpoint_interval: int = 250          # steps between checkpoints; 0 saves only at the end
     keep_checkpoints: int = 5               # newest checkpoints kept; 0 keeps all
+    milestones: int = 0                     # also keep this many checkpoints spread over the run (the
+                                            # pages' checkpoint scrubber shows the model learning); 0: none
     sample_interval: int = 0                # steps between printed samples; 0 disables
     sample_tokens: int = 200                # length of those samples
     divergence_factor: float = 3.0          # stop when loss > this x ln(vocab) (uniform guessing) or non-finite
@@ -79,7 +81,7 @@ class TrainConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         for name in ("warmup_steps", "eval_interval", "checkpoint_interval", "keep_checkpoints",
-                     "sample_interval", "threads"):
+                     "sample_interval", "threads", "milestones"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
@@ -103,7 +105,7 @@ class TrainConfig:
 # Fields a resumed run may change: they do not alter the math of the steps already taken.
 RESUMABLE_OVERRIDES = {"out_dir", "data_dir", "max_steps", "lr_decay_steps", "compile", "device",
                        "threads", "eval_interval", "checkpoint_interval", "keep_checkpoints",
-                       "sample_interval", "sample_tokens", "resume"}
+                       "sample_interval", "sample_tokens", "resume", "milestones"}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -440,7 +442,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
             extra = {f"rng.torch.{r}": s for r, s in enumerate(rng_torch)}
             extra.update({f"rng.cuda.{r}": s for r, s in enumerate(rng_cuda)})
             ckpt_io.save_checkpoint(path, raw_model, optimizer, meta, extra)
-            ckpt_io.prune_checkpoints(run_dir, cfg.keep_checkpoints)
+            ckpt_io.prune_checkpoints(run_dir, cfg.keep_checkpoints, milestone_steps(cfg))
         _barrier(d)
         return path
 
@@ -543,6 +545,14 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
     yield RunFinished(step, tokens_seen, elapsed_before + time.perf_counter() - t_start,
                       last_eval if last_eval and last_eval.step == step else None,
                       str(ckpt_io.checkpoint_path(run_dir, step)))
+
+
+def milestone_steps(cfg: TrainConfig) -> set[int]:
+    """The checkpoint steps kept for the scrubber: about `milestones` of them, evenly spread."""
+    if not cfg.milestones or not cfg.checkpoint_interval:
+        return set()
+    every = max(1, round(cfg.max_steps / cfg.milestones / cfg.checkpoint_interval)) * cfg.checkpoint_interval
+    return set(range(every, cfg.max_steps + 1, every))
 
 
 def previous_command(run_dir: Path, command: str | None) -> str | None:

@@ -10,7 +10,7 @@ from core.runtime import ModelError
 from core.sampling import SamplerConfig
 from playground.shared import limits, pick_model, tokens_html, url_value, visible
 
-model = pick_model()
+model = pick_model(checkpoints=True)
 if model is None:
     st.stop()
 lim = limits()

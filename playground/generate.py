@@ -33,7 +33,7 @@ KNOBS = {   # (label, min, max, step, default, one-line explanation)
                          "Subtracts this from a token's logit once if it was generated at all."),
 }
 
-model = pick_model()
+model = pick_model(checkpoints=True)
 if model is None:
     st.stop()
 lim = limits()

@@ -57,8 +57,11 @@ def model_by_name(name: str) -> Model:
     return open_model(str(catalog.EXPORTED_DIR / name))
 
 
-def pick_model() -> Model | None:
-    """The sidebar's model picker (shared through the URL's `model`); None, with a message, if none opens."""
+def pick_model(checkpoints: bool = False) -> Model | None:
+    """The sidebar's model picker (shared through the URL's `model`); None, with a message, if none opens.
+
+    checkpoints: offer the model's earlier checkpoints too (a scrubber: the same prompt as the model
+    learns)."""
     names = model_names()
     if not names:
         st.sidebar.warning("No exported model in `exported/`. Train and export one (see Home).")
@@ -73,6 +76,16 @@ def pick_model() -> Model | None:
     except ModelError as e:
         st.sidebar.error(f"{name} cannot be opened: {e}")
         return None
+    steps = catalog.model_checkpoints(model.directory) if checkpoints else []
+    if steps:
+        final = model.card["training"]["step"]
+        options = [s for s, _ in steps] + [final]
+        chosen = st.sidebar.select_slider("Checkpoint (training step)", options, value=final,
+                                          key=f"checkpoint_{model.name}",
+                                          help="Earlier checkpoints of this run: see the same prompt as the "
+                                               "model learns.")
+        if chosen != final:
+            model = open_model(str(dict(steps)[chosen]))
     card = model.card
     st.sidebar.caption(f"{card['parameters']['total']:,} parameters · {model.tokenizer.name} tokenizer · "
                        f"context {model.block_size} · val {card.get('val_loss') or float('nan'):.3f} nats/token")

@@ -114,6 +114,7 @@ args = ["--corpus", corpus_arg or "", "--tokenizer", "byte" if tok_kind.startswi
         "--min-lr", str(float(lr) / 10), "--warmup-steps", str(min(100, int(steps) // 10)),
         "--batch-size", str(int(batch)), "--eval-interval", str(int(eval_every)), "--eval-iters", "20",
         "--sample-interval", str(int(sample_every)), "--checkpoint-interval", str(int(eval_every)),
+        "--milestones", "4", "--keep-checkpoints", "2",
         "--threads", "1" if HOSTED else "2"]
 if st.button("Start training", type="primary", key="train_start", disabled=corpus_arg is None):
     try:

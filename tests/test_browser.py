@@ -128,3 +128,65 @@ def test_step_force_back_compare_attention_and_reload_a_shared_link(server, brow
     shot(other, "shared-link-reloaded")
     page.close()
     other.close()
+
+
+@pytest.fixture(scope="module")
+def train_server(tmp_path_factory):
+    """A server of its own: runs and exports go to temporary folders, with the default model copied in."""
+    base = tmp_path_factory.mktemp("train-server")
+    shutil.copytree(ROOT / "exported" / "shakespeare-char", base / "exported" / "shakespeare-char")
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LLM_PLAYGROUND_RUNS": str(base / "runs"),
+           "LLM_PLAYGROUND_EXPORTED": str(base / "exported")}
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless",
+                             "true", "--server.address", "127.0.0.1", "--server.port", str(port)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.2)
+    yield url, base
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_train_stop_resume_export_and_pick_in_the_browser(train_server, browser, corpus_file):
+    url, base = train_server
+    page = open_page(browser, f"{url}/train")
+    page.get_by_text("a local file").click()
+    page.wait_for_selector(IDLE)
+    path = page.get_by_label("Path to a UTF-8 text file")
+    path.fill(str(corpus_file))
+    path.press("Enter")
+    page.wait_for_function("document.body.innerText.includes('sha256')", timeout=30_000)
+    page.wait_for_selector(IDLE)
+    steps = page.get_by_label("Steps")
+    steps.fill("200")
+    steps.press("Enter")
+    page.wait_for_function("document.body.innerText.includes('153,600 training tokens')", timeout=30_000)
+    name = page.get_by_label("Run name (also the exported model's name)")
+    name.fill("browser-run")
+    name.press("Enter")
+    page.wait_for_selector(IDLE)
+    t0 = time.perf_counter()
+    page.get_by_role("button", name="Start training").click()
+    page.wait_for_function("document.body.innerText.match(/step \\d+ \\/ /)", timeout=60_000)
+    first_point = time.perf_counter() - t0
+    (ARTIFACTS).mkdir(exist_ok=True)
+    (ARTIFACTS / "start-to-first-curve-point.txt").write_text(f"{first_point:.2f} s\n")
+    shot(page, "train-running")
+    page.locator(".st-key-train_stop button:visible").first.click()
+    page.wait_for_function("document.body.innerText.includes('browser-run: stopped')", timeout=60_000)
+    page.locator(".st-key-train_resume button:visible").first.click()
+    page.wait_for_function("document.body.innerText.includes('in the model picker of every page now')",
+                           timeout=240_000)
+    shot(page, "train-exported")
+    assert (base / "exported" / "browser-run" / "card.json").is_file()
+    page.get_by_role("link", name="Models").click()
+    page.wait_for_selector(IDLE, timeout=30_000)
+    page.locator("[data-testid='stSidebar'] [data-testid='stSelectbox']").click()
+    assert page.get_by_role("option", name="browser-run").count() == 1
+    page.close()

@@ -3,6 +3,8 @@ import hashlib
 import math
 import os
 import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -232,13 +234,22 @@ def test_cli_rejects_bad_values_with_the_field_name(tmp_path):
 
 def test_ddp_two_processes_on_cpu(tmp_path, corpus_file, data_dir):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "core.train", *cli_args(tmp_path / "ddp", corpus_file, data_dir,
-                                       "--max-steps", "12", "--eval-interval", "6",
-                                       "--checkpoint-interval", "6", "--grad-accum-steps", "2")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+
+    def run():
+        shutil.rmtree(tmp_path / "ddp", ignore_errors=True)
+        return subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+             "-m", "core.train", *cli_args(tmp_path / "ddp", corpus_file, data_dir,
+                                           "--max-steps", "12", "--eval-interval", "6",
+                                           "--checkpoint-interval", "6", "--grad-accum-steps", "2")],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    res = run()
+    # torchrun picks its rendezvous port by binding and releasing it: under load another process can
+    # take it in between. Only that kind of failure earns one more try.
+    if res.returncode != 0 and re.search(r"EADDRINUSE|address already in use|rendezvous|Connection (refused|reset)",
+                                         res.stderr, re.IGNORECASE):
+        res = run()
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-6000:]
     assert "2 process(es)" in res.stdout
     c = ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(tmp_path / "ddp", 12))
     assert c.meta["state"]["tokens_seen"] == 12 * 4 * 16 * 2 * 2

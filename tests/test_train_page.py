@@ -157,3 +157,38 @@ def test_job_board_rules(tmp_path, corpus_file):
     finally:
         if job.process.poll() is None:
             job.process.kill()
+
+
+def test_milestones_are_kept_and_the_scrubber_switches_checkpoints(dirs, corpus_file, data_dir, monkeypatch):
+    import subprocess
+    import sys
+
+    from core.checkpoint import list_checkpoints
+    from core.train import TrainConfig, milestone_steps
+    assert milestone_steps(TrainConfig(max_steps=1000, checkpoint_interval=50, milestones=4)) == {250, 500, 750, 1000}
+    run = dirs / "runs" / "learning"
+    res = subprocess.run([sys.executable, "-m", "core.train", "--out-dir", str(run), "--corpus", str(corpus_file),
+                          "--data-dir", str(data_dir), *TINY_ARGS, "--max-steps", "80", "--checkpoint-interval", "10",
+                          "--eval-interval", "40", "--milestones", "4", "--keep-checkpoints", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert [s for s, _ in list_checkpoints(run)] == [20, 40, 60, 80]        # milestones survive pruning
+    res = subprocess.run([sys.executable, "-m", "core.export", str(run), str(dirs / "exported" / "learning"),
+                          "--checkpoints"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert [s for s, _ in catalog.model_checkpoints(dirs / "exported" / "learning")] == [20, 40, 60]
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["model"] = "learning"
+    at.run()
+    at.switch_page("playground/generate.py")
+    at.run()
+    scrubber = at.select_slider(key="checkpoint_learning")
+    assert list(scrubber.options) == ["20", "40", "60", "80"] and scrubber.value == 80
+    late = [c.value for c in at.sidebar.caption][0]
+    scrubber.set_value(20).run()
+    assert not at.exception
+    early = [c.value for c in at.sidebar.caption][0]
+    assert early != late                                        # the step-20 model, with its own val loss
+    button = next(b for b in at.button if b.label == "Sample one")
+    button.click().run()
+    assert "checkpoints/step_00000020" in at.session_state["trace"]["model"]
