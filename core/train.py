@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from core import checkpoint as ckpt_io
-from core.catalog import LOG_FILE, RUN_FILE, TOKENIZER_DIR, read_log  # noqa: F401 (read_log re-exported)
+from core.catalog import LOG_FILE, RUN_FILE, TOKENIZER_DIR
 from core.data import CorpusError, TokenDataset, load_corpus, prepare_dataset
 from core.files import write_atomic
 from core.model import GPT, ModelConfig

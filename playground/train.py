@@ -7,10 +7,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import catalog
-from core.data import CorpusError, corpus_from_upload, data_dir, read_text_file, sha256_bytes
+from core.data import CorpusError, corpus_from_upload, data_dir, read_text_file
 from core.files import write_atomic
 from core.jobs import JobError
-from core.tokenizer import MAX_BPE_VOCAB, MIN_BPE_VOCAB, TokenizerError, byte_tokenizer, train_bpe
+from core.tokenizer import MIN_BPE_VOCAB, TokenizerError, byte_tokenizer, train_bpe
 from playground.shared import HOSTED, job_board, job_limits
 
 st.title("Train a model")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 import sys
 from pathlib import Path
 
@@ -58,3 +59,20 @@ def _one_thread():
     import torch
     torch.set_num_threads(1)
     yield
+
+
+BLOCK_TORCH = """
+import sys
+class BlockTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, BlockTorch())
+sys.path.insert(0, {root!r})
+"""
+
+
+def run_without_torch(code: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run Python code in a fresh interpreter where importing torch fails (the inference side's proof)."""
+    return subprocess.run([sys.executable, "-c", BLOCK_TORCH.format(root=str(ROOT)) + code],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)

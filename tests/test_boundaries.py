@@ -1,30 +1,14 @@
 """The inference side imports without torch; the README's commands are the ones CI runs."""
 
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.conftest import run_without_torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # Modules a hosted demo runs on onnxruntime alone; each must import with torch unimportable.
 TORCH_FREE = ["core.tokenizer", "core.data", "core.files", "core.catalog", "core.runtime", "core.sampling",
               "core.generate"]
-
-BLOCK_TORCH = """
-import sys
-class BlockTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-sys.meta_path.insert(0, BlockTorch())
-sys.path.insert(0, {root!r})
-"""
-
-
-def run_without_torch(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCK_TORCH.format(root=str(ROOT)) + code],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-
 
 def test_the_blocker_really_blocks():
     res = run_without_torch("import torch")

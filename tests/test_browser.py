@@ -190,3 +190,21 @@ def test_train_stop_resume_export_and_pick_in_the_browser(train_server, browser,
     page.locator("[data-testid='stSidebar'] [data-testid='stSelectbox']").click()
     assert page.get_by_role("option", name="browser-run").count() == 1
     page.close()
+
+
+def test_bad_uploads_are_refused_with_a_message(train_server, browser, tmp_path):
+    url, _ = train_server
+    page = open_page(browser, f"{url}/train")
+    page.get_by_text("upload a .txt file").click()
+    page.wait_for_selector(IDLE)
+    cases = [("empty.txt", b"", "is empty"), ("image.txt", b"\x89PNG\r\n\x1a\n\x00\x00binary", "binary file"),
+             ("latin1.txt", "café".encode("latin-1"), "not UTF-8 text")]
+    for name, data, message in cases:
+        path = tmp_path / name
+        path.write_bytes(data)
+        page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(path))
+        page.wait_for_function(f"document.body.innerText.includes({message!r})", timeout=30_000)
+        page.wait_for_selector(IDLE)
+        assert page.get_by_role("button", name="Start training").is_disabled()
+    shot(page, "train-bad-upload")
+    page.close()

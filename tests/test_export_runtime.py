@@ -5,8 +5,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ from core.model import NORMS, POS_ENCODINGS, ModelConfig
 from core.runtime import ContextLimitError, Model, ModelError
 from core.sampling import SamplerConfig, log_softmax
 from core.train import TrainConfig, train
+from tests.conftest import run_without_torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ModelConfig(block_size=24, n_layer=2, n_head=2, n_embd=16)
@@ -247,14 +246,7 @@ def test_export_refuses_a_non_empty_target_and_a_failed_parity_leaves_nothing(ex
 
 
 def test_runtime_and_generation_run_without_torch(exported):
-    code = f"""
-import sys
-class BlockTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked")
-sys.meta_path.insert(0, BlockTorch())
-sys.path.insert(0, {str(ROOT)!r})
+    res = run_without_torch(f"""
 from core.runtime import Model
 from core.generate import GenerationConfig, decode
 from core.sampling import SamplerConfig
@@ -262,8 +254,7 @@ m = Model({str(exported)!r})
 print("".join(s.text for s in decode(m, "The", GenerationConfig(10, SamplerConfig(temperature=0)))))
 print(m.score("The cat sat.").perplexity > 1, len(m.attention([1, 2, 3]).probs))
 assert "torch" not in sys.modules
-"""
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+""")
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip().splitlines()[-1] == "True 2"
 

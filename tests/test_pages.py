@@ -1,7 +1,5 @@
 """AppTest of every page on the real default model (exported/shakespeare-char)."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +7,7 @@ import tiktoken
 from streamlit.testing.v1 import AppTest
 
 from playground import shared
+from tests.conftest import run_without_torch
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "streamlit_app.py")
@@ -146,14 +145,7 @@ def test_clearing_streamlit_caches_keeps_shared_models():
 
 
 def test_pages_run_without_torch():
-    code = f"""
-import sys
-class BlockTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked")
-sys.meta_path.insert(0, BlockTorch())
-sys.path.insert(0, {str(ROOT)!r})
+    res = run_without_torch(f"""
 import tiktoken
 def offline(name):
     raise ConnectionError("offline")
@@ -166,6 +158,5 @@ for path in {PAGES!r}:
     assert not at.exception, (path, at.exception)
 assert "torch" not in sys.modules
 print("ok")
-"""
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+""")
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]

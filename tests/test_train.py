@@ -17,8 +17,9 @@ import torch
 from core import checkpoint as ckpt_io
 from core.data import CorpusError
 from core.model import GPT, ModelConfig
+from core.catalog import read_log
 from core.train import (CheckpointSaved, EvalResult, RunExists, RunFinished, RunStarted, TrainConfig,
-                        TrainingDiverged, TrainStep, lr_at, read_log, train)
+                        TrainingDiverged, TrainStep, lr_at, train)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ModelConfig(block_size=16, n_layer=2, n_head=2, n_embd=32)
