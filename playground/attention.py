@@ -8,15 +8,11 @@ from plotly.subplots import make_subplots
 from core.generate import GenerationConfig, complete
 from core.runtime import ModelError
 from core.sampling import SamplerConfig
-from playground.shared import limits, pick_model, tokens_html, url_value, visible
+from playground.shared import open_page, tokens_html, url_value, visible
 
-model = pick_model(checkpoints=True)
-if model is None:
-    st.stop()
-lim = limits()
-st.title("Attention")
-st.caption("Row i of a head's map: how much token i draws from each earlier token (rows sum to 1; the "
-           "upper triangle is masked: no token sees the future).")
+model, lim = open_page("Attention",
+                       "Row i of a head's map: how much token i draws from each earlier token (rows sum to 1; the "
+                       "upper triangle is masked: no token sees the future).", checkpoints=True)
 
 if "attn_text" not in st.session_state:
     st.session_state["attn_text"] = url_value("text", "ROMEO:\nWhat light through yonder")

@@ -6,15 +6,11 @@ import streamlit as st
 from core.compare import PRESETS, Strategy, compare
 from core.runtime import ModelError
 from core.sampling import SamplerConfig
-from playground.shared import limits, pick_model, url_value, visible
+from playground.shared import open_page, url_value, visible
 
-model = pick_model()
-if model is None:
-    st.stop()
-lim = limits()
-st.title("Compare decoding strategies")
-st.caption("The same prompt, the same seed, the same model: only the decoding differs. Metrics are "
-           "computed the same way for every strategy, under the model's own distribution.")
+model, lim = open_page("Compare decoding strategies",
+                       "The same prompt, the same seed, the same model: only the decoding differs. Metrics are "
+                       "computed the same way for every strategy, under the model's own distribution.")
 
 prompt = st.text_area("Prompt", url_value("prompt", "ROMEO:\n"), max_chars=lim.max_prompt_chars, key="cmp_prompt")
 c1, c2 = st.columns(2)

@@ -8,7 +8,7 @@ import streamlit as st
 from core.generate import GenerationConfig
 from core.sampling import SamplerConfig, entropy_by_temperature
 from core.trace import Trace
-from playground.shared import limits, pick_model, prob_colour, tokens_html, url_value, visible
+from playground.shared import open_page, prob_colour, tokens_html, url_value, visible
 
 KNOBS = {   # (label, min, max, step, default, one-line explanation)
     "temperature": ("Temperature", 0.0, 3.0, 0.05, 1.0,
@@ -33,13 +33,9 @@ KNOBS = {   # (label, min, max, step, default, one-line explanation)
                          "Subtracts this from a token's logit once if it was generated at all."),
 }
 
-model = pick_model(checkpoints=True)
-if model is None:
-    st.stop()
-lim = limits()
-st.title("Generate, step by step")
-st.caption("Each step: the model scores every token, the sampler stages reshape those scores, one token "
-           "is drawn. Click a candidate to force it; go back and choose differently to branch.")
+model, lim = open_page("Generate, step by step",
+                       "Each step: the model scores every token, the sampler stages reshape those scores, one token "
+                       "is drawn. Click a candidate to force it; go back and choose differently to branch.", checkpoints=True)
 
 with st.sidebar:
     st.subheader("Sampler")

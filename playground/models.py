@@ -6,12 +6,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.runtime import ModelError
-from playground.shared import limits, pick_model, prob_colour, tokens_html, url_value
+from playground.shared import open_page, prob_colour, tokens_html, url_value
 
-model = pick_model()
-if model is None:
-    st.stop()
-lim = limits()
+model, lim = open_page(None)
 card = model.card
 cfg = card["model_config"]
 st.title(f"Model: {model.name}")

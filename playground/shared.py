@@ -92,6 +92,19 @@ def pick_model(checkpoints: bool = False) -> Model | None:
     return model
 
 
+def open_page(title: str | None, caption: str | None = None, checkpoints: bool = False) -> tuple[Model, Limits]:
+    """A model page's opening: the model picker (stopping the page with its message if no model opens),
+    the limits in force, the title and a one-line caption."""
+    model = pick_model(checkpoints)
+    if model is None:
+        st.stop()
+    if title:
+        st.title(title)
+    if caption:
+        st.caption(caption)
+    return model, limits()
+
+
 def url_value(key: str, default, cast=str):
     """A value from the URL's query string (for shared links), or the default if absent or malformed."""
     raw = st.query_params.get(key)
