@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from core.generate import (BeamResult, BeamStep, GenerationConfig, LogitsSource, Limits, beam_search,
-                           check_prompt, complete)
+                           complete, prompt_ids)
 from core.metrics import GenerationMetrics, measure
 from core.sampling import SamplerConfig
 
@@ -55,23 +55,23 @@ def compare(source: LogitsSource, prompt: str, strategies: list[Strategy], max_n
         raise ValueError("choose at least one strategy to compare")
     if len(strategies) > limits.max_strategies:
         raise ValueError(f"compare at most {limits.max_strategies} strategies at once, got {len(strategies)}")
-    prompt_ids = source.tokenizer.encode(check_prompt(prompt, limits))
-    if not prompt_ids:
+    ids = prompt_ids(source, prompt, limits)
+    if not ids:
         raise ValueError("the prompt is empty; type some text to continue")
     out = []
     for s in strategies:
         t0 = time.perf_counter()
         if s.beam_width:
-            room = source.block_size - len(prompt_ids) - 1
-            records = list(beam_search(source, prompt_ids, s.beam_width, min(max_new_tokens, max(1, room)),
+            room = source.block_size - len(ids) - 1
+            records = list(beam_search(source, ids, s.beam_width, min(max_new_tokens, max(1, room)),
                                        s.length_penalty, limits=limits))
             result: BeamResult = records[-1]
             tokens, text = result.hypotheses[0].tokens, result.texts[0]
             steps = [r for r in records if isinstance(r, BeamStep)]
         else:
-            c = complete(source, prompt_ids, GenerationConfig(max_new_tokens=max_new_tokens, sampler=s.sampler,
+            c = complete(source, ids, GenerationConfig(max_new_tokens=max_new_tokens, sampler=s.sampler,
                                                               seed=seed, top_n=0), limits)
             tokens, text, steps = c.token_ids, c.text, []
         seconds = time.perf_counter() - t0
-        out.append(Outcome(s, text, tokens, seconds, measure(source, prompt_ids, tokens, seconds), steps))
+        out.append(Outcome(s, text, tokens, seconds, measure(source, ids, tokens, seconds), steps))
     return out

@@ -104,6 +104,20 @@ def _export(module, args, dynamic_shapes, input_names, output_names, path: Path,
     write_atomic(path, proto.SerializeToString())
 
 
+def _export_cached(model: GPT, path: Path, io: dict, metadata: dict, opset: int) -> None:
+    """The prefill / cached-decode graph, dynamic in batch, sequence and past length. The example has
+    batch 2, seq 3 and past 4, so that no dimension specializes to 0 or 1."""
+    mc = model.config
+    batch = torch.export.Dim("batch")
+    seq = torch.export.Dim("seq", max=mc.block_size)
+    past_len = torch.export.Dim("past", min=0, max=mc.block_size)
+    example = (torch.randint(0, mc.vocab_size, (2, 3)),
+               [torch.zeros(2, mc.n_head, 4, mc.head_dim) for _ in range(2 * mc.n_layer)])
+    _export(_CachedGraph(model), example,
+            {"input_ids": {0: batch, 1: seq}, "past_flat": [{0: batch, 2: past_len} for _ in range(2 * mc.n_layer)]},
+            io["inputs"], io["outputs"], path, opset, metadata)
+
+
 def _session(path: Path):
     import onnxruntime as ort
     opts = ort.SessionOptions()
@@ -171,15 +185,8 @@ def _export_into(work: Path, name: str, model: GPT, ckpt, run_dir: Path, tokeniz
     metadata = {"llm_playground.format": FORMAT, "llm_playground.model_config": json.dumps(mc.to_dict()),
                 "llm_playground.io": json.dumps(io), "llm_playground.tokenizer": tokenizer.name}
 
-    # -- the cached graph: example with batch 2, seq 3, past 4 so no dimension specializes to 0 or 1
-    batch = torch.export.Dim("batch")
-    seq = torch.export.Dim("seq", max=mc.block_size)
-    past_len = torch.export.Dim("past", min=0, max=mc.block_size)
-    ids = torch.randint(0, mc.vocab_size, (2, 3))
-    past = [torch.zeros(2, H, 4, D) for _ in range(2 * L)]
-    _export(_CachedGraph(model), (ids, past),
-            {"input_ids": {0: batch, 1: seq}, "past_flat": [{0: batch, 2: past_len} for _ in range(2 * L)]},
-            io["inputs"], io["outputs"], work / MODEL_FILE, cfg.opset, metadata)
+    _export_cached(model, work / MODEL_FILE, io, metadata, cfg.opset)
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=mc.block_size)
     _export(_AttentionGraph(model), (torch.randint(0, mc.vocab_size, (2, 3)),),
             {"input_ids": {0: batch, 1: seq}}, ["input_ids"], ["logits"] + io["attention_outputs"],
             work / ATTENTION_FILE, cfg.opset, metadata)
@@ -265,14 +272,8 @@ def _export_int8(model: GPT, work: Path, io: dict, metadata: dict, cfg: ExportCo
     if model.config.tie_embeddings:
         untied.config = dataclasses.replace(model.config, tie_embeddings=False)
         untied.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
-    mc = model.config
-    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=mc.block_size)
-    past_len = torch.export.Dim("past", min=0, max=mc.block_size)
     fp32 = work / "untied.fp32.onnx"
-    _export(_CachedGraph(untied), (torch.randint(0, mc.vocab_size, (2, 3)),
-                                   [torch.zeros(2, mc.n_head, 4, mc.head_dim) for _ in range(2 * mc.n_layer)]),
-            {"input_ids": {0: batch, 1: seq}, "past_flat": [{0: batch, 2: past_len} for _ in range(2 * mc.n_layer)]},
-            io["inputs"], io["outputs"], fp32, cfg.opset, metadata)
+    _export_cached(untied, fp32, io, metadata, cfg.opset)
     try:
         quantize_dynamic(str(fp32), str(work / VARIANT_FILES["int8"]), weight_type=QuantType.QInt8,
                          per_channel=True)

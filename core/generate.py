@@ -105,6 +105,11 @@ def _int_in(name: str, value, low: int, high: int) -> int:
     return int(value)
 
 
+def prompt_ids(source: LogitsSource, prompt: str | Sequence[int], limits: Limits = Limits()) -> list[int]:
+    """A prompt as token ids: text is checked against the limits and encoded, ids are taken as given."""
+    return source.tokenizer.encode(check_prompt(prompt, limits)) if isinstance(prompt, str) else list(prompt)
+
+
 def check_prompt(prompt: str, limits: Limits = Limits()) -> str:
     if not isinstance(prompt, str):
         raise ValueError(f"prompt must be text, got {type(prompt).__name__}")
@@ -224,7 +229,7 @@ def decode(source: LogitsSource, prompt: str | Sequence[int], cfg: GenerationCon
            limits: Limits = Limits()) -> Iterator[Step]:
     """Greedy or sampled decoding, one `Step` per new token; the last one carries finish_reason."""
     cfg = cfg.check(limits)
-    ids = source.tokenizer.encode(check_prompt(prompt, limits)) if isinstance(prompt, str) else list(prompt)
+    ids = prompt_ids(source, prompt, limits)
     ctx = Context(source, ids)
     n_prompt = len(ids)
     eos = getattr(source.tokenizer, "eot_id", None)
@@ -268,16 +273,14 @@ def _stop_hit(text_bytes: bytearray, stops: Sequence[str], new: bytes) -> str | 
 
 def complete(source: LogitsSource, prompt: str | Sequence[int], cfg: GenerationConfig = GenerationConfig(),
              limits: Limits = Limits()) -> Completion:
-    ids = source.tokenizer.encode(check_prompt(prompt, limits)) if isinstance(prompt, str) else list(prompt)
+    ids = prompt_ids(source, prompt, limits)
     steps = list(decode(source, ids, cfg, limits))
     tokens = [s.token_id for s in steps]
-    data = bytes(b"".join(source.tokenizer.token_bytes(t) for t in tokens))
-    text = data.decode("utf-8", errors="replace")
     last = steps[-1]
+    shown = tokens[:-1] if last.finish_reason == "eos" else tokens     # <|endoftext|> is not text
+    text = b"".join(source.tokenizer.token_bytes(t) for t in shown).decode("utf-8", errors="replace")
     if last.finish_reason == "stop":
         text = text[: text.find(last.stop_sequence)]
-    elif last.finish_reason == "eos":
-        text = bytes(b"".join(source.tokenizer.token_bytes(t) for t in tokens[:-1])).decode("utf-8", errors="replace")
     return Completion(ids, tokens, text, steps, last.finish_reason, cfg.seed)
 
 
@@ -335,7 +338,7 @@ def beam_search(source: LogitsSource, prompt: str | Sequence[int], width: int = 
     max_new_tokens = _int_in("max_new_tokens", max_new_tokens, 1, limits.max_new_tokens)
     sampling._number("length_penalty", length_penalty, -10.0, 10.0)
     n_best = width if n_best is None else _int_in("n_best", n_best, 1, width)
-    ids = source.tokenizer.encode(check_prompt(prompt, limits)) if isinstance(prompt, str) else list(prompt)
+    ids = prompt_ids(source, prompt, limits)
     if not ids:
         raise ValueError("the prompt encodes to no tokens; give some text")
     if len(ids) >= source.block_size:

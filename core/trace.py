@@ -91,35 +91,27 @@ class Trace:
         """The records of the tokens in view and every stage's distribution for the next token, from
         one pass over the text when it fits the context (what a page redraws after each click)."""
         ids = self.ids
-        if len(ids) > self.source.block_size:
-            return self._replayed_steps(), self.distribution()
-        out: list[Step] = []
-        forced = set(self.branch.forced)
         n_prompt = len(self.prompt_ids)
+        if len(ids) <= self.source.block_size:
+            all_logits = self.source.step(np.asarray([ids]))[0][0]    # every position's logits at once
+            rows, slid = list(all_logits[n_prompt - 1:]), [False] * (len(ids) - n_prompt + 1)
+        else:                                                          # longer than the context: replay
+            ctx = Context(self.source, self.prompt_ids)
+            rows, slid = [ctx.logits], [ctx.slid]
+            for token in self.tokens:
+                ctx.push(token)
+                rows.append(ctx.logits)
+                slid.append(ctx.slid)
+        forced = set(self.branch.forced)
         cfg = dataclasses.replace(self.config, keep_stages=False)
-        all_logits = self.source.step(np.asarray([ids]))[0][0]    # every position's logits at once
+        out: list[Step] = []
         for i, token in enumerate(self.tokens):
             p = n_prompt + i
-            processed, _ = next_choice(all_logits[p - 1], cfg, ids[:p], ids[n_prompt:p])
-            out.append(make_step(self.source, all_logits[p - 1], processed, token, i, p, cfg.top_n,
-                                 forced=i in forced))
-        dist = sampling.run_pipeline(all_logits[-1], self.config.sampler, ids, ids[n_prompt:])
-        return out, dist
-
-    def _replayed_steps(self) -> list[Step]:
-        out: list[Step] = []
-        forced = set(self.branch.forced)
-        n_prompt = len(self.prompt_ids)
-        cfg = dataclasses.replace(self.config, keep_stages=False)
-        ctx = Context(self.source, self.prompt_ids)      # longer than the context: replay, sliding
-        for i, token in enumerate(self.tokens):
-            processed, _ = next_choice(ctx.logits, cfg, ctx.ids, ctx.ids[n_prompt:])
-            step = make_step(self.source, ctx.logits, processed, token, i, n_prompt + i, cfg.top_n,
-                             forced=i in forced)
-            step.window_slid = ctx.slid
+            processed, _ = next_choice(rows[i], cfg, ids[:p], ids[n_prompt:p])
+            step = make_step(self.source, rows[i], processed, token, i, p, cfg.top_n, forced=i in forced)
+            step.window_slid = slid[i]
             out.append(step)
-            ctx.push(token)
-        return out
+        return out, sampling.run_pipeline(rows[-1], self.config.sampler, ids, ids[n_prompt:])
 
     # -- moves -----------------------------------------------------------------------------------------
     def step(self, greedy: bool = False) -> int:

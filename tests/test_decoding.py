@@ -387,6 +387,18 @@ def test_a_damaged_share_link_says_so():
         Trace.from_dict(toy, d)
 
 
+def test_a_trace_longer_than_the_context_replays_to_the_same_records():
+    # a first-order model's logits do not depend on the window, so sliding changes nothing
+    long_ctx, short_ctx = ToySource(vocab=30, order=1, seed=12, block_size=64), ToySource(vocab=30, order=1, seed=12, block_size=8)
+    cfg = GenerationConfig(seed=2)
+    a, b = Trace(long_ctx, "ab", cfg), Trace(short_ctx, "ab", cfg)
+    assert a.run(20) == b.run(20)
+    sa, sb = a.steps(), b.steps()
+    assert [s.prob for s in sa] == pytest.approx([s.prob for s in sb])
+    assert any(s.window_slid for s in sb) and not any(s.window_slid for s in sa)
+    assert np.allclose(a.view()[1].final.probs, b.view()[1].final.probs)
+
+
 def test_trace_distribution_shows_every_stage():
     toy = ToySource(vocab=30, order=1)
     t = Trace(toy, "x", GenerationConfig(sampler=SamplerConfig(top_k=3)))
