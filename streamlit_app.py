@@ -2,15 +2,20 @@
 
 import streamlit as st
 
+from playground.shared import warm_caches
+
 st.set_page_config(page_title="LLM Playground", page_icon="🔬", layout="wide")
 
 pages = [
     st.Page("playground/home.py", title="Home", icon="🏠", default=True),
+    st.Page("playground/learn.py", title="Learn", icon="🎓", url_path="learn"),
     st.Page("playground/tokenizer.py", title="Tokenizer", icon="🔤", url_path="tokenizer"),
     st.Page("playground/generate.py", title="Generate", icon="🎲", url_path="generate"),
     st.Page("playground/compare.py", title="Compare", icon="⚖️", url_path="compare"),
     st.Page("playground/attention.py", title="Attention", icon="🔍", url_path="attention"),
     st.Page("playground/models.py", title="Models", icon="📦", url_path="models"),
     st.Page("playground/train.py", title="Train", icon="🏋️", url_path="train"),
+    st.Page("playground/scaling.py", title="Scaling", icon="📈", url_path="scaling"),
 ]
+warm_caches()     # the committed sweep's fits, computed once in the background
 st.navigation(pages).run()

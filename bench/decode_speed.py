@@ -19,7 +19,7 @@ import numpy as np
 
 from common import ROOT, set_threads
 
-PROMPT = "ROMEO:\nWhat light thr"     # 20 characters: 20 byte tokens for a byte model
+PROMPT = "KING:\nWhat news from"     # 20 characters: 20 byte tokens for a byte model
 
 
 def main() -> None:

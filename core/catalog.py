@@ -1,7 +1,7 @@
 """Catalog: what runs and exported models exist on disk, read without torch.
 
 Holds the layout of a run directory (run.json, log.jsonl, checkpoints/, tokenizer/), `read_log`, and
-summaries of runs and exported models for pickers and tables.
+summaries of runs, exported models and scaling sweeps for pickers and tables.
 
 Deliberately not here: writing any of these (the trainer and the exporter do), loading weights.
 """
@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # where training runs and exported models live; a deployment (or a test's server) may point elsewhere
 RUNS_DIR = Path(os.environ.get("LLM_PLAYGROUND_RUNS") or ROOT / "runs")
 EXPORTED_DIR = Path(os.environ.get("LLM_PLAYGROUND_EXPORTED") or ROOT / "exported")
+# the project's own scaling sweeps (committed records); a user's sweeps live under RUNS_DIR/sweeps
+SWEEPS_DIR = Path(os.environ.get("LLM_PLAYGROUND_SWEEPS") or ROOT / "sweeps")
 
 RUN_FILE = "run.json"
 LOG_FILE = "log.jsonl"
@@ -106,4 +108,25 @@ def list_exported_models(exported_dir: str | os.PathLike | None = None) -> list[
             continue   # a damaged card: the model is not offered rather than crashing a picker
         out.append(ModelSummary(model.name, model, card.get("parameters", {}).get("total"),
                                 card.get("tokenizer", {}).get("name"), card.get("val_loss")))
+    return out
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    name: str
+    path: Path                      # a records file (committed) or a sweep directory (the user's)
+    committed: bool
+
+
+def list_sweeps(sweeps_dir: str | os.PathLike | None = None,
+                runs_dir: str | os.PathLike | None = None) -> list[SweepSummary]:
+    """Committed sweeps (sweeps/*.json) first, then the user's (runs/sweeps/NAME/ with records)."""
+    out = []
+    committed = Path(sweeps_dir or SWEEPS_DIR)
+    if committed.is_dir():
+        out += [SweepSummary(p.stem, p, True) for p in sorted(committed.glob("*.json"))]
+    mine = Path(runs_dir or RUNS_DIR) / "sweeps"
+    if mine.is_dir():
+        out += [SweepSummary(p.name, p, False) for p in sorted(mine.iterdir())
+                if (p / "records").is_dir() and any((p / "records").glob("*.json"))]
     return out

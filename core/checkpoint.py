@@ -23,7 +23,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from core.catalog import CHECKPOINT_DIR, checkpoint_steps
-from core.files import write_atomic
+from core.files import is_disk_full, write_atomic
 from core.model import GPT, ModelConfig
 
 FORMAT = "llm-playground-checkpoint/1"
@@ -86,7 +86,14 @@ def save_checkpoint(path: str | os.PathLike, model: GPT, optimizer: torch.optim.
     for k, v in (extra_tensors or {}).items():
         tensors[k] = v.detach().to("cpu").contiguous()
     data = save_safetensors_bytes(tensors, metadata={"json": json.dumps(header)})
-    write_atomic(path, data)
+    try:
+        write_atomic(path, data)
+    except OSError as e:
+        if is_disk_full(e):
+            raise CheckpointError(
+                f"no room to write {path.name} ({len(data) / 1e6:.1f} MB): {e.strerror}. The disk is full (or "
+                f"over its quota): free some space, then resume; the previous checkpoint is intact") from e
+        raise
     return path
 
 

@@ -6,8 +6,10 @@ Holds `export_model()` and its CLI (`python -m core.export CHECKPOINT OUT_DIR`).
                    input_ids [batch, seq] + past_key_values.{i}.key|value [batch, heads, past, head_dim]
                    -> logits [batch, seq, vocab] + present.{i}.key|value; positions start at past
                    inside the graph, and past may be 0.
-  attention.onnx   input_ids -> logits + attn.{i} [batch, heads, seq, seq]: the explicit attention
-                   path for visualization, kept out of model.onnx so decoding never pays for it.
+  attention.onnx   input_ids -> logits + attn.{i} [batch, heads, seq, seq], and each layer's q.{i},
+                   k.{i}, v.{i} [batch, heads, seq, head_dim], heads.{i} and proj.{i} [batch, seq, n_embd]:
+                   the explicit attention path for the pages, kept out of model.onnx so decoding
+                   never pays for it.
   model.int8.onnx / model.fp16.onnx   optional variants, with size and logit drift in the card.
   tokenizer/       the tokenizer (tiktoken rank file + JSON).
   card.json        config, parameter counts, tokenizer, data sha256, losses, parity and latency.
@@ -43,6 +45,7 @@ from core.tokenizer import load_tokenizer
 
 MODEL_FILE = "model.onnx"
 ATTENTION_FILE = "attention.onnx"
+ATTENTION_PARTS = ("q", "k", "v", "heads", "proj")
 VARIANT_FILES = {"fp32": MODEL_FILE, "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 FORMAT = "llm-playground-onnx/1"
 
@@ -86,7 +89,8 @@ class _AttentionGraph(torch.nn.Module):
 
     def forward(self, input_ids):
         out = self.model(input_ids, return_attention=True)
-        return out.logits, out.attentions
+        parts = [[p[kind] for p in out.attention_parts] for kind in ATTENTION_PARTS]
+        return out.logits, out.attentions, *parts
 
 
 def _export(module, args, dynamic_shapes, input_names, output_names, path: Path, opset: int,
@@ -181,14 +185,17 @@ def _export_into(work: Path, name: str, model: GPT, ckpt, run_dir: Path, tokeniz
     io = {"inputs": ["input_ids"] + _names(L, "past_key_values"),
           "outputs": ["logits"] + _names(L, "present"),
           "past_shape": ["batch", "n_head", "past", "head_dim"],
-          "attention_outputs": [f"attn.{i}" for i in range(L)]}
+          "attention_outputs": [f"attn.{i}" for i in range(L)],
+          # the attention graph's inner vectors, for the Learn page's step-by-step attention
+          "attention_parts": {kind: [f"{kind}.{i}" for i in range(L)] for kind in ATTENTION_PARTS}}
     metadata = {"llm_playground.format": FORMAT, "llm_playground.model_config": json.dumps(mc.to_dict()),
                 "llm_playground.io": json.dumps(io), "llm_playground.tokenizer": tokenizer.name}
 
     _export_cached(model, work / MODEL_FILE, io, metadata, cfg.opset)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=mc.block_size)
     _export(_AttentionGraph(model), (torch.randint(0, mc.vocab_size, (2, 3)),),
-            {"input_ids": {0: batch, 1: seq}}, ["input_ids"], ["logits"] + io["attention_outputs"],
+            {"input_ids": {0: batch, 1: seq}}, ["input_ids"],
+            ["logits"] + io["attention_outputs"] + [n for kind in ATTENTION_PARTS for n in io["attention_parts"][kind]],
             work / ATTENTION_FILE, cfg.opset, metadata)
 
     # -- parity: onnxruntime prefill + cached decode vs torch full recomputation
@@ -198,7 +205,9 @@ def _export_into(work: Path, name: str, model: GPT, ckpt, run_dir: Path, tokeniz
     seq_ids = torch.randint(0, mc.vocab_size, (1, n_total), generator=gen)
     with torch.no_grad():
         ref = model(seq_ids).logits.numpy()
-        ref_attn = [a.numpy() for a in model(seq_ids, return_attention=True).attentions]
+        ref_out = model(seq_ids, return_attention=True)
+        ref_attn = [a.numpy() for a in ref_out.attentions]
+        ref_attn += [p[kind].numpy() for kind in ATTENTION_PARTS for p in ref_out.attention_parts]
     sess = _session(work / MODEL_FILE)
     got, step_times = _run_cached(sess, seq_ids.numpy(), n_prompt, L, H, D)
     parity = float(np.abs(got - ref).max())

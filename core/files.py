@@ -9,6 +9,7 @@ Deliberately not here: what is written (checkpoints, tokenizers, datasets each o
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -22,6 +23,20 @@ def _read_umask() -> int:
 
 
 UMASK = _read_umask()
+
+
+# what a full disk (or quota, or file-size limit) looks like to a write
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS
+
+
+def disk_full_message(e: OSError, then: str) -> str:
+    """What a CLI says when a write hit a full disk; `then` says how to continue."""
+    where = f": {e.filename}" if e.filename else ""
+    return f"the disk is full ({e.strerror}{where}); free some space, then {then}"
 
 
 def make_readable(path: str | os.PathLike, directory: bool = False) -> None:

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from core import positions
+
 POS_ENCODINGS = ("learned", "sinusoidal", "rope")
 NORMS = ("layernorm", "rmsnorm")
 
@@ -79,19 +81,13 @@ def make_norm(config: ModelConfig) -> nn.Module:
 
 
 def sinusoidal_table(n_positions: int, dim: int) -> torch.Tensor:
-    """Vaswani et al. 2017: PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(...)."""
-    pos = torch.arange(n_positions, dtype=torch.float32)[:, None]
-    inv_freq = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2, dtype=torch.float32) / dim)
-    table = torch.zeros(n_positions, dim)
-    table[:, 0::2] = torch.sin(pos * inv_freq)
-    table[:, 1::2] = torch.cos(pos * inv_freq[: dim // 2])
-    return table
+    """Vaswani et al. 2017's fixed table (the formula lives in core.positions, shared with the pages)."""
+    return torch.from_numpy(positions.sinusoidal_table(n_positions, dim))
 
 
 def rope_tables(n_positions: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin (n_positions, head_dim/2) of RoPE's rotation angles pos * base^(-2i/hs)."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-    angles = torch.outer(torch.arange(n_positions, dtype=torch.float32), inv_freq)
+    angles = torch.from_numpy(positions.rope_angles(n_positions, head_dim, base))
     return angles.cos(), angles.sin()
 
 
@@ -130,7 +126,10 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 past: KVCache | None = None, explicit: bool = False
-                ) -> tuple[torch.Tensor, KVCache, torch.Tensor | None]:
+                ) -> tuple[torch.Tensor, KVCache, dict | None]:
+        """Returns the output, this layer's (k, v) cache, and on the explicit path what a reader of the
+        model wants to see: probs (B, nh, T, T_k), q, k, v (B, nh, T|T_k, hs; q and k after RoPE),
+        heads (B, T, C: every head's output side by side) and proj (B, T, C: after c_proj)."""
         B, T, C = x.size()
         hs = C // self.n_head
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, hs)           # (B, T, 3, nh, hs)
@@ -147,7 +146,7 @@ class CausalSelfAttention(nn.Module):
         present = (k, v)
         T_k = k.size(2)
         dropout_p = self.dropout if self.training else 0.0
-        probs = None
+        probs = seen = None
         if explicit:
             # the textbook path: softmax(q k^T / sqrt(hs) + mask) v, keeping the probabilities
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))   # (B, nh, T, T_k)
@@ -162,7 +161,10 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, T_k, x.device),
                                                dropout_p=dropout_p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)   # re-assemble all head outputs side by side
-        return self.resid_dropout(self.c_proj(y)), present, probs
+        out = self.c_proj(y)
+        if explicit:
+            seen = {"probs": probs, "q": q, "k": k, "v": v, "heads": y, "proj": out}
+        return self.resid_dropout(out), present, seen
 
 
 class MLP(nn.Module):
@@ -190,10 +192,10 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x, rope=None, past=None, explicit=False):
-        a, present, probs = self.attn(self.ln_1(x), rope, past, explicit)
+        a, present, seen = self.attn(self.ln_1(x), rope, past, explicit)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
-        return x, present, probs
+        return x, present, seen
 
 
 @dataclass
@@ -202,6 +204,7 @@ class GPTOutput:
     loss: torch.Tensor | None = None           # mean cross-entropy in nats/token, when targets are given
     present: list[KVCache] | None = None       # per layer (k, v) including this call's positions
     attentions: list[torch.Tensor] | None = None   # per layer (B, nh, T, T_k), explicit path only
+    attention_parts: list[dict] | None = None      # per layer q, k, v, heads, proj (explicit path only)
 
 
 class GPT(nn.Module):
@@ -266,13 +269,13 @@ class GPT(nn.Module):
         else:
             rope = (self.rope_cos[t_past:t_past + T], self.rope_sin[t_past:t_past + T])
         x = self.transformer.drop(x)
-        presents, attentions = [], []
+        presents, parts = [], []
         for i, block in enumerate(self.transformer.h):
-            x, present, probs = block(x, rope, past[i] if past else None, return_attention)
+            x, present, seen = block(x, rope, past[i] if past else None, return_attention)
             if use_cache:
                 presents.append(present)
             if return_attention:
-                attentions.append(probs)
+                parts.append(seen)
         x = self.transformer.ln_f(x)
         if targets is not None:
             logits = self.lm_head(x)                           # (B, T, vocab)
@@ -282,7 +285,8 @@ class GPT(nn.Module):
             logits = self.lm_head(x[:, [-1], :] if last_only else x)
             loss = None
         return GPTOutput(logits, loss, presents if use_cache else None,
-                         attentions if return_attention else None)
+                         [p["probs"] for p in parts] if return_attention else None,
+                         parts if return_attention else None)
 
     # -- sizes ---------------------------------------------------------------------------------------
     def count_parameters(self) -> dict[str, int]:

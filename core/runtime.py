@@ -38,6 +38,7 @@ from core.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 FORMAT = "llm-playground-onnx/1"
 VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 ATTENTION_FILE = "attention.onnx"
+THREADS_ENV = "LLM_PLAYGROUND_ORT_THREADS"     # onnxruntime intra-op threads, overriding the default
 
 
 class ModelError(ValueError):
@@ -77,6 +78,9 @@ class TextScore:
 class AttentionMaps:
     logits: np.ndarray               # (B, T, V)
     probs: list[np.ndarray] = field(default_factory=list)   # per layer (B, n_head, T, T)
+    # per layer {"q", "k", "v": (B, n_head, T, head_dim), "heads", "proj": (B, T, n_embd)}; empty for
+    # models exported before the graph returned them
+    parts: list[dict] = field(default_factory=list)
 
 
 class Model:
@@ -114,10 +118,22 @@ class Model:
             raise ModelError(f"{self.directory.name}/{VARIANT_FILES[variant]} does not have the inputs of "
                              f"an exported playground model ({', '.join(expected[:2])}, ...)")
         self._attention_session = None
+        self._weights: dict[str, np.ndarray] | None = None
 
     @property
     def name(self) -> str:
         return self.directory.name
+
+    def weights(self, *names: str) -> dict[str, np.ndarray]:
+        """Named weights read from model.onnx (e.g. "transformer.wte.weight"), for pages that show
+        them; names the graph does not hold are left out. Read once, then kept."""
+        if self._weights is None:
+            import onnx
+            from onnx import numpy_helper
+            proto = onnx.load(str(self._inside(VARIANT_FILES["fp32"])), load_external_data=False)
+            self._weights = {i.name.removeprefix("model."): numpy_helper.to_array(i)
+                             for i in proto.graph.initializer if i.name.startswith("model.")}
+        return {n: self._weights[n] for n in names if n in self._weights}
 
     @property
     def provider(self) -> str:
@@ -226,8 +242,13 @@ class Model:
                                     f"show attention for a shorter text")
         if self._attention_session is None:
             self._attention_session = self._open_session(ATTENTION_FILE)
-        outs = self._attention_session.run(None, {"input_ids": arr})
-        return AttentionMaps(outs[0], list(outs[1:]))
+        names = [o.name for o in self._attention_session.get_outputs()]
+        outs = dict(zip(names, self._attention_session.run(None, {"input_ids": arr})))
+        L = self.config["n_layer"]
+        parts = []
+        if all(f"q.{i}" in outs for i in range(L)):
+            parts = [{kind: outs[f"{kind}.{i}"] for kind in ("q", "k", "v", "heads", "proj")} for i in range(L)]
+        return AttentionMaps(outs["logits"], [outs[f"attn.{i}"] for i in range(L)], parts)
 
     def score(self, text: str) -> TextScore:
         """How well the model predicts `text`: each token's logprob given the ones before it.
@@ -259,6 +280,9 @@ def default_threads(n_embd: int) -> int:
     """onnxruntime intra-op threads for a model of this width, chosen by measurement
     (bench/generate_speed.py, 2 vCPUs): up to 256 wide one thread was faster and far steadier at
     batch 1 (two spinning threads doubled the step time under load); at 384 wide two were ~10 % faster."""
+    forced = os.environ.get(THREADS_ENV, "")
+    if forced.isdigit() and int(forced) > 0:
+        return int(forced)     # a deployment's choice (bench/load.py measures the options)
     return 1 if n_embd <= 256 else min(2, os.cpu_count() or 1)
 
 

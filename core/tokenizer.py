@@ -256,7 +256,11 @@ def train_bpe(texts: Iterable[str], vocab_size: int, name: str = "bpe",
         raise TokenizerError(
             f"vocab_size must be in [{MIN_BPE_VOCAB}, {MAX_BPE_VOCAB}] (256 bytes + at least one "
             f"merge), got {vocab_size}")
-    import rustbpe  # training-only dependency, imported where used
+    try:
+        import rustbpe  # training-only dependency, imported where used
+    except ImportError:
+        raise TokenizerError("training a BPE tokenizer needs rustbpe, which this installation (a hosted "
+                             "demo) leaves out: pip install rustbpe") from None
 
     texts = list(texts)
     if not any(texts):

@@ -32,7 +32,7 @@ import torch
 from core import checkpoint as ckpt_io
 from core.catalog import LOG_FILE, RUN_FILE, TOKENIZER_DIR
 from core.data import CorpusError, TokenDataset, load_corpus, prepare_dataset
-from core.files import write_atomic
+from core.files import disk_full_message, is_disk_full, write_atomic
 from core.model import GPT, ModelConfig
 from core.tokenizer import Tokenizer, TokenizerError, byte_tokenizer, load_tokenizer, train_bpe
 
@@ -64,6 +64,8 @@ class TrainConfig:
     seed: int = 1337                        # one seed for init, batches and dropout: same seed, same run
     eval_interval: int = 250                # steps between val-loss estimates
     eval_iters: int = 200                   # batches per loss estimate (fixed batches: comparable over time)
+    eval_at_start: bool = True              # the untrained loss (about ln vocab) anchors the curve; a
+                                            # sweep that needs only the final loss skips it
     checkpoint_interval: int = 250          # steps between checkpoints; 0 saves only at the end
     keep_checkpoints: int = 5               # newest checkpoints kept; 0 keeps all
     milestones: int = 0                     # also keep this many checkpoints spread over the run (the
@@ -85,10 +87,16 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
-        for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "divergence_factor"):
+        for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "divergence_factor", "beta1",
+                     "beta2", "val_fraction"):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        for name in ("out_dir", "corpus", "tokenizer", "dtype", "device"):
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be text, got {getattr(self, name)!r}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
@@ -104,7 +112,7 @@ class TrainConfig:
 
 # Fields a resumed run may change: they do not alter the math of the steps already taken.
 RESUMABLE_OVERRIDES = {"out_dir", "data_dir", "max_steps", "lr_decay_steps", "compile", "device",
-                       "threads", "eval_interval", "checkpoint_interval", "keep_checkpoints",
+                       "threads", "eval_interval", "eval_at_start", "checkpoint_interval", "keep_checkpoints",
                        "sample_interval", "sample_tokens", "resume", "milestones"}
 
 
@@ -471,7 +479,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
 
     last_saved = step if resume_ckpt is not None else -1
     last_eval = None
-    if step == 0 and cfg.eval_interval:
+    if step == 0 and cfg.eval_interval and cfg.eval_at_start:
         last_eval = evaluate()
         log.write(last_eval)
         yield last_eval
@@ -696,9 +704,11 @@ def main(argv: list[str] | None = None) -> int:
                     print("\nstopped: checkpoint saved; continue with --resume", file=sys.stderr)
                 return 130
     except (TrainingDiverged, RunExists, CorpusError, TokenizerError, ckpt_io.CheckpointError,
-            FileNotFoundError, ValueError) as e:
+            OSError, ValueError) as e:
         if bar:
             bar.close()
+        if is_disk_full(e):
+            e = disk_full_message(e, "continue with --resume: the checkpoints already written are intact")
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:

@@ -1,21 +1,36 @@
 """Attention: what every head of every layer looks at, on your text, as generation proceeds."""
 
+import functools
+
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
 from core.generate import GenerationConfig, complete
 from core.runtime import ModelError
 from core.sampling import SamplerConfig
-from playground.shared import open_page, tokens_html, url_value, visible
+from playground.shared import figure, open_page, tokens_html, url_value, visible
 
 model, lim = open_page("Attention",
                        "Row i of a head's map: how much token i draws from each earlier token (rows sum to 1; the "
                        "upper triangle is masked: no token sees the future).", checkpoints=True)
 
+@functools.lru_cache(maxsize=8)
+def grid_layout(n_layer: int, n_head: int) -> dict:
+    """The layout of the layers x heads grid (axes, titles, one colour scale), built once per shape."""
+    g = make_subplots(rows=n_layer, cols=n_head, horizontal_spacing=0.02, vertical_spacing=0.04,
+                      subplot_titles=[f"L{l} H{h}" for l in range(n_layer) for h in range(n_head)])
+    g.update_xaxes(showticklabels=False)
+    g.update_yaxes(showticklabels=False, autorange="reversed")
+    g.update_layout(height=170 * n_layer + 60, coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1),
+                    margin=dict(t=40, b=10, l=10, r=10), title="Every layer (rows) and head (columns)")
+    layout = g.to_dict()["layout"]
+    layout.pop("template", None)        # the default template: sent by st.plotly_chart's theme anyway
+    return layout
+
+
 if "attn_text" not in st.session_state:
-    st.session_state["attn_text"] = url_value("text", "ROMEO:\nWhat light through yonder")
+    st.session_state["attn_text"] = url_value("text", "KING:\nWhat news from the")
 
 
 def add_token() -> None:
@@ -46,25 +61,17 @@ maps = model.attention(ids).probs                       # per layer (1, H, T, T)
 L, H, T = len(maps), maps[0].shape[1], len(ids)
 labels = [f"{i}:{visible(model.tokenizer.decode([t]))}" for i, t in enumerate(ids)]
 
-grid = make_subplots(rows=L, cols=H, subplot_titles=[f"L{l} H{h}" for l in range(L) for h in range(H)],
-                     horizontal_spacing=0.02, vertical_spacing=0.04)
-for l in range(L):
-    for h in range(H):
-        grid.add_trace(go.Heatmap(z=maps[l][0, h], coloraxis="coloraxis"), row=l + 1, col=h + 1)
-grid.update_xaxes(showticklabels=False)
-grid.update_yaxes(showticklabels=False, autorange="reversed")
-grid.update_layout(height=170 * L + 60, coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1),
-                   margin=dict(t=40, b=10, l=10, r=10), title="Every layer (rows) and head (columns)")
+grid = figure([dict(type="heatmap", z=maps[l][0, h], coloraxis="coloraxis", xaxis=f"x{l * H + h + 1}",
+                    yaxis=f"y{l * H + h + 1}") for l in range(L) for h in range(H)], **grid_layout(L, H))
 st.plotly_chart(grid, width="stretch", key="attn_grid")
 
 c1, c2 = st.columns(2)
-layer = c1.selectbox("Layer", list(range(L)), index=min(L - 1, url_value("layer", 0, int)), key="attn_layer")
-head = c2.selectbox("Head", list(range(H)), index=min(H - 1, url_value("head", 0, int)), key="attn_head")
+layer = c1.selectbox("Layer", list(range(L)), index=min(L - 1, max(0, url_value("layer", 0, int))), key="attn_layer")
+head = c2.selectbox("Head", list(range(H)), index=min(H - 1, max(0, url_value("head", 0, int))), key="attn_head")
 st.query_params["layer"], st.query_params["head"] = str(layer), str(head)
-big = go.Figure(go.Heatmap(z=maps[layer][0, head], x=labels, y=labels, colorscale="Viridis", zmin=0, zmax=1))
-big.update_yaxes(autorange="reversed")
-big.update_layout(height=max(400, 14 * T + 150), title=f"Layer {layer}, head {head}",
-                  margin=dict(t=40, b=10))
+big = figure([dict(type="heatmap", z=maps[layer][0, head], x=labels, y=labels, colorscale="Viridis", zmin=0, zmax=1)],
+             yaxis=dict(autorange="reversed"), height=max(400, 14 * T + 150), margin=dict(t=40, b=10),
+             title=dict(text=f"Layer {layer}, head {head}"))
 st.plotly_chart(big, width="stretch", key="attn_big")
 
 st.subheader("The newest token's attention")

@@ -2,13 +2,12 @@
 
 import time
 
-import plotly.graph_objects as go
 import streamlit as st
 
 from core.generate import GenerationConfig
 from core.sampling import SamplerConfig, entropy_by_temperature
 from core.trace import Trace
-from playground.shared import open_page, prob_colour, tokens_html, url_value, visible
+from playground.shared import figure, open_page, prob_colour, tokens_html, url_value, visible
 
 KNOBS = {   # (label, min, max, step, default, one-line explanation)
     "temperature": ("Temperature", 0.0, 3.0, 0.05, 1.0,
@@ -166,33 +165,34 @@ def stepper() -> None:
     labels = [f"{visible(model.tokenizer.decode([int(t)])) or '∅'} " for t in labels_ids]
     rows = [f"{s.name} ({s.kept} kept)" for s in view.stages]
     z = [s.probs[labels_ids] for s in view.stages]
-    heat = go.Figure(go.Heatmap(z=z, x=labels, y=rows, colorscale="Blues", zmin=0, zmax=1,
-                                text=[[f"{v:.2f}" for v in row] for row in z], texttemplate="%{text}",
-                                hovertemplate="%{y}<br>token %{x}: p = %{z:.4f}<extra></extra>"))
-    heat.update_yaxes(autorange="reversed")
-    heat.update_layout(height=60 + 34 * len(rows), margin=dict(t=40, b=20, l=10, r=10),
-                       title="The sampler, stage by stage: each row is the distribution after that stage "
-                             "(top 15 tokens of the raw one)")
+    heat = figure([dict(type="heatmap", z=z, x=labels, y=rows, colorscale="Blues", zmin=0, zmax=1,
+                        text=[[f"{v:.2f}" for v in row] for row in z], texttemplate="%{text}",
+                        hovertemplate="%{y}<br>token %{x}: p = %{z:.4f}<extra></extra>")],
+                  height=60 + 34 * len(rows), margin=dict(t=40, b=20, l=10, r=10), yaxis=dict(autorange="reversed"),
+                  title=dict(text="The sampler, stage by stage: each row is the distribution after that stage "
+                                  "(top 15 tokens of the raw one)"))
     st.plotly_chart(heat, width="stretch", key="stages_chart")
-    bars = go.Figure([go.Bar(x=labels, y=z[0], name="raw (the model)"),
-                      go.Bar(x=labels, y=z[-1], name="final (sampled from)")])
-    bars.update_layout(barmode="group", height=260, margin=dict(t=30, b=20), title="Raw vs final")
+    bars = figure([dict(type="bar", x=labels, y=z[0], name="raw (the model)"),
+                   dict(type="bar", x=labels, y=z[-1], name="final (sampled from)")],
+                  barmode="group", height=260, margin=dict(t=30, b=20), title=dict(text="Raw vs final"))
     st.plotly_chart(bars, width="stretch", key="raw_final_chart")
 
     left, right = st.columns(2)
     if steps:
-        ent = go.Figure(go.Scatter(y=[s.entropy for s in steps], mode="lines+markers",
-                                   text=[s.text for s in steps]))
-        ent.update_layout(title="Entropy of the model's distribution at each step (nats)", height=300,
-                          xaxis_title="step", yaxis_title="entropy", margin=dict(t=40, b=20))
+        ent = figure([dict(type="scatter", y=[s.entropy for s in steps], mode="lines+markers",
+                           text=[s.text for s in steps])],
+                     title=dict(text="Entropy of the model's distribution at each step (nats)"), height=300,
+                     xaxis=dict(title=dict(text="step")), yaxis=dict(title=dict(text="entropy")),
+                     margin=dict(t=40, b=20))
         left.plotly_chart(ent, width="stretch", key="entropy_chart")
     temps = [0.05 * i for i in range(1, 61)]
     curve = entropy_by_temperature(raw.logits, temps)
-    tfig = go.Figure(go.Scatter(x=temps, y=curve, mode="lines"))
-    if sampler.temperature > 0:
-        tfig.add_vline(x=sampler.temperature, line_dash="dash")
-    tfig.update_layout(title="Temperature vs entropy of the next-token distribution", height=300,
-                       xaxis_title="temperature", yaxis_title="entropy (nats)", margin=dict(t=40, b=20))
+    marks = ([dict(type="line", x0=sampler.temperature, x1=sampler.temperature, yref="paper", y0=0, y1=1,
+                   line=dict(dash="dash"))] if sampler.temperature > 0 else [])
+    tfig = figure([dict(type="scatter", x=temps, y=curve, mode="lines")], shapes=marks,
+                  title=dict(text="Temperature vs entropy of the next-token distribution"), height=300,
+                  xaxis=dict(title=dict(text="temperature")), yaxis=dict(title=dict(text="entropy (nats)")),
+                  margin=dict(t=40, b=20))
     right.plotly_chart(tfig, width="stretch", key="temperature_chart")
     started = st.session_state.pop("click_started", None)
     server = f" · server time for this step: {1000 * (time.perf_counter() - started):.1f} ms" if started else ""

@@ -51,7 +51,7 @@ st.dataframe([{"variant": name, "file": v["file"], "MB": round(v["bytes"] / 1e6,
               for name, v in card["variants"].items()], hide_index=True)
 
 st.subheader("Score a text")
-text = st.text_area("Text", url_value("score", "To be, or not to be, that is the question."),
+text = st.text_area("Text", url_value("score", "The night is long, and the morning will come."),
                     max_chars=lim.max_prompt_chars, key="score_text")
 st.query_params["score"] = text
 try:

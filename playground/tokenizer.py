@@ -1,5 +1,7 @@
 """Tokenizer: how text becomes tokens, under several tokenizers side by side, and why BPE exists."""
 
+import functools
+
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -10,12 +12,12 @@ from playground.shared import limits, model_by_name, model_names, tokens_html, u
 st.title("Tokenizer")
 st.caption("A model never sees characters: it sees token ids. Compare how tokenizers cut the same text.")
 lim = limits()
-text = st.text_area("Text", url_value("text", "First Citizen:\nBefore we proceed any further, hear me speak. 😀"),
+text = st.text_area("Text", url_value("text", "KING:\nThe tokenizer cuts this sentence into pieces, emoji too. 😀"),
                     max_chars=lim.max_prompt_chars, key="tok_text")
 st.query_params["text"] = text
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
+@functools.lru_cache(maxsize=8)   # a process cache: a visitor cannot clear it for everyone
 def openai_available(name: str) -> str | None:
     """None when tiktoken can load the encoding here, else the reason (cached: it may try the network)."""
     try:

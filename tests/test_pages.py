@@ -11,7 +11,8 @@ from tests.conftest import run_without_torch
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "streamlit_app.py")
-PAGES = ["playground/home.py", "playground/tokenizer.py", "playground/generate.py", "playground/compare.py",
+PAGES = ["playground/home.py", "playground/learn.py", "playground/tokenizer.py", "playground/generate.py",
+         "playground/compare.py", "playground/scaling.py",
          "playground/attention.py", "playground/models.py"]
 
 

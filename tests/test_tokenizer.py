@@ -10,7 +10,7 @@ from tests.conftest import make_text
 
 SAMPLES = [
     "hello world",
-    "First Citizen:\nBefore we proceed any further, hear me speak.\n\n",
+    "CITIZEN:\nWe must speak before we go any further.\n\n",
     "emoji 😀👍🏽 and a family 👨‍👩‍👧",
     "中文字符和日本語のテキスト",
     "mixed: café, naïve, Ελληνικά, עברית \u200f RTL",

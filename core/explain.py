@@ -1,0 +1,168 @@
+"""Explanations: the numbers behind each formula of the Learn page, computed from the user's own model.
+
+Holds the positional encodings as this model has them beside the other two (`positional_views`; the
+formulas are `core.positions`, which the model itself uses, so picture and model cannot disagree), token-embedding neighbours (`embedding_neighbours`), attention worked through
+for one token, head and layer from the graph's own q, k and v (`attention_walkthrough`, whose final
+row is the Attention page's heatmap row), and the vocabulary-size trade-off of BPE on a text
+(`vocabulary_tradeoff`).
+
+Deliberately not here: torch (numpy and the exported model only), any page layout, the sampler stages
+(`core.sampling`) and text scores (`core.runtime.Model.score`), which the Learn page calls directly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.positions import rope_angles, sinusoidal_table
+from core.runtime import Model, ModelError
+from core.sampling import softmax
+from core.tokenizer import Tokenizer, TokenizerError, byte_tokenizer, train_bpe
+
+
+# ---------------------------------------------------------------------------------------------------
+# Positions
+
+@dataclass(frozen=True)
+class PositionalViews:
+    used: str                           # the model's own: learned | sinusoidal | rope
+    sinusoidal: np.ndarray              # (block_size, n_embd)
+    rope: np.ndarray                    # angles (block_size, head_dim / 2)
+    learned: np.ndarray | None          # wpe (block_size, n_embd) when the model learned one
+    similarity: np.ndarray              # (block_size, block_size): how alike two positions look to the model
+
+
+def positional_views(model: Model) -> PositionalViews:
+    """All three encodings at this model's sizes, its own one marked, and a position-similarity map.
+
+    Similarity: for added encodings (learned, sinusoidal), the cosine of two positions' vectors; for
+    RoPE, the mean over frequency pairs of cos(angle_i - angle_j), which is what a rotated q·k keeps of
+    an unrotated one: it depends on i - j only."""
+    cfg = model.config
+    T, C, hs = int(cfg["block_size"]), int(cfg["n_embd"]), model.head_dim
+    used = cfg.get("pos_encoding", "learned")
+    sin_table, angles = sinusoidal_table(T, C), rope_angles(T, hs)
+    learned = model.weights("transformer.wpe.weight").get("transformer.wpe.weight")
+    if used == "rope":
+        similarity = np.cos(angles[:, None, :] - angles[None, :, :]).mean(axis=-1)
+    else:
+        table = learned if used == "learned" and learned is not None else sin_table
+        unit = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-12)
+        similarity = unit @ unit.T
+    return PositionalViews(used, sin_table, angles, learned, similarity.astype(np.float32))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Token embeddings
+
+def token_embeddings(model: Model) -> np.ndarray:
+    """wte (vocab, n_embd): a tied model's head shares it, so the graph keeps it as lm_head.weight."""
+    w = model.weights("transformer.wte.weight", "lm_head.weight")
+    table = w.get("transformer.wte.weight", w.get("lm_head.weight"))
+    if table is None:
+        raise ModelError(f"{model.name}: model.onnx holds no token embedding table")
+    return table
+
+
+def embedding_neighbours(model: Model, token_id: int, k: int = 8) -> list[tuple[int, str, float]]:
+    """The k tokens whose embeddings point most nearly the same way (cosine similarity)."""
+    table = token_embeddings(model)
+    if not (0 <= int(token_id) < table.shape[0]):
+        raise ModelError(f"token id {token_id} is outside the vocabulary (0..{table.shape[0] - 1})")
+    unit = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-12)
+    sims = unit @ unit[int(token_id)]
+    order = [int(i) for i in np.argsort(-sims) if int(i) != int(token_id)][:k]
+    return [(i, model.tokenizer.decode([i]), float(sims[i])) for i in order]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Attention, worked through
+
+@dataclass(frozen=True)
+class AttentionWalk:
+    tokens: list[str]                   # the text's tokens, as text
+    layer: int
+    head: int
+    position: int                       # the query token
+    q: np.ndarray                       # (hs,) the query of that token (after RoPE if the model uses it)
+    k: np.ndarray                       # (T, hs) every token's key
+    v: np.ndarray                       # (T, hs) every token's value
+    scores: np.ndarray                  # (T,) q · k_j
+    scale: float                        # 1 / sqrt(hs)
+    scaled: np.ndarray                  # (T,) scores * scale
+    allowed: np.ndarray                 # (T,) bool: j <= position (the causal mask)
+    masked: np.ndarray                  # (T,) scaled, -inf where not allowed
+    probs: np.ndarray                   # (T,) softmax(masked): the row of the heatmap
+    head_output: np.ndarray             # (hs,) sum_j probs_j v_j
+    heads: np.ndarray                   # (n_embd,) every head's output side by side (this one included)
+    projected: np.ndarray               # (n_embd,) heads @ W_o + b: what attention adds to the residual
+    graph_row: np.ndarray               # (T,) the same row as the attention graph computed it
+    graph_head_output: np.ndarray       # (hs,) this head's slice of `heads`, as the graph computed it
+
+
+def attention_walkthrough(model: Model, text: str, layer: int, head: int, position: int) -> AttentionWalk:
+    """softmax(q kᵀ / sqrt(d_k) + mask) v for one query token, from the graph's own q, k and v.
+
+    Every step is recomputed here in numpy; `graph_row` and `graph_head_output` are the graph's own
+    results, which the recomputation must equal (the Learn page shows both, and a test holds them equal).
+    """
+    ids = model.tokenizer.encode(text)
+    if not ids:
+        raise ModelError("the text is empty; type a few words")
+    if len(ids) > model.block_size:
+        raise ModelError(f"the text has {len(ids)} tokens, more than the model's context of {model.block_size}; "
+                         f"shorten it")
+    for name, value, top in (("layer", layer, model.n_layer), ("head", head, model.n_head),
+                             ("position", position, len(ids))):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < top:
+            raise ModelError(f"{name} must be an integer from 0 to {top - 1}, got {value!r}")
+    maps = model.attention([ids])
+    if not maps.parts:
+        raise ModelError(f"{model.name} was exported before the attention graph returned q, k and v; export "
+                         f"it again with `python -m core.export` to see attention worked through")
+    part = maps.parts[layer]
+    q_all, k, v = part["q"][0, head], part["k"][0, head], part["v"][0, head]   # (T, hs)
+    q = q_all[position]
+    hs = q.shape[0]
+    scores = k @ q                                                            # (T,)
+    scale = 1.0 / math.sqrt(hs)
+    scaled = scores * scale
+    allowed = np.arange(len(ids)) <= position
+    masked = np.where(allowed, scaled, -np.inf)
+    probs = softmax(masked)
+    head_output = probs @ v
+    heads = part["heads"][0, position]
+    return AttentionWalk([model.tokenizer.decode([i]) for i in ids], layer, head, position, q, k, v, scores,
+                         scale, scaled, allowed, masked, probs, head_output, heads, part["proj"][0, position],
+                         maps.probs[layer][0, head, position], heads[head * hs:(head + 1) * hs])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Vocabulary size against sequence length
+
+@dataclass(frozen=True)
+class VocabularyPoint:
+    vocab_size: int
+    tokens: int                         # the text's length in tokens
+    bytes_per_token: float
+    embedding_parameters: int           # vocab x n_embd: what the table costs at this width
+
+
+def vocabulary_tradeoff(text: str, sizes: list[int], n_embd: int = 128) -> list[VocabularyPoint]:
+    """BPE trained on `text` at each vocabulary size: a larger vocabulary makes the text shorter (less
+    attention compute, more context per window) and the embedding table bigger."""
+    data = text.encode("utf-8")
+    if len(data) < 200:
+        raise TokenizerError("give at least a few sentences (200 bytes) to train tokenizers on")
+    out = []
+    for size in sorted(set(sizes)):
+        try:
+            tok: Tokenizer = byte_tokenizer() if size <= 256 else train_bpe([text], size, name=f"bpe{size}")
+        except TokenizerError:
+            break       # the text has run out of pairs to merge: larger sizes are not possible on it
+        n = len(tok.encode(text))
+        out.append(VocabularyPoint(tok.n_vocab, n, len(data) / n, tok.n_vocab * n_embd))
+    return out

@@ -1,0 +1,734 @@
+"""Scaling laws: fit how loss falls with parameters N, data D and compute C, on the user's own runs.
+
+Holds the record of one finished sweep run (`RunRecord`), the fits and what they predict:
+
+- Kaplan-style single-variable laws L(x) = E + A / x^alpha for x = N, D or C (`fit_power_law`;
+  E = 0 gives Kaplan's pure form (x_c / x)^alpha), fitted on the envelope of the runs (the best loss
+  at each N, each D, and the compute frontier), as Kaplan et al. 2020 do.
+- Chinchilla's parametric law L(N, D) = E + A / N^alpha + B / D^beta (`fit_chinchilla`), fitted as
+  Hoffmann et al. 2022 (appendix D.2) do: Huber loss (delta = 1e-3) on log loss, the law written as a
+  log-sum-exp, L-BFGS from the best points of a grid of starts; bootstrap intervals over runs.
+- The IsoFLOP method (`fit_isoflop`): at each compute budget a parabola of loss against log N, its
+  minimum N_opt, then N_opt ~ C^a and D_opt ~ C^b across budgets.
+- Compute-optimal allocation for a budget (`allocate`), with C = 6ND or with the exact FLOPs per
+  token of the swept shapes (`FlopsPerToken`, read from the records the trainer wrote).
+- The published fits (`PUBLISHED`: Kaplan 2020, Hoffmann 2022, Besiroglu et al. 2024) as references.
+- A held-out check (`held_out_check`): fit on the cheaper runs, predict the most expensive ones.
+
+Deliberately not here: running the sweep (`core.sweep`, which needs torch), FLOP counting of a model
+shape (`core.model.flops_per_token`; the records carry its result), and plotting (the Scaling page).
+numpy and scipy only, never torch: the Scaling page runs on a hosted demo without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+from scipy.optimize import minimize, minimize_scalar
+
+HUBER_DELTA = 1e-3          # Hoffmann et al. 2022, D.2: robust to the few runs that went wrong
+BOOT_MAXITER = 300          # a resample starts next to the full fit's optimum: it converges in far fewer steps
+TOKENS_PER_PARAMETER = 20   # Chinchilla's rule of thumb at the compute-optimal point
+PF_DAY = 1e15 * 24 * 3600   # FLOPs in one petaflop/s-day (Kaplan's unit of compute)
+
+
+class ScalingError(ValueError):
+    """The runs cannot support the fit asked for; the message says what to add or change."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Records
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One finished training run of a sweep: what was trained, on how much, and how well it did."""
+    name: str
+    n_params: int               # N, all parameters (Chinchilla counts these)
+    n_non_embedding: int        # N without embeddings (Kaplan counts these)
+    tokens: int                 # D, training tokens seen
+    flops: float                # C, training FLOPs: exact FLOPs per token x tokens
+    flops_per_token: float      # from core.model.flops_per_token at the run's shape and context
+    train_loss: float
+    val_loss: float             # nats per token on the held-out split, at the end of the run
+    val_bits_per_byte: float
+    wall_s: float               # seconds of training, evals excluded
+    shape: dict = field(default_factory=dict)   # n_layer, n_head, n_embd, block_size, vocab_size
+    budget: float | None = None                 # the IsoFLOP budget the run belongs to, if any
+    sweep: str = ""                             # which sweep it came from
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunRecord":
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = {"name", "n_params", "n_non_embedding", "tokens", "flops", "val_loss"} - set(d)
+        if missing:
+            raise ScalingError(f"run record {d.get('name', '?')!r} lacks {sorted(missing)}")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def params(self, kind: str = "total") -> int:
+        return self.n_non_embedding if kind == "non_embedding" else self.n_params
+
+
+def load_records(path: str | Path) -> list[RunRecord]:
+    """Records from a sweep directory (one JSON per run under records/), a records file (a JSON list)
+    or a single record file. Damaged files are skipped, not fatal: a sweep may be running."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted((path / "records").glob("*.json")) if (path / "records").is_dir() else []
+        out = []
+        for f in files:
+            try:
+                out.append(RunRecord.from_dict(json.loads(f.read_text())))
+            except (ValueError, TypeError, OSError):
+                continue
+        return out
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ScalingError(f"cannot read sweep records from {path}: {e}") from None
+    items = data if isinstance(data, list) else data.get("records", [data])
+    return [RunRecord.from_dict(d) for d in items]
+
+
+def check_records(records: Sequence[RunRecord]) -> None:
+    """Every N, D, C and loss must be positive and finite: a log of anything else is meaningless."""
+    for r in records:
+        for name in ("n_params", "n_non_embedding", "tokens", "flops", "val_loss"):
+            v = getattr(r, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ScalingError(f"run {r.name!r} has {name} = {v!r}; every N, D, C and loss must be a "
+                                   f"positive finite number (remove or re-run that run)")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The fitting engine: Huber loss on log loss, L-BFGS from the best points of a grid
+
+def _huber(r: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Huber values and derivatives of residuals r."""
+    a = np.abs(r)
+    value = np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
+    return value, np.clip(r, -delta, delta)
+
+
+def _lse_terms(theta: np.ndarray, X: np.ndarray, with_e: bool) -> tuple[np.ndarray, np.ndarray]:
+    """log of sum_i exp(a_i - alpha_i * X_i) [+ exp(e)] and its gradient w.r.t. theta.
+
+    theta = (a_1, alpha_1, ..., a_k, alpha_k[, e]); X has shape (n, k) of log inputs.
+    """
+    k = X.shape[1]
+    a, alpha = theta[0:2 * k:2], theta[1:2 * k:2]
+    terms = a[None, :] - alpha[None, :] * X                         # (n, k)
+    if with_e:
+        terms = np.concatenate([terms, np.full((X.shape[0], 1), theta[-1])], axis=1)
+    m = terms.max(axis=1, keepdims=True)
+    w = np.exp(terms - m)
+    s = w.sum(axis=1, keepdims=True)
+    pred = (m + np.log(s))[:, 0]
+    p = w / s                                                        # softmax weights, (n, k[+1])
+    grad = np.empty((X.shape[0], theta.size))
+    grad[:, 0:2 * k:2] = p[:, :k]
+    grad[:, 1:2 * k:2] = -p[:, :k] * X
+    if with_e:
+        grad[:, -1] = p[:, -1]
+    return pred, grad
+
+
+def _fit_lse(X: np.ndarray, log_y: np.ndarray, with_e: bool, starts: np.ndarray,
+             delta: float = HUBER_DELTA, n_best: int = 6, maxiter: int = 2000) -> tuple[np.ndarray, float]:
+    """Minimise sum Huber(LSE(theta; X) - log y) over theta, from the n_best grid starts."""
+
+    def objective(theta):
+        pred, grad = _lse_terms(theta, X, with_e)
+        value, d = _huber(pred - log_y, delta)
+        return float(value.sum()), grad.T @ d
+
+    scores = _grid_scores(starts, X, log_y, with_e, delta)
+    best_theta, best_value = None, math.inf
+    for i in np.argsort(scores)[:n_best]:
+        res = minimize(objective, starts[i], jac=True, method="L-BFGS-B",
+                       options={"maxiter": maxiter, "gtol": 1e-12, "ftol": 1e-15})
+        if np.all(np.isfinite(res.x)) and res.fun < best_value:
+            best_theta, best_value = res.x, float(res.fun)
+    if best_theta is None:
+        raise ScalingError("the fit did not converge from any starting point; the runs may be too noisy")
+    return best_theta, best_value
+
+
+def _grid_scores(starts: np.ndarray, X: np.ndarray, log_y: np.ndarray, with_e: bool,
+                 delta: float) -> np.ndarray:
+    """The objective at every starting point at once (the grid has thousands of points)."""
+    k = X.shape[1]
+    a, alpha = starts[:, 0:2 * k:2], starts[:, 1:2 * k:2]                 # (S, k)
+    terms = a[:, None, :] - alpha[:, None, :] * X[None, :, :]              # (S, n, k)
+    if with_e:
+        e = np.broadcast_to(starts[:, None, -1:], (starts.shape[0], X.shape[0], 1))
+        terms = np.concatenate([terms, e], axis=2)
+    m = terms.max(axis=2)
+    pred = m + np.log(np.exp(terms - m[:, :, None]).sum(axis=2))           # (S, n)
+    value, _ = _huber(pred - log_y[None, :], delta)
+    return value.sum(axis=1)
+
+
+def _best_starts(starts: np.ndarray, X: np.ndarray, log_y: np.ndarray, with_e: bool,
+                 count: int = 16) -> np.ndarray:
+    scores = _grid_scores(starts, X, log_y, with_e, HUBER_DELTA)
+    return starts[np.argsort(scores)[:count]]
+
+
+def _interval(samples: np.ndarray, level: float) -> tuple[float, float]:
+    lo, hi = np.nanpercentile(samples, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Kaplan-style single-variable laws
+
+@dataclass(frozen=True)
+class PowerLaw:
+    """L(x) = E + A / x^alpha, with a bootstrap interval per parameter."""
+    variable: str               # "N", "N (non-embedding)", "D" or "C"
+    E: float
+    A: float
+    alpha: float
+    n_points: int
+    intervals: dict = field(default_factory=dict)   # name -> (lo, hi) at `level`
+    level: float = 0.9
+    source: str = "fit"
+    samples: tuple = ()         # bootstrap (E, A, alpha) triples, for confidence bands
+
+    def predict(self, x) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        return self.E + self.A * x ** (-self.alpha)
+
+    def band(self, x) -> tuple[np.ndarray, np.ndarray]:
+        """The bootstrap band of the curve at x (the law itself where there are no samples)."""
+        x = np.asarray(x, dtype=float)
+        if not self.samples:
+            return self.predict(x), self.predict(x)
+        s = np.array(self.samples)
+        curves = s[:, 0:1] + s[:, 1:2] * x[None, :] ** (-s[:, 2:3])
+        lo, hi = np.percentile(curves, [50 * (1 - self.level), 50 * (1 + self.level)], axis=0)
+        return lo, hi
+
+    @property
+    def x_c(self) -> float:
+        """Kaplan's scale: A / x^alpha = (x_c / x)^alpha."""
+        return self.A ** (1 / self.alpha) if self.alpha > 0 else math.inf
+
+    def describe(self) -> str:
+        e = f"{self.E:.3g} + " if self.E else ""
+        return f"L({self.variable}) = {e}{self.A:.3g} / {self.variable}^{self.alpha:.3f}"
+
+
+def fit_power_law(x: Sequence[float], loss: Sequence[float], variable: str = "x",
+                  irreducible: bool = True, n_bootstrap: int = 200, level: float = 0.9,
+                  seed: int = 0) -> PowerLaw:
+    """Fit L = E + A / x^alpha (E >= 0 when `irreducible`, else E = 0) by Huber on log loss."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(loss, dtype=float)
+    _check_xy(x, y, variable, need=3 if irreducible else 2)
+    X = np.log(x)[:, None]
+    log_y = np.log(y)
+    starts = _grid(irreducible, k=1)
+    theta, _ = _fit_lse(X, log_y, irreducible, starts)
+    law = _power_law_from(theta, variable, irreducible, len(x))
+    if n_bootstrap:
+        rng = np.random.default_rng(seed)
+        boot_starts = np.vstack([theta, _best_starts(starts, X, log_y, irreducible)])
+        samples = []
+        for _ in range(n_bootstrap):
+            idx = rng.integers(0, len(x), len(x))
+            if len(np.unique(x[idx])) < (3 if irreducible else 2):
+                continue
+            t, _ = _fit_lse(X[idx], log_y[idx], irreducible, boot_starts, n_best=1, maxiter=BOOT_MAXITER)
+            b = _power_law_from(t, variable, irreducible, len(x))
+            samples.append((b.E, b.A, b.alpha))
+        if samples:
+            s = np.array(samples)
+            law = dataclasses.replace(law, level=level, samples=tuple(map(tuple, s)), intervals={
+                "E": _interval(s[:, 0], level), "A": _interval(s[:, 1], level),
+                "alpha": _interval(s[:, 2], level)})
+    return law
+
+
+def _power_law_from(theta, variable, irreducible, n) -> PowerLaw:
+    return PowerLaw(variable, float(math.exp(theta[2])) if irreducible else 0.0,
+                    float(math.exp(theta[0])), float(theta[1]), n)
+
+
+def _grid(with_e: bool, k: int) -> np.ndarray:
+    """Starting points: a_i in 0..25 by 5, alpha_i in 0..2 by 0.5, e in -1..1 by 0.5 (Hoffmann D.2)."""
+    a = np.arange(0.0, 26.0, 5.0)
+    alpha = np.arange(0.0, 2.01, 0.5)
+    e = np.arange(-1.0, 1.01, 0.5)
+    axes = [a, alpha] * k + ([e] if with_e else [])
+    return np.array(list(itertools.product(*axes)))
+
+
+def _check_xy(x: np.ndarray, y: np.ndarray, variable: str, need: int) -> None:
+    if x.shape != y.shape or x.ndim != 1:
+        raise ScalingError(f"{variable} and loss must be two lists of the same length")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y)) and np.all(x > 0) and np.all(y > 0)):
+        raise ScalingError(f"{variable} and loss must be positive finite numbers")
+    distinct = len(np.unique(x))
+    if distinct < need:
+        raise ScalingError(f"a law in {variable} needs runs at {need} or more distinct values of "
+                           f"{variable}; these runs have {distinct}. Add runs at other sizes.")
+
+
+def envelope(records: Sequence[RunRecord], by: str, n_kind: str = "total") -> tuple[np.ndarray, np.ndarray]:
+    """The best loss at each value of `by` ("N" or "D"), or the compute frontier ("C": runs that beat
+    every cheaper run). These are the points Kaplan's single-variable laws describe."""
+    if by == "C":
+        ordered = sorted(records, key=lambda r: r.flops)
+        xs, ys, best = [], [], math.inf
+        for r in ordered:
+            if r.val_loss < best:
+                best = r.val_loss
+                xs.append(r.flops)
+                ys.append(r.val_loss)
+        return np.array(xs), np.array(ys)
+    key = (lambda r: r.params(n_kind)) if by == "N" else (lambda r: r.tokens)
+    best: dict[float, float] = {}
+    for r in records:
+        best[key(r)] = min(best.get(key(r), math.inf), r.val_loss)
+    xs = np.array(sorted(best))
+    return xs, np.array([best[x] for x in xs])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Chinchilla's parametric law
+
+@dataclass(frozen=True)
+class ChinchillaLaw:
+    """L(N, D) = E + A / N^alpha + B / D^beta."""
+    E: float
+    A: float
+    B: float
+    alpha: float
+    beta: float
+    n_points: int = 0
+    intervals: dict = field(default_factory=dict)
+    level: float = 0.9
+    source: str = "fit"
+    n_kind: str = "total"
+    samples: tuple = ()         # bootstrap (E, A, B, alpha, beta) tuples
+
+    def bootstrap_laws(self) -> list["ChinchillaLaw"]:
+        return [ChinchillaLaw(*t[:5]) for t in self.samples]
+
+    def predict(self, n, d) -> np.ndarray:
+        n = np.asarray(n, dtype=float)
+        d = np.asarray(d, dtype=float)
+        return self.E + self.A * n ** (-self.alpha) + self.B * d ** (-self.beta)
+
+    @property
+    def a(self) -> float:
+        """N_opt ~ C^a at the compute optimum (C = 6ND)."""
+        return self.beta / (self.alpha + self.beta)
+
+    @property
+    def b(self) -> float:
+        """D_opt ~ C^b; a + b = 1."""
+        return self.alpha / (self.alpha + self.beta)
+
+    def describe(self) -> str:
+        return (f"L(N, D) = {self.E:.3g} + {self.A:.4g} / N^{self.alpha:.3f} + "
+                f"{self.B:.4g} / D^{self.beta:.3f}")
+
+
+def fit_chinchilla(records: Sequence[RunRecord], n_kind: str = "total", n_bootstrap: int = 200,
+                   level: float = 0.9, seed: int = 0) -> ChinchillaLaw:
+    """Hoffmann et al.'s approach 3 on these runs, with bootstrap intervals (resampling runs)."""
+    check_records(records)
+    if len(records) < 5:
+        raise ScalingError(f"the L(N, D) law has 5 parameters and needs at least 5 runs (better 15+); "
+                           f"there are {len(records)}. Let the sweep finish more runs.")
+    N = np.array([r.params(n_kind) for r in records], dtype=float)
+    D = np.array([r.tokens for r in records], dtype=float)
+    y = np.array([r.val_loss for r in records], dtype=float)
+    X = np.log(np.stack([N, D], axis=1))
+    for name, col in (("model sizes", N), ("token counts", D)):
+        if len(np.unique(col)) < 2:
+            raise ScalingError(f"all runs share the same {name[:-1]}: L(N, D) needs at least 2 distinct "
+                               f"{name}. Add runs that vary it.")
+    design = np.column_stack([np.ones(len(N)), X])
+    if np.linalg.matrix_rank(design, tol=1e-6) < 3:
+        raise ScalingError("N and D move together in every run (D is a fixed multiple of a power of N), so "
+                           "their effects cannot be told apart: add runs with a different D at the same N "
+                           "(a grid, or several IsoFLOP budgets).")
+    starts = _grid(True, k=2)
+    theta, _ = _fit_lse(X, np.log(y), True, starts)
+    law = _chinchilla_from(theta, len(records), n_kind)
+    if n_bootstrap:
+        rng = np.random.default_rng(seed)
+        boot_starts = np.vstack([theta, _best_starts(starts, X, np.log(y), True)])
+        samples = []
+        for _ in range(n_bootstrap):
+            idx = rng.integers(0, len(records), len(records))
+            if np.linalg.matrix_rank(design[idx], tol=1e-6) < 3:
+                continue
+            t, _ = _fit_lse(X[idx], np.log(y[idx]), True, boot_starts, n_best=1, maxiter=BOOT_MAXITER)
+            b = _chinchilla_from(t, len(records), n_kind)
+            samples.append((b.E, b.A, b.B, b.alpha, b.beta, b.a, b.b))
+        if samples:
+            s = np.array(samples)
+            names = ("E", "A", "B", "alpha", "beta", "a", "b")
+            law = dataclasses.replace(law, level=level, samples=tuple(map(tuple, s[:, :5])),
+                                      intervals={n: _interval(s[:, i], level) for i, n in enumerate(names)})
+    return law
+
+
+def _chinchilla_from(theta, n, n_kind) -> ChinchillaLaw:
+    return ChinchillaLaw(E=float(math.exp(theta[4])), A=float(math.exp(theta[0])),
+                         B=float(math.exp(theta[2])), alpha=float(theta[1]), beta=float(theta[3]),
+                         n_points=n, n_kind=n_kind)
+
+
+# ---------------------------------------------------------------------------------------------------
+# IsoFLOP profiles
+
+@dataclass(frozen=True)
+class IsoFlopProfile:
+    """One compute budget: its runs, the parabola in log N, and the minimum."""
+    budget: float
+    n: tuple                    # parameters of each run
+    loss: tuple
+    coefficients: tuple         # loss = c2 * x^2 + c1 * x + c0, x = ln N
+    n_opt: float
+    loss_opt: float
+    d_opt: float                # tokens the optimum trains on: budget / FLOPs per token at n_opt
+    inside: bool                # the minimum lies within the sizes tried (else it is extrapolated)
+
+    def curve(self, n) -> np.ndarray:
+        x = np.log(np.asarray(n, dtype=float))
+        c2, c1, c0 = self.coefficients
+        return c2 * x * x + c1 * x + c0
+
+
+@dataclass(frozen=True)
+class IsoFlopFit:
+    profiles: tuple             # IsoFlopProfile per budget, ascending
+    a: float                    # N_opt = kN * C^a
+    b: float                    # D_opt = kD * C^b
+    kN: float
+    kD: float
+    intervals: dict = field(default_factory=dict)
+    level: float = 0.9
+    notes: tuple = ()           # budgets left out of the exponent fit, and why
+
+    def n_opt(self, c) -> np.ndarray:
+        return self.kN * np.asarray(c, dtype=float) ** self.a
+
+    def d_opt(self, c) -> np.ndarray:
+        return self.kD * np.asarray(c, dtype=float) ** self.b
+
+
+def group_by_budget(records: Sequence[RunRecord]) -> dict[float, list[RunRecord]]:
+    """Runs of each IsoFLOP budget (the sweep stamps it on every record it plans that way)."""
+    groups: dict[float, list[RunRecord]] = {}
+    for r in records:
+        if r.budget:
+            groups.setdefault(float(r.budget), []).append(r)
+    return dict(sorted(groups.items()))
+
+
+def isoflop_profile(budget: float, runs: Sequence[RunRecord], n_kind: str = "total",
+                    flops_per_token: Callable[[float], float] | None = None) -> IsoFlopProfile:
+    sizes = sorted({r.params(n_kind) for r in runs})
+    if len(sizes) < 3:
+        raise ScalingError(f"the IsoFLOP budget {budget:.3g} has runs at {len(sizes)} model size(s); a "
+                           f"parabola needs 3 or more. Add sizes to the sweep.")
+    runs = sorted(runs, key=lambda r: r.params(n_kind))
+    x = np.log([r.params(n_kind) for r in runs])
+    y = np.array([r.val_loss for r in runs])
+    c2, c1, c0 = np.polyfit(x, y, 2)
+    if c2 <= 0:
+        # No minimum: the loss keeps falling (or rising) across the sizes tried; take the best run.
+        i = int(np.argmin(y))
+        n_opt, loss_opt, inside = float(math.exp(x[i])), float(y[i]), False
+    else:
+        x_opt = -c1 / (2 * c2)
+        n_opt, loss_opt = float(math.exp(x_opt)), float(c0 - c1 * c1 / (4 * c2))
+        inside = bool(x.min() <= x_opt <= x.max())
+    fpt = flops_per_token(n_opt) if flops_per_token else 6.0 * n_opt
+    return IsoFlopProfile(budget, tuple(math.exp(v) for v in x), tuple(y.tolist()),
+                          (float(c2), float(c1), float(c0)), n_opt, loss_opt, budget / fpt, inside)
+
+
+def fit_isoflop(records: Sequence[RunRecord], n_kind: str = "total",
+                flops_per_token: Callable[[float], float] | None = None,
+                n_bootstrap: int = 200, level: float = 0.9, seed: int = 0) -> IsoFlopFit:
+    """Hoffmann et al.'s approach 2: minima of IsoFLOP parabolas, then power laws in C through them.
+
+    Budgets whose minimum falls outside the sizes tried are shown but left out of the exponents.
+    """
+    check_records(records)
+    groups = group_by_budget(records)
+    if not groups:
+        raise ScalingError("no run belongs to an IsoFLOP budget; run a sweep with --budgets")
+    profiles, notes = [], []
+    for budget, runs in groups.items():
+        try:
+            profiles.append(isoflop_profile(budget, runs, n_kind, flops_per_token))
+        except ScalingError as e:
+            notes.append(str(e))
+    good = [p for p in profiles if p.inside]
+    notes += [f"budget {p.budget:.3g}: the loss has no minimum inside the sizes tried, so it is left out "
+              f"of the exponents (add {'larger' if p.n_opt >= max(p.n) else 'smaller'} models)"
+              for p in profiles if not p.inside]
+    if len(good) < 2:
+        raise ScalingError(f"N_opt ~ C^a needs at least 2 budgets with a minimum inside the sizes tried; "
+                           f"there are {len(good)}. " + " ".join(notes))
+    logc = np.log([p.budget for p in good])
+    a, log_kn = np.polyfit(logc, np.log([p.n_opt for p in good]), 1)
+    b, log_kd = np.polyfit(logc, np.log([p.d_opt for p in good]), 1)
+    fit = IsoFlopFit(tuple(profiles), float(a), float(b), float(math.exp(log_kn)), float(math.exp(log_kd)),
+                     notes=tuple(notes))
+    if n_bootstrap:
+        rng = np.random.default_rng(seed)
+        samples = []
+        for _ in range(n_bootstrap):
+            opts = []
+            for p in good:
+                idx = rng.integers(0, len(p.n), len(p.n))
+                if len(np.unique(idx)) < 3:
+                    continue
+                xs, ys = np.log(np.array(p.n)[idx]), np.array(p.loss)[idx]
+                c2, c1, _ = np.polyfit(xs, ys, 2)
+                if c2 > 0:
+                    n_opt = math.exp(-c1 / (2 * c2))
+                    fpt = flops_per_token(n_opt) if flops_per_token else 6.0 * n_opt
+                    opts.append((p.budget, n_opt, p.budget / fpt))
+            if len(opts) >= 2:
+                o = np.array(opts)
+                samples.append((np.polyfit(np.log(o[:, 0]), np.log(o[:, 1]), 1)[0],
+                                np.polyfit(np.log(o[:, 0]), np.log(o[:, 2]), 1)[0]))
+        if samples:
+            s = np.array(samples)
+            fit = dataclasses.replace(fit, level=level,
+                                      intervals={"a": _interval(s[:, 0], level), "b": _interval(s[:, 1], level)})
+    return fit
+
+
+# ---------------------------------------------------------------------------------------------------
+# FLOPs and compute-optimal allocation
+
+class FlopsPerToken:
+    """Training FLOPs per token as a function of N, read off the swept shapes' exact counts.
+
+    Between the recorded sizes it interpolates in log-log; beyond them it extends the end segments.
+    With no records (or one size) it is Kaplan's 6N.
+    """
+
+    def __init__(self, records: Iterable[RunRecord] = (), n_kind: str = "total"):
+        pairs = sorted({(r.params(n_kind), r.flops_per_token) for r in records if r.flops_per_token > 0})
+        sizes = {}
+        for n, f in pairs:
+            sizes.setdefault(n, f)
+        self.log_n = np.log(np.array(list(sizes), dtype=float))
+        self.log_f = np.log(np.array(list(sizes.values()), dtype=float))
+
+    @property
+    def exact(self) -> bool:
+        return len(self.log_n) >= 2
+
+    def __call__(self, n: float) -> float:
+        if not self.exact:
+            return 6.0 * n
+        x = math.log(n)
+        if x <= self.log_n[0]:
+            i = 0
+        elif x >= self.log_n[-1]:
+            i = len(self.log_n) - 2
+        else:
+            return float(math.exp(np.interp(x, self.log_n, self.log_f)))
+        slope = (self.log_f[i + 1] - self.log_f[i]) / (self.log_n[i + 1] - self.log_n[i])
+        return float(math.exp(self.log_f[i] + slope * (x - self.log_n[i])))
+
+
+@dataclass(frozen=True)
+class Allocation:
+    compute: float
+    n: float
+    d: float
+    loss: float
+    rule: str                   # "C = 6ND" or "exact FLOPs per token"
+
+    @property
+    def tokens_per_parameter(self) -> float:
+        return self.d / self.n
+
+
+def allocate(law: ChinchillaLaw, compute: float,
+             flops_per_token: Callable[[float], float] | None = None) -> Allocation:
+    """The N and D that minimise the law's loss at this compute, and that loss.
+
+    With C = 6ND the optimum is closed-form (Hoffmann et al. eq. 4): N_opt = G (C/6)^a,
+    D_opt = (C/6)^b / G, G = (alpha A / (beta B))^(1 / (alpha + beta)). With exact FLOPs per token
+    f(N) the budget fixes D = C / f(N) and the minimum over N is found numerically.
+    """
+    if not (isinstance(compute, (int, float)) and math.isfinite(compute) and compute > 0):
+        raise ScalingError(f"the compute budget must be a positive number of FLOPs, got {compute!r}")
+    if law.alpha <= 0 or law.beta <= 0:
+        raise ScalingError("the law's exponents are not positive: loss does not fall with N or D, so "
+                           "there is no compute optimum")
+    if flops_per_token is None:
+        G = (law.alpha * law.A / (law.beta * law.B)) ** (1 / (law.alpha + law.beta))
+        n = G * (compute / 6) ** law.a
+        d = (compute / 6) ** law.b / G
+        return Allocation(compute, n, d, float(law.predict(n, d)), "C = 6ND")
+
+    def loss_at(log_n):
+        n = math.exp(log_n)
+        return float(law.predict(n, compute / flops_per_token(n)))
+
+    res = minimize_scalar(loss_at, bounds=(math.log(10.0), math.log(1e13)), method="bounded",
+                          options={"xatol": 1e-6})
+    n = math.exp(res.x)
+    return Allocation(compute, n, compute / flops_per_token(n), float(res.fun), "exact FLOPs per token")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Published fits (reference curves; their losses are nats per token of their own tokenizers)
+
+@dataclass(frozen=True)
+class PublishedFit:
+    key: str
+    citation: str
+    law: ChinchillaLaw | None = None
+    kaplan: dict = field(default_factory=dict)   # single-variable laws: name -> PowerLaw
+    note: str = ""
+
+    @property
+    def a(self) -> float | None:
+        return self.law.a if self.law else None
+
+
+PUBLISHED = {
+    "kaplan2020": PublishedFit(
+        "kaplan2020", "Kaplan et al. 2020, Scaling Laws for Neural Language Models, arXiv:2001.08361 (eq. 1.1-1.3)",
+        kaplan={"N": PowerLaw("N (non-embedding)", 0.0, 8.8e13 ** 0.076, 0.076, 0, source="kaplan2020"),
+                "D": PowerLaw("D", 0.0, 5.4e13 ** 0.095, 0.095, 0, source="kaplan2020"),
+                "C": PowerLaw("C", 0.0, (3.1e8 * PF_DAY) ** 0.050, 0.050, 0, source="kaplan2020")},
+        note="WebText2, GPT-2 BPE; N counts non-embedding parameters; C_min in FLOPs (3.1e8 PF-days); "
+             "their allocation was N_opt ~ C^0.73."),
+    "hoffmann2022": PublishedFit(
+        "hoffmann2022", "Hoffmann et al. 2022, Training Compute-Optimal Large Language Models, "
+                        "arXiv:2203.15556 (eq. 10, approach 3)",
+        law=ChinchillaLaw(1.69, 406.4, 410.7, 0.34, 0.28, source="hoffmann2022"),
+        note="MassiveText, SentencePiece; approaches 1 and 2 gave a = 0.50 and 0.49; "
+             "about 20 tokens per parameter at the optimum."),
+    "besiroglu2024": PublishedFit(
+        "besiroglu2024", "Besiroglu et al. 2024, Chinchilla Scaling: A replication attempt, arXiv:2404.10102",
+        law=ChinchillaLaw(1.8172, 482.01, 2085.43, 0.3478, 0.3658, source="besiroglu2024"),
+        note="refit of Hoffmann's approach 3 on data read off their figure; consistent with approaches 1-2."),
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Held-out check
+
+@dataclass(frozen=True)
+class HeldOutCheck:
+    law: ChinchillaLaw          # fitted on the cheaper runs only
+    fitted_on: tuple            # names
+    held_out: tuple             # (name, N, D, C, predicted, measured)
+    threshold: float            # runs with C above this were held out
+
+    @property
+    def mean_abs_error(self) -> float:
+        return float(np.mean([abs(p - m) for *_, p, m in self.held_out]))
+
+    @property
+    def mean_rel_error(self) -> float:
+        return float(np.mean([abs(p - m) / m for *_, p, m in self.held_out]))
+
+
+def held_out_check(records: Sequence[RunRecord], n_kind: str = "total", hold_out: float = 0.25,
+                   n_bootstrap: int = 0) -> HeldOutCheck:
+    """Fit L(N, D) on the cheaper runs, predict the most expensive ones (by compute).
+
+    With IsoFLOP budgets the largest budget is held out as a whole; otherwise the top `hold_out`
+    fraction of runs by compute.
+    """
+    check_records(records)
+    budgets = sorted(group_by_budget(records))
+    if len(budgets) >= 3:
+        threshold = budgets[-1] * 0.999
+    else:
+        flops = sorted(r.flops for r in records)
+        k = max(1, int(round(len(records) * hold_out)))
+        threshold = flops[-k] * 0.999
+    train_set = [r for r in records if r.flops < threshold]
+    test_set = [r for r in records if r.flops >= threshold]
+    if len(train_set) < 5:
+        raise ScalingError(f"a held-out check needs at least 5 cheaper runs to fit on; there are "
+                           f"{len(train_set)}. Let the sweep finish more runs.")
+    law = fit_chinchilla(train_set, n_kind, n_bootstrap=n_bootstrap)
+    rows = tuple((r.name, r.params(n_kind), r.tokens, r.flops,
+                  float(law.predict(r.params(n_kind), r.tokens)), r.val_loss) for r in test_set)
+    return HeldOutCheck(law, tuple(r.name for r in train_set), rows, threshold)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Everything at once, for a page or a report
+
+@dataclass(frozen=True)
+class ScalingReport:
+    """Every fit the runs support; each fit that failed is None with its message in `problems`."""
+    records: tuple
+    n_kind: str
+    law_n: PowerLaw | None
+    law_d: PowerLaw | None
+    law_c: PowerLaw | None
+    chinchilla: ChinchillaLaw | None
+    isoflop: IsoFlopFit | None
+    held_out: HeldOutCheck | None
+    flops_per_token: FlopsPerToken
+    problems: dict              # fit name -> message
+
+    def frontier(self, computes: Sequence[float], exact: bool = True) -> list[Allocation]:
+        """The compute-optimal allocation along a range of budgets, from the L(N, D) fit."""
+        if self.chinchilla is None:
+            return []
+        f = self.flops_per_token if exact and self.flops_per_token.exact else None
+        return [allocate(self.chinchilla, c, f) for c in computes]
+
+
+def analyse(records: Sequence[RunRecord], n_kind: str = "total", n_bootstrap: int = 200,
+            level: float = 0.9, seed: int = 0) -> ScalingReport:
+    check_records(records)
+    problems: dict[str, str] = {}
+    label = "N (non-embedding)" if n_kind == "non_embedding" else "N"
+
+    def attempt(name, fn):
+        try:
+            return fn()
+        except ScalingError as e:
+            problems[name] = str(e)
+            return None
+
+    def single(by, variable):
+        x, y = envelope(records, by, n_kind)
+        return fit_power_law(x, y, variable, n_bootstrap=n_bootstrap, level=level, seed=seed)
+
+    fpt = FlopsPerToken(records, n_kind)
+    return ScalingReport(
+        tuple(records), n_kind,
+        attempt("L(N)", lambda: single("N", label)),
+        attempt("L(D)", lambda: single("D", "D")),
+        attempt("L(C)", lambda: single("C", "C")),
+        attempt("L(N, D)", lambda: fit_chinchilla(records, n_kind, n_bootstrap, level, seed)),
+        attempt("IsoFLOP", lambda: fit_isoflop(records, n_kind, fpt, n_bootstrap, level, seed)),
+        attempt("held-out", lambda: held_out_check(records, n_kind)),
+        fpt, problems)

@@ -1,0 +1,324 @@
+"""Learn: how a decoder-only language model works, each formula shown with the numbers of the model in
+front of you. Seven short sections along one path; each has a knob to try and links to the page that
+goes deeper. The numbers come from `core` (explain, runtime, sampling, generate, scaling, tokenizer)."""
+
+import math
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from core import catalog, explain, scaling
+from core.generate import GenerationConfig, beam_search, complete
+from core.runtime import ModelError
+from core.sampling import SamplerConfig, entropy, entropy_by_temperature, run_pipeline, softmax
+from core.tokenizer import TokenizerError, char_frequencies
+from playground.shared import model_by_name, model_names, open_page, scaling_report, tokens_html, url_value, visible
+
+SECTIONS = {
+    "tokens": "1 · Tokenization",
+    "positions": "2 · Embeddings and positions",
+    "attention": "3 · Attention, computed",
+    "logits": "4 · From logits to a token",
+    "loss": "5 · The training objective",
+    "scaling": "6 · Scaling",
+    "glossary": "Glossary",
+}
+
+# Our own words (no corpus text is committed): enough repeated pieces for merges to find.
+TRADEOFF_TEXT = ("The model reads the text one token at a time. The tokenizer decides what a token is: a byte, "
+                 "a piece of a word, or a whole word. The more often a pair of pieces appears together, the "
+                 "sooner the tokenizer merges them into one token. The training text decides which pieces are "
+                 "common, so a tokenizer trained on one kind of text cuts another kind of text into more "
+                 "pieces. The larger the vocabulary, the shorter the text, and the larger the table of "
+                 "embeddings the model has to learn.")
+
+model, lim = open_page(None)
+cfg = model.config
+st.title("Learn: how this model works")
+st.caption(f"Every number below is computed now, by **{model.name}** ({model.card['parameters']['total']:,} "
+           f"parameters, {cfg['n_layer']} layers × {cfg['n_head']} heads, width {cfg['n_embd']}, "
+           f"{cfg.get('pos_encoding', 'learned')} positions). Pick another model in the sidebar and the numbers change.")
+keys = list(SECTIONS)
+wanted = url_value("section", "tokens")
+section = st.radio("Section", keys, index=keys.index(wanted) if wanted in keys else 0, horizontal=True,
+                   format_func=SECTIONS.get, key="section", label_visibility="collapsed")
+st.query_params["section"] = section
+prompt = st.text_area("Your text (every section uses it)", url_value("text", "The king said to his friend:\nWhat"),
+                      height=68, max_chars=min(lim.max_prompt_chars, 400), key="learn_text")
+st.query_params["text"] = prompt
+if not prompt:
+    st.info("Type a few words: every section works on your text.")
+    st.stop()
+ids = model.tokenizer.encode(prompt)[-model.block_size:]
+labels = [f"{i}:{visible(model.tokenizer.decode([t]))}" for i, t in enumerate(ids)]
+
+
+def vector(v, n=8) -> str:
+    """A vector, rounded, its first n entries (the rest elided)."""
+    v = np.asarray(v, dtype=float)
+    head = ", ".join(f"{x:+.2f}" for x in v[:n])
+    return f"[{head}{', …' if v.size > n else ''}]  ({v.size} numbers)"
+
+
+# ---------------------------------------------------------------------------------------------------
+if section == "tokens":
+    st.header("Tokenization: text becomes ids")
+    st.markdown("A model reads integers. A **byte** tokenizer maps each UTF-8 byte to one of 256 ids: every "
+                "text is representable, but sequences are long. **Byte-pair encoding** (Sennrich et al. 2016; "
+                "GPT-2's byte-level form, Radford et al. 2019) starts from bytes and repeatedly merges the most "
+                "frequent adjacent pair into a new token, so common pieces of the training text become single "
+                "tokens. A tokenizer applies its merges in the order it learned them.")
+    freq = char_frequencies(prompt, top=20)
+    fig = go.Figure(go.Bar(x=[visible(c) for c, _ in freq], y=[n for _, n in freq]))
+    fig.update_layout(height=220, margin=dict(t=10, b=10), yaxis_title="count")
+    st.markdown("Character counts in your text: a few characters carry most of it, which is why merging "
+                "frequent pairs shortens text so much.")
+    st.plotly_chart(fig, width="stretch", key="learn_freq")
+    pieces = model.tokenizer.split_pieces(prompt)
+    if model.tokenizer.kind != "byte" and pieces:
+        longest = max(pieces, key=lambda p: len(p.encode("utf-8")))
+        piece = st.selectbox("Try this: replay the merges of one piece", pieces,
+                             index=pieces.index(longest), key="learn_piece", format_func=visible)
+        steps = model.tokenizer.replay_merges(piece)
+        for i, parts in enumerate(steps):
+            st.markdown(f"step {i}: " + tokens_html([(p.decode("utf-8", "replace"), f"{len(p)} bytes", None)
+                                                     for p in parts]), unsafe_allow_html=True)
+    else:
+        st.info(f"{model.name} uses a byte tokenizer: no merges to replay. Pick a BPE model in the sidebar "
+                f"(e.g. shakespeare-bpe) to watch merges happen.")
+    st.subheader("Vocabulary size against sequence length")
+    st.markdown("More merges make the text shorter (fewer positions to attend over, more text per context "
+                "window) and the embedding table bigger (vocab × width parameters). Trained now, on your text:")
+    corpus = st.text_area("Text to train tokenizers on (a paragraph or more)", TRADEOFF_TEXT, height=120,
+                          max_chars=min(lim.max_prompt_chars, 20_000), key="learn_vocab_text")
+    sizes = st.multiselect("Try this: vocabulary sizes", [256, 280, 320, 400, 500, 700, 1000],
+                           default=[256, 280, 320, 400, 500], key="learn_vocab")
+    try:
+        points = explain.vocabulary_tradeoff(corpus, sizes, int(cfg["n_embd"]))
+        st.dataframe([{"vocabulary": p.vocab_size, "tokens": p.tokens, "bytes per token": round(p.bytes_per_token, 2),
+                       "embedding parameters": p.embedding_parameters} for p in points], hide_index=True)
+    except TokenizerError as e:
+        st.info(str(e))
+    st.page_link("playground/tokenizer.py", label="Go deeper: the Tokenizer page", icon="🔤")
+
+# ---------------------------------------------------------------------------------------------------
+elif section == "positions":
+    st.header("Embeddings and positions")
+    st.markdown("Each token id picks a row of the embedding table $W_E$ (vocab × d): the token's vector. "
+                "Attention itself is blind to order, so position enters in one of three ways:")
+    st.latex(r"\text{learned: } x_t = W_E[\text{id}_t] + W_P[t] \qquad "
+             r"\text{sinusoidal: } PE_{t,2i} = \sin\!\big(t / 10000^{2i/d}\big),\ "
+             r"PE_{t,2i+1} = \cos\!\big(t / 10000^{2i/d}\big)")
+    st.latex(r"\text{RoPE: } (q_i, q_{i+d_h/2}) \mapsto \text{rotate}\big(t\,\theta_i\big),\ "
+             r"\theta_i = 10000^{-2i/d_h} \ \Rightarrow\ q_t\cdot k_s \text{ depends on } t-s")
+    st.caption("Vaswani et al. 2017 (sinusoidal), Radford et al. 2019 (GPT-2, learned), Su et al. 2021 (RoPE).")
+    views = explain.positional_views(model)
+    st.markdown(f"**{model.name} uses {views.used} positions.** All three at its sizes:")
+    cols = st.columns(3)
+    panels = [("sinusoidal", "sinusoidal table (position × dimension)", views.sinusoidal),
+              ("rope", "RoPE angles mod 2π (position × pair)", np.mod(views.rope, 2 * math.pi)),
+              ("learned", "learned table (position × dimension)", views.learned)]
+    for col, (kind, title, z) in zip(cols, panels):
+        if z is None:
+            col.info(f"No learned position table: this model was trained with {views.used} positions.")
+            continue
+        fig = go.Figure(go.Heatmap(z=z, colorscale="RdBu"))
+        fig.update_yaxes(autorange="reversed", title="position")
+        fig.update_layout(height=300, margin=dict(t=30, b=10),
+                          title=title + (" ← this model" if kind == views.used else ""))
+        col.plotly_chart(fig, width="stretch", key=f"learn_pos_{kind}")
+    fig = go.Figure(go.Heatmap(z=views.similarity, colorscale="Viridis"))
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(height=320, margin=dict(t=30, b=10), title="How alike two positions look to this model")
+    st.plotly_chart(fig, width="stretch", key="learn_pos_sim")
+    st.subheader("Token embedding neighbours")
+    choice = st.selectbox("Try this: a token of your text", list(range(len(ids))), format_func=lambda i: labels[i],
+                          key="learn_neighbour_token")
+    try:
+        near = explain.embedding_neighbours(model, ids[choice], k=10)
+        st.markdown(f"Tokens whose vectors point most nearly the same way as **{visible(labels[choice])}** "
+                    "(cosine similarity): tokens used alike end up alike.")
+        st.markdown(tokens_html([(t, f"cos {s:.2f}", None) for _, t, s in near]), unsafe_allow_html=True)
+    except ModelError as e:
+        st.info(str(e))
+
+# ---------------------------------------------------------------------------------------------------
+elif section == "attention":
+    st.header("Attention, computed")
+    st.latex(r"\mathrm{Attention}(Q,K,V) = \mathrm{softmax}\!\Big(\frac{QK^\top}{\sqrt{d_k}} + M\Big)V,"
+             r"\qquad M_{ts} = \begin{cases}0 & s \le t\\ -\infty & s > t\end{cases}")
+    st.caption("Vaswani et al. 2017. Each head has its own Q, K, V projections; the heads' outputs are "
+               "concatenated and projected by W_O back to the residual stream.")
+    c = st.columns(3)
+    layer = c[0].selectbox("Layer", list(range(model.n_layer)), key="learn_layer")
+    head = c[1].selectbox("Head", list(range(model.n_head)), key="learn_head")
+    position = c[2].selectbox("Query token", list(range(len(ids))), index=len(ids) - 1,
+                              format_func=lambda i: labels[i], key="learn_pos")
+    try:
+        w = explain.attention_walkthrough(model, model.tokenizer.decode(ids), layer, head, position)
+    except ModelError as e:
+        st.info(str(e))
+        st.stop()
+    T = len(w.tokens)
+    st.markdown(f"**1. The query** of token {labels[position]} in head {head} of layer {layer} "
+                f"(d_k = {w.q.size}):  \n`q = {vector(w.q)}`")
+    st.markdown("**2. Every token's key**, first rows:  \n" + "  \n".join(
+        f"`k[{labels[j]}] = {vector(w.k[j], 6)}`" for j in range(min(T, 4))))
+    table = [{"token": labels[j], "q·k": round(float(w.scores[j]), 3), "÷√d_k": round(float(w.scaled[j]), 3),
+              "masked": "−∞ (future)" if not w.allowed[j] else round(float(w.masked[j]), 3),
+              "softmax": round(float(w.probs[j]), 4)} for j in range(T)]
+    st.markdown(f"**3. Scores, scaling by 1/√{w.q.size} = {w.scale:.3f}, the causal mask, softmax:**")
+    st.dataframe(table, hide_index=True)
+    fig = go.Figure(go.Bar(x=labels, y=w.probs, name="softmax (this page)"))
+    fig.add_trace(go.Scatter(x=labels, y=w.graph_row, mode="markers", name="Attention page's row",
+                             marker=dict(symbol="x", size=10, color="#dc2626")))
+    fig.update_layout(height=260, margin=dict(t=10, b=10), yaxis_title="attention weight")
+    st.plotly_chart(fig, width="stretch", key="learn_attn_row")
+    diff = float(np.abs(w.probs - w.graph_row).max())
+    st.caption(f"The row above is row {position} of the heatmap on the Attention page (layer {layer}, head {head}); "
+               f"largest difference between this step-by-step softmax and the model's own: {diff:.1e}.")
+    st.markdown(f"**4. Weighted sum of values**: Σ_j softmax_j · v_j =  \n`{vector(w.head_output)}`  \n"
+                f"(the model's own head output: `{vector(w.graph_head_output)}`)")
+    st.markdown(f"**5. All {model.n_head} heads side by side** (concat, d = {w.heads.size}):  \n`{vector(w.heads)}`  \n"
+                f"**then W_O** projects them into what attention adds to the residual stream:  \n`{vector(w.projected)}`")
+    st.page_link("playground/attention.py", label="Go deeper: every head's map on the Attention page", icon="🔍")
+
+# ---------------------------------------------------------------------------------------------------
+elif section == "logits":
+    st.header("From logits to a token")
+    st.latex(r"p_i = \mathrm{softmax}(z/T)_i = \frac{e^{z_i/T}}{\sum_j e^{z_j/T}},\qquad "
+             r"H(p) = -\sum_i p_i \ln p_i")
+    st.markdown("The last layer gives one score (logit) per vocabulary entry. Softmax turns scores into "
+                "probabilities; temperature T divides the logits first: T < 1 sharpens, T > 1 flattens, and "
+                "T → 0 is greedy (always the most likely token).")
+    logits, _ = model.next_logits(ids)
+    t = st.slider("Try this: temperature", 0.05, 2.0, 1.0, 0.05, key="learn_temp")
+    k = st.slider("top-k (0 = off)", 0, 50, 0, key="learn_topk")
+    result = run_pipeline(logits, SamplerConfig(temperature=t, top_k=k), history=ids)
+    probs = result.final.probs
+    top = np.argsort(-probs)[:12]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=[visible(model.tokenizer.decode([int(i)])) for i in top], y=softmax(logits)[top],
+                         name="softmax(z), T = 1"))
+    fig.add_trace(go.Bar(x=[visible(model.tokenizer.decode([int(i)])) for i in top], y=probs[top],
+                         name=f"after T = {t}" + (f", top-k {k}" if k else "")))
+    fig.update_layout(height=300, margin=dict(t=10, b=10), barmode="group", yaxis_title="probability")
+    st.plotly_chart(fig, width="stretch", key="learn_probs")
+    temps = np.linspace(0.1, 2.0, 40)
+    ent = entropy_by_temperature(logits, temps)
+    fig = go.Figure(go.Scatter(x=temps, y=ent, mode="lines"))
+    fig.add_vline(x=t, line_dash="dot")
+    fig.update_layout(height=240, margin=dict(t=10, b=10), xaxis_title="temperature", yaxis_title="entropy (nats)")
+    st.plotly_chart(fig, width="stretch", key="learn_entropy")
+    st.caption(f"Entropy now {entropy(np.log(np.maximum(probs, 1e-300))):.3f} nats (at most ln V = "
+               f"{math.log(model.vocab_size):.3f} for a uniform guess); {result.final.kept} tokens still possible.")
+    st.subheader("Greedy, sampling and beam search on your text")
+    try:
+        greedy = complete(model, ids, GenerationConfig(max_new_tokens=40, sampler=SamplerConfig(temperature=0), top_n=0), lim)
+        sampled = complete(model, ids, GenerationConfig(max_new_tokens=40, sampler=SamplerConfig(temperature=t, top_k=k),
+                                                        seed=0, top_n=0), lim)
+        beam = [e for e in beam_search(model, ids, width=4, max_new_tokens=40, limits=lim)][-1]
+        st.dataframe([
+            {"strategy": "greedy (T → 0)", "text": greedy.text, "log p": round(greedy.total_logprob, 2)},
+            {"strategy": f"sampling (T = {t}, seed 0)", "text": sampled.text, "log p": round(sampled.total_logprob, 2)},
+            {"strategy": "beam search (width 4)", "text": beam.texts[0], "log p": round(beam.hypotheses[0].sum_logprob, 2)},
+        ], hide_index=True)
+        st.caption("Beam search keeps the 4 best partial texts by total log-probability; it usually finds a more "
+                   "likely text than greedy, and a blander one than sampling.")
+    except (ValueError, ModelError) as e:
+        st.info(str(e))
+    st.page_link("playground/generate.py", label="Go deeper: every sampler stage, step by step, on the Generate page",
+                 icon="🎲")
+
+# ---------------------------------------------------------------------------------------------------
+elif section == "loss":
+    st.header("The training objective")
+    st.latex(r"\mathcal{L} = -\frac{1}{N}\sum_{t=1}^{N} \ln p_\theta(x_t \mid x_{<t}),\qquad "
+             r"\mathrm{PPL} = e^{\mathcal{L}},\qquad "
+             r"\mathrm{bits/byte} = \frac{\mathcal{L}}{\ln 2}\cdot\frac{\text{tokens}}{\text{bytes}}")
+    st.markdown("Training makes the model assign high probability to each next token of the training text: "
+                "the loss is the mean of −ln p(correct token). Perplexity is the number of equally likely "
+                "choices that would be as uncertain. Bits per byte divides out the tokenizer, so models with "
+                "different vocabularies can be compared.")
+    try:
+        s = model.score(prompt)
+    except ModelError as e:
+        st.info(str(e))
+        st.stop()
+    rows = [{"token": visible(model.tokenizer.decode([tok])), "p(correct)": round(math.exp(lp), 4),
+             "−ln p": round(-lp, 3)} for tok, lp in zip(s.tokens[1:], s.logprobs)]
+    st.dataframe(rows, hide_index=True, height=260)
+    m = st.columns(3)
+    m[0].metric("loss (mean −ln p)", f"{s.mean_nll:.3f} nats")
+    m[1].metric("perplexity = e^loss", f"{s.perplexity:.2f}")
+    m[2].metric("bits per byte", f"{s.bits_per_byte:.3f}")
+    st.subheader("Try this: the same text under another tokenizer")
+    others = [n for n in model_names() if n != model.name]
+    if others:
+        other = model_by_name(st.selectbox("Compare with", others, key="learn_other"))
+        try:
+            o = other.score(prompt)
+            st.dataframe([{"model": mm.name, "tokens": len(sc.tokens), "loss per token": round(sc.mean_nll, 3),
+                           "perplexity": round(sc.perplexity, 2), "bits per byte": round(sc.bits_per_byte, 3)}
+                          for mm, sc in ((model, s), (other, o))], hide_index=True)
+            st.caption("Loss per token is not comparable across tokenizers (a BPE token carries more text than a "
+                       "byte); bits per byte is.")
+        except ModelError as e:
+            st.info(str(e))
+    st.page_link("playground/models.py", label="Go deeper: the model card and its training curve", icon="📦")
+
+# ---------------------------------------------------------------------------------------------------
+elif section == "scaling":
+    st.header("Scaling")
+    st.latex(r"L(N) = E + \frac{A}{N^{\alpha}},\qquad L(N, D) = E + \frac{A}{N^{\alpha}} + \frac{B}{D^{\beta}},"
+             r"\qquad C \approx 6ND")
+    st.markdown("Loss falls as a power law in parameters N, training tokens D and compute C (Kaplan et al. 2020). "
+                "For a fixed compute budget, Hoffmann et al. 2022 (Chinchilla) found parameters and tokens "
+                "should grow together, about **20 tokens per parameter**: many earlier models were too big "
+                "for their data.")
+    sweeps = catalog.list_sweeps()
+    if sweeps:
+        report, problem = scaling_report(sweeps[0].path)
+        if report and report.chinchilla:
+            law = report.chinchilla
+            st.markdown(f"Fitted on the project's own sweep ({len(report.records)} runs on tiny shakespeare): "
+                        f"`{law.describe()}`, so N_opt ∝ C^{law.a:.2f}.")
+            log_c = st.slider("Try this: a compute budget (log10 FLOPs)", 10.0, 20.0, 13.0, 0.5, key="learn_budget")
+            a = scaling.allocate(law, 10 ** log_c)
+            st.markdown(f"At {10 ** log_c:.1g} FLOPs this fit says: **N ≈ {a.n:,.0f}** parameters, "
+                        f"**D ≈ {a.d:,.0f}** tokens ({a.tokens_per_parameter:.0f} per parameter), loss ≈ {a.loss:.3f}. "
+                        f"This model has {model.card['parameters']['total']:,} parameters and saw "
+                        f"{model.card['training'].get('tokens_seen') or 0:,} tokens.")
+        elif problem or report:
+            st.info(problem or "; ".join(report.problems.values()))
+    st.page_link("playground/scaling.py", label="Go deeper: fits, IsoFLOP curves and the frontier on the Scaling page",
+                 icon="📈")
+
+# ---------------------------------------------------------------------------------------------------
+else:
+    st.header("Glossary")
+    GLOSSARY = {
+        "token": "The unit a model reads and writes: an integer id standing for a byte or a merged piece of text.",
+        "embedding": "The vector a token id is turned into (a row of W_E); similar uses give similar vectors.",
+        "residual stream": "The running vector per position that every layer reads from and adds to.",
+        "attention head": "One softmax(QKᵀ/√d_k + M)V: decides, per position, which earlier positions to read.",
+        "causal mask": "−∞ on scores of future positions, so a token only sees the past (what makes it a decoder).",
+        "KV cache": "Keys and values of past positions kept between steps, so generating a token costs one position.",
+        "logits": "The unnormalized score per vocabulary entry; softmax turns them into probabilities.",
+        "temperature": "Divides logits before softmax: lower is sharper, higher is flatter, 0 is greedy.",
+        "top-k / top-p": "Keep only the k most likely tokens / the smallest set holding probability p, then renormalize.",
+        "beam search": "Keep the w most likely partial texts at each step instead of one.",
+        "cross-entropy loss": "Mean −ln p(correct next token), in nats per token.",
+        "perplexity": "e^loss: as uncertain as a fair choice among this many tokens.",
+        "bits per byte": "Loss in bits spread over the bytes of the text; comparable across tokenizers.",
+        "BPE": "Byte-pair encoding: merge the most frequent adjacent pair, repeatedly, to build a vocabulary.",
+        "RoPE": "Rotary position embedding: rotates q and k by position so their dot product depends on distance.",
+        "scaling law": "A power law relating loss to parameters, data or compute.",
+        "compute-optimal": "The N and D with the lowest loss for a fixed compute budget C ≈ 6ND.",
+        "FLOPs": "Floating-point operations; training costs about 6 per parameter per token.",
+    }
+    st.dataframe([{"term": k, "meaning": v} for k, v in GLOSSARY.items()], hide_index=True)
+    st.caption("Sources: Vaswani et al. 2017 (attention), Radford et al. 2019 (GPT-2), Sennrich et al. 2016 (BPE), "
+               "Su et al. 2021 (RoPE), Holtzman et al. 2020 (top-p), Kaplan et al. 2020 and Hoffmann et al. 2022 "
+               "(scaling).")

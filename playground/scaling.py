@@ -1,0 +1,290 @@
+"""Scaling: loss against parameters, data and compute on real sweeps, the fitted laws, IsoFLOP profiles,
+the compute-optimal frontier, a budget predictor and a held-out check. Every fit comes from
+`core.scaling`; this page only picks records and draws."""
+
+import math
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from core import catalog, scaling
+from playground.shared import scaling_report, url_value
+
+st.title("Scaling laws")
+st.caption("How loss falls as a power law in parameters N, data D and compute C, measured on real training "
+           "runs: the project's own sweep on tiny shakespeare, and any sweep you run with `python -m core.sweep`.")
+
+sweeps = catalog.list_sweeps()
+if not sweeps:
+    st.warning("No sweep found: the project's records live in `sweeps/`; run `python -m core.sweep` to make "
+               "your own under `runs/sweeps/`.")
+    st.stop()
+
+
+names = [s.name + ("" if s.committed else " (yours)") for s in sweeps]
+by_label = dict(zip(names, sweeps))
+wanted = url_value("sweep", names[0])
+side = st.sidebar
+label = side.selectbox("Sweep to fit", names, index=names.index(wanted) if wanted in names else 0, key="sweep",
+                       help="The fits use this sweep's runs. Committed sweeps first; yours live in runs/sweeps/.")
+st.query_params["sweep"] = label
+others = side.multiselect("Show beside it (points only)", [n for n in names if n != label], key="others")
+n_kind = side.radio("Count N as", ["total", "non_embedding"], key="n_kind",
+                    format_func=lambda k: {"total": "all parameters (Chinchilla)",
+                                           "non_embedding": "non-embedding (Kaplan)"}[k])
+chosen = by_label[label]
+with st.spinner("Fitting (bootstrap over runs)…"):
+    report, problem = scaling_report(chosen.path, n_kind)
+if report is None:
+    st.error(f"{label}: {problem}")
+    st.stop()
+records = list(report.records)
+extra = {n: scaling.load_records(by_label[n].path) for n in others}
+if report.problems:
+    with st.expander(f"{len(report.problems)} fit(s) not possible on these runs", expanded=False):
+        for name, msg in report.problems.items():
+            st.markdown(f"**{name}**: {msg}")
+
+total_flops = sum(r.flops for r in records)
+total_wall = sum(r.wall_s for r in records)
+c = st.columns(4)
+c[0].metric("runs", len(records))
+c[1].metric("sizes", len({r.n_params for r in records}), help="distinct model shapes")
+c[2].metric("training compute", f"{total_flops:.2g} FLOPs", help="exact FLOPs per token x tokens, summed")
+c[3].metric("wall time", f"{total_wall / 60:.1f} min", help="as recorded on the machine that ran the sweep")
+
+PALETTE = ["#2563eb", "#16a34a", "#dc2626", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"]
+budgets = sorted({r.budget for r in records if r.budget})
+colour = {b: PALETTE[i % len(PALETTE)] for i, b in enumerate(budgets)}
+
+
+def log_axes(fig, x, y="val loss (nats/token)", height=380):
+    fig.update_layout(height=height, margin=dict(t=30, b=10), legend=dict(orientation="h", y=-0.2))
+    fig.update_xaxes(type="log", title=x)
+    fig.update_yaxes(type="log", title=y)
+    return fig
+
+
+def run_points(fig, recs, x_of, name_prefix="", symbol="circle"):
+    groups = {}
+    for r in recs:
+        groups.setdefault(r.budget, []).append(r)
+    for b, rs in sorted(groups.items(), key=lambda kv: kv[0] or 0):
+        fig.add_trace(go.Scatter(
+            x=[x_of(r) for r in rs], y=[r.val_loss for r in rs], mode="markers",
+            marker=dict(color=colour.get(b, "#6b7280"), symbol=symbol, size=8),
+            name=f"{name_prefix}C = {b:.0e}" if b else f"{name_prefix}grid runs",
+            text=[f"{r.name}<br>N {r.params(n_kind):,} · D {r.tokens:,} · C {r.flops:.2g}<br>val {r.val_loss:.4f}"
+                  for r in rs], hoverinfo="text"))
+
+
+def law_curve(fig, law, x_range, name):
+    if law is None:
+        return
+    xs = np.geomspace(*x_range, 80)
+    lo, hi = law.band(xs)
+    fig.add_trace(go.Scatter(x=np.concatenate([xs, xs[::-1]]), y=np.concatenate([hi, lo[::-1]]), fill="toself",
+                             fillcolor="rgba(37,99,235,0.12)", line=dict(width=0), hoverinfo="skip",
+                             name=f"{int(law.level * 100)} % band"))
+    fig.add_trace(go.Scatter(x=xs, y=law.predict(xs), mode="lines", line=dict(color="#111827", dash="dash"),
+                             name=name))
+
+
+def describe_power(law):
+    if law is None:
+        return "not fitted"
+    ci = law.intervals.get("alpha")
+    ci_text = f" ({int(law.level * 100)} % interval {ci[0]:.3f} to {ci[1]:.3f})" if ci else ""
+    loose = (" These runs do not pin it down: the envelope is limited by the other variable (large models "
+             "here saw few tokens), so read the L(N, D) fit instead.") if ci and ci[1] - ci[0] > abs(law.alpha) else ""
+    return f"`{law.describe()}`: exponent **{law.alpha:.3f}**{ci_text}.{loose}"
+
+
+tab_n, tab_iso, tab_front, tab_budget, tab_held, tab_pub, tab_runs = st.tabs(
+    ["Loss vs N, D, C", "IsoFLOP", "Frontier", "Budget predictor", "Held-out check", "Published laws", "Runs"])
+
+with tab_n:
+    st.markdown("Each point is one finished run. Kaplan et al. (2020) fit each variable on the *envelope*: "
+                "the best loss at each N (data not limiting), at each D, and along the compute frontier. "
+                "Dashed: the fitted law L(x) = E + A / x^α with its bootstrap band.")
+    cols = st.columns(3)
+    specs = [("N", lambda r: r.params(n_kind), report.law_n, "parameters N"),
+             ("D", lambda r: r.tokens, report.law_d, "tokens D"),
+             ("C", lambda r: r.flops, report.law_c, "training FLOPs C")]
+    for col, (key, x_of, law, title) in zip(cols, specs):
+        fig = go.Figure()
+        run_points(fig, records, x_of)
+        for n, recs in extra.items():
+            run_points(fig, recs, x_of, name_prefix=f"{n}: ", symbol="diamond-open")
+        xs = [x_of(r) for r in records]
+        law_curve(fig, law, (min(xs) / 1.5, max(xs) * 1.5), f"fit L({key})")
+        col.plotly_chart(log_axes(fig, title), width="stretch", key=f"loss_vs_{key}")
+        col.caption(describe_power(law))
+
+def fitted(fit, name: str) -> bool:
+    """True when the fit exists; otherwise show why it could not be made."""
+    if fit is None:
+        st.info(report.problems.get(name, f"no {name} fit on these runs"))
+    return fit is not None
+
+
+with tab_iso:
+    iso = report.isoflop
+    if fitted(iso, "IsoFLOP"):
+        st.markdown("Hoffmann et al. (2022), approach 2: at a fixed compute budget a bigger model sees fewer "
+                    "tokens. Loss against log N is a valley; a parabola through each budget's runs finds its "
+                    "minimum N_opt (stars). Then N_opt ∝ C^a and D_opt ∝ C^b across budgets.")
+        left, right = st.columns(2)
+        fig = go.Figure()
+        for p in iso.profiles:
+            col = colour.get(p.budget, "#6b7280")
+            fig.add_trace(go.Scatter(x=p.n, y=p.loss, mode="markers", marker=dict(color=col, size=8),
+                                     name=f"C = {p.budget:.0e}"))
+            xs = np.geomspace(min(p.n) / 1.3, max(p.n) * 1.3, 60)
+            fig.add_trace(go.Scatter(x=xs, y=p.curve(xs), mode="lines", line=dict(color=col, width=1),
+                                     showlegend=False, hoverinfo="skip"))
+            fig.add_trace(go.Scatter(x=[p.n_opt], y=[p.loss_opt], mode="markers", showlegend=False,
+                                     marker=dict(symbol="star" if p.inside else "star-open", size=15, color=col),
+                                     text=f"N_opt {p.n_opt:,.0f}, D_opt {p.d_opt:,.0f}", hoverinfo="text"))
+        right_fig = go.Figure()
+        good = [p for p in iso.profiles if p.inside]
+        cs = np.geomspace(min(p.budget for p in iso.profiles) / 2, max(p.budget for p in iso.profiles) * 2, 40)
+        right_fig.add_trace(go.Scatter(x=[p.budget for p in good], y=[p.n_opt for p in good], mode="markers",
+                                       marker=dict(size=10, symbol="star"), name="N_opt (parabola minima)"))
+        right_fig.add_trace(go.Scatter(x=cs, y=iso.n_opt(cs), mode="lines", name=f"N_opt ∝ C^{iso.a:.2f}"))
+        right_fig.add_trace(go.Scatter(x=[p.budget for p in good], y=[p.d_opt for p in good], mode="markers",
+                                       marker=dict(size=10, symbol="diamond"), name="D_opt"))
+        right_fig.add_trace(go.Scatter(x=cs, y=iso.d_opt(cs), mode="lines", name=f"D_opt ∝ C^{iso.b:.2f}"))
+        left.plotly_chart(log_axes(fig, "parameters N", height=420), width="stretch", key="isoflop_valleys")
+        right.plotly_chart(log_axes(right_fig, "training FLOPs C", "N_opt, D_opt", height=420), width="stretch",
+                           key="isoflop_exponents")
+        ci = iso.intervals
+        st.markdown(f"**a = {iso.a:.2f}**" + (f" ({int(iso.level * 100)} % interval {ci['a'][0]:.2f} to "
+                                                f"{ci['a'][1]:.2f})" if "a" in ci else "") +
+                    f", **b = {iso.b:.2f}**" + (f" ({ci['b'][0]:.2f} to {ci['b'][1]:.2f})" if "b" in ci else "") +
+                    ". Chinchilla found a ≈ b ≈ 0.5 (parameters and tokens grow together); Kaplan found "
+                    "N_opt ∝ C^0.73.")
+        for note in iso.notes:
+            st.caption(note)
+
+with tab_front:
+    law = report.chinchilla
+    if fitted(law, "L(N, D)"):
+        st.markdown(f"The parametric fit (Hoffmann et al. 2022, approach 3): `{law.describe()}`. "
+                    "Runs in the (N, D) plane coloured by loss; the compute-optimal frontier is where each "
+                    "budget's lowest loss sits; the dotted line is Chinchilla's 20 tokens per parameter.")
+        cs = np.geomspace(min(r.flops for r in records) / 3, max(r.flops for r in records) * 30, 40)
+        exact = report.frontier(cs, exact=True)
+        simple = report.frontier(cs, exact=False)
+        fig = go.Figure()
+        fig.add_trace(go.Scatter(
+            x=[r.params(n_kind) for r in records], y=[r.tokens for r in records], mode="markers",
+            marker=dict(color=[r.val_loss for r in records], colorscale="Viridis_r", size=10, showscale=True,
+                        colorbar=dict(title="loss")),
+            text=[f"{r.name}: val {r.val_loss:.3f}" for r in records], hoverinfo="text", name="runs"))
+        fig.add_trace(go.Scatter(x=[a.n for a in exact], y=[a.d for a in exact], mode="lines",
+                                 name="optimum (exact FLOPs/token)", line=dict(color="#dc2626")))
+        fig.add_trace(go.Scatter(x=[a.n for a in simple], y=[a.d for a in simple], mode="lines",
+                                 name="optimum (C = 6ND)", line=dict(color="#dc2626", dash="dash")))
+        if report.isoflop:
+            good = [p for p in report.isoflop.profiles if p.inside]
+            fig.add_trace(go.Scatter(x=[p.n_opt for p in good], y=[p.d_opt for p in good], mode="markers",
+                                     marker=dict(symbol="star", size=14, color="#111827"), name="IsoFLOP minima"))
+        ns = np.geomspace(min(r.params(n_kind) for r in records) / 2, max(r.params(n_kind) for r in records) * 2, 20)
+        fig.add_trace(go.Scatter(x=ns, y=scaling.TOKENS_PER_PARAMETER * ns, mode="lines",
+                                 line=dict(color="#6b7280", dash="dot"), name="D = 20 N (Chinchilla)"))
+        st.plotly_chart(log_axes(fig, "parameters N", "tokens D", height=460), width="stretch", key="frontier")
+        ratios = [a.tokens_per_parameter for a in exact]
+        st.caption(f"On these runs the optimum trains on {min(ratios):.0f} to {max(ratios):.0f} tokens per "
+                   f"parameter across the budgets shown. Small character models spend a large share of their "
+                   f"FLOPs on attention and the output head, which the exact count includes and 6ND does not.")
+
+with tab_budget:
+    law = report.chinchilla
+    if fitted(law, "L(N, D)"):
+        st.markdown("Given a compute budget, the fitted law picks the model size and token count with the "
+                    "lowest predicted loss.")
+        lo_c = math.log10(min(r.flops for r in records))
+        log_c = st.slider("Budget: log10 of training FLOPs", round(lo_c - 1, 1), round(lo_c + 6, 1),
+                          float(round(math.log10(max(r.flops for r in records)) + 1, 1)), step=0.1, key="budget")
+        rule = st.radio("FLOPs per token", ["exact", "6N"], horizontal=True, key="rule",
+                        format_func=lambda r: {"exact": "exact (this sweep's shapes)", "6N": "C = 6ND"}[r])
+        compute = 10 ** log_c
+        a = scaling.allocate(law, compute, report.flops_per_token if rule == "exact" else None)
+        m = st.columns(4)
+        m[0].metric("parameters N", f"{a.n:,.0f}")
+        m[1].metric("tokens D", f"{a.d:,.0f}")
+        m[2].metric("predicted val loss", f"{a.loss:.3f}")
+        m[3].metric("tokens per parameter", f"{a.tokens_per_parameter:.1f}", help="Chinchilla: about 20")
+        spread = [scaling.allocate(b, compute).loss for b in law.bootstrap_laws()[:100]
+                  if b.alpha > 0 and b.beta > 0]
+        if spread:
+            lo, hi = np.percentile(spread, [5, 95])
+            st.caption(f"Predicted loss {int(law.level * 100)} % bootstrap interval: {lo:.3f} to {hi:.3f}. "
+                       f"{compute:.2g} FLOPs is {compute / scaling.PF_DAY:.2g} petaflop/s-days; this machine "
+                       f"trained this sweep at about {total_flops / max(total_wall, 1e-9) / 1e9:.0f} GFLOP/s, so "
+                       f"about {compute / max(total_flops / max(total_wall, 1e-9), 1) / 60:.1f} minutes.")
+        hoff = scaling.PUBLISHED["hoffmann2022"].law
+        ref = scaling.allocate(hoff, compute)
+        st.caption(f"Hoffmann et al.'s own fit at this budget: N {ref.n:,.0f}, D {ref.d:,.0f} "
+                   f"({ref.tokens_per_parameter:.0f} tokens per parameter).")
+
+with tab_held:
+    h = report.held_out
+    if fitted(h, "held-out"):
+        st.markdown(f"Fit L(N, D) on the {len(h.fitted_on)} cheaper runs only (C < {h.threshold:.2g}), then "
+                    f"predict the {len(h.held_out)} most expensive ones before looking. Mean absolute error "
+                    f"**{h.mean_abs_error:.3f} nats** ({100 * h.mean_rel_error:.1f} % of the loss).")
+        st.dataframe([{"run": n, "N": int(N), "D": int(D), "C": f"{C:.2g}", "predicted": round(p, 4),
+                       "measured": round(m, 4), "error %": round(100 * (p - m) / m, 2)}
+                      for n, N, D, C, p, m in h.held_out], hide_index=True)
+        fig = go.Figure()
+        meas = [m for *_, m in h.held_out]
+        fig.add_trace(go.Scatter(x=meas, y=[p for *_, p, _ in h.held_out], mode="markers",
+                                 marker=dict(size=10), text=[row[0] for row in h.held_out], name="held-out runs"))
+        span = [min(meas) * 0.97, max(meas) * 1.03]
+        fig.add_trace(go.Scatter(x=span, y=span, mode="lines", line=dict(dash="dot", color="#6b7280"),
+                                 name="perfect prediction"))
+        fig.update_layout(height=340, margin=dict(t=20, b=10), xaxis_title="measured val loss",
+                          yaxis_title="predicted val loss")
+        st.plotly_chart(fig, width="stretch", key="held_out")
+
+with tab_pub:
+    st.markdown("The published fits, with their constants and sources. Their losses are nats per token of "
+                "their own tokenizers on their own data, so the absolute values do not carry over to a "
+                "character model of a million parameters; the exponents and the allocation do.")
+    rows = []
+    if report.chinchilla:
+        ci = report.chinchilla.intervals
+
+        def with_ci(name, v):
+            return f"{v:.3f}" + (f" [{ci[name][0]:.2f}, {ci[name][1]:.2f}]" if name in ci else "")
+        law = report.chinchilla
+        rows.append({"fit": f"this sweep ({label})", "E": with_ci("E", law.E), "A": f"{law.A:.4g}",
+                     "B": f"{law.B:.4g}", "α": with_ci("alpha", law.alpha), "β": with_ci("beta", law.beta),
+                     "a = β/(α+β)": with_ci("a", law.a), "source": f"{len(records)} runs, bootstrap intervals"})
+    for pub in scaling.PUBLISHED.values():
+        if pub.law:
+            p = pub.law
+            rows.append({"fit": pub.key, "E": f"{p.E}", "A": f"{p.A}", "B": f"{p.B}", "α": f"{p.alpha}",
+                         "β": f"{p.beta}", "a = β/(α+β)": f"{p.a:.3f}", "source": pub.citation})
+    st.dataframe(rows, hide_index=True)
+    kap = scaling.PUBLISHED["kaplan2020"]
+    st.markdown(f"**{kap.citation}**: α_N = {kap.kaplan['N'].alpha}, α_D = {kap.kaplan['D'].alpha}, "
+                f"α_C = {kap.kaplan['C'].alpha} ({kap.note}) · this sweep: α_N = "
+                f"{report.law_n.alpha if report.law_n else float('nan'):.3f}, α_D = "
+                f"{report.law_d.alpha if report.law_d else float('nan'):.3f}, α_C = "
+                f"{report.law_c.alpha if report.law_c else float('nan'):.3f} (with an irreducible term E, which "
+                f"Kaplan's forms leave out).")
+    for pub in scaling.PUBLISHED.values():
+        st.caption(f"{pub.key}: {pub.note}")
+
+with tab_runs:
+    st.dataframe([{"run": r.name, "layers": r.shape.get("n_layer"), "width": r.shape.get("n_embd"),
+                   "N": r.n_params, "N non-emb": r.n_non_embedding, "D": r.tokens, "C": f"{r.flops:.3g}",
+                   "FLOPs/token": f"{r.flops_per_token:,.0f}", "train loss": round(r.train_loss, 4),
+                   "val loss": round(r.val_loss, 4), "bits/byte": round(r.val_bits_per_byte, 4),
+                   "wall s": round(r.wall_s, 1)} for r in records], hide_index=True)
+    st.caption("Reproduce or extend: `python -m core.sweep --help`. A sweep that is stopped and started again "
+               "skips its finished runs and resumes the one in progress.")

@@ -1,0 +1,318 @@
+"""Scaling fits on synthetic data from known laws, their messages on degenerate runs, the published
+constants, the sweep runner (kill and restart), and the Scaling page."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core import catalog, scaling
+from core.scaling import ChinchillaLaw, RunRecord, ScalingError
+
+ROOT = Path(__file__).resolve().parent.parent
+TRUE = ChinchillaLaw(E=1.3, A=60.0, B=300.0, alpha=0.35, beta=0.40)
+
+
+def record(n, d, loss, budget=None, name=None, fpt=None):
+    fpt = fpt or 6.0 * n
+    return RunRecord(name or f"N{n:.0f}-D{d:.0f}", int(n), int(0.8 * n), int(d), fpt * d, fpt, loss, loss,
+                     loss / math.log(2), 1.0, budget=budget)
+
+
+def grid_records(noise=0.005, seed=1):
+    rng = np.random.default_rng(seed)
+    return [record(n, d, float(TRUE.predict(n, d)) * math.exp(rng.normal(0, noise)))
+            for n in (2e4, 5e4, 1e5, 2e5, 5e5) for d in (1e5, 3e5, 1e6, 3e6)]
+
+
+def isoflop_records(law=TRUE, budgets=(1e12, 3e12, 1e13, 3e13), noise=0.002, seed=2):
+    rng = np.random.default_rng(seed)
+    out = []
+    for c in budgets:
+        n_opt = scaling.allocate(law, c).n
+        for k in np.linspace(-1.2, 1.2, 7):
+            n = n_opt * math.exp(k)
+            d = c / (6 * n)
+            out.append(record(n, d, float(law.predict(n, d)) * math.exp(rng.normal(0, noise)), budget=c))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fits recover known laws
+
+def test_chinchilla_fit_recovers_a_known_law_with_intervals_that_contain_it():
+    law = scaling.fit_chinchilla(grid_records(), n_bootstrap=100)
+    assert abs(law.alpha - TRUE.alpha) < 0.04 and abs(law.beta - TRUE.beta) < 0.04
+    assert abs(law.E - TRUE.E) < 0.1
+    for name, true in (("alpha", TRUE.alpha), ("beta", TRUE.beta), ("E", TRUE.E)):
+        lo, hi = law.intervals[name]
+        assert lo <= true <= hi, (name, lo, hi)
+    assert abs(law.a - TRUE.a) < 0.04 and len(law.bootstrap_laws()) > 80
+    # the law predicts the noiseless truth within the noise level everywhere on the grid
+    for r in grid_records(noise=0):
+        assert abs(law.predict(r.n_params, r.tokens) / r.val_loss - 1) < 0.01
+
+
+def test_noiseless_data_is_fitted_exactly():
+    law = scaling.fit_chinchilla(grid_records(noise=0), n_bootstrap=0)
+    assert law.alpha == pytest.approx(TRUE.alpha, abs=1e-3) and law.beta == pytest.approx(TRUE.beta, abs=1e-3)
+    assert law.E == pytest.approx(TRUE.E, abs=1e-3) and law.A == pytest.approx(TRUE.A, rel=0.02)
+
+
+@pytest.mark.parametrize("irreducible", [True, False])
+def test_power_law_recovers_exponent(irreducible):
+    rng = np.random.default_rng(3)
+    x = np.geomspace(1e4, 1e7, 8)
+    E = 1.5 if irreducible else 0.0
+    y = (E + 30 * x ** -0.3) * np.exp(rng.normal(0, 0.003, x.size))
+    law = scaling.fit_power_law(x, y, "N", irreducible=irreducible, n_bootstrap=100)
+    assert abs(law.alpha - 0.3) < 0.03 and abs(law.E - E) < 0.1
+    lo, hi = law.intervals["alpha"]
+    assert lo <= 0.3 <= hi
+    band_lo, band_hi = law.band(x)
+    assert np.all(band_lo <= law.predict(x) + 1e-9) and np.all(law.predict(x) <= band_hi + 1e-9)
+
+
+def test_isoflop_recovers_the_allocation_exponents():
+    fit = scaling.fit_isoflop(isoflop_records(), n_bootstrap=50)
+    assert all(p.inside for p in fit.profiles)
+    assert fit.a == pytest.approx(TRUE.a, abs=0.03) and fit.b == pytest.approx(TRUE.b, abs=0.03)
+    for p in fit.profiles:   # each parabola's minimum lands on the law's own optimum
+        assert p.n_opt == pytest.approx(scaling.allocate(TRUE, p.budget).n, rel=0.15)
+    lo, hi = fit.intervals["a"]
+    assert lo <= TRUE.a <= hi
+
+
+def test_allocation_is_the_minimum_and_exact_flops_agree_with_6nd_when_they_are_6n():
+    c = 1e15
+    closed = scaling.allocate(TRUE, c)
+    numeric = scaling.allocate(TRUE, c, lambda n: 6.0 * n)
+    assert numeric.n == pytest.approx(closed.n, rel=1e-4) and numeric.loss == pytest.approx(closed.loss, rel=1e-9)
+    for f in (0.8, 1.25):     # moving N either way at the same compute costs loss
+        n = closed.n * f
+        assert TRUE.predict(n, c / (6 * n)) > closed.loss
+    assert closed.n * closed.d * 6 == pytest.approx(c, rel=1e-9)
+    # a model whose attention adds FLOPs per token gets fewer tokens at the same budget
+    heavy = scaling.allocate(TRUE, c, lambda n: 6.0 * n + 2e5)
+    assert heavy.d < closed.d
+
+
+def test_flops_per_token_interpolates_the_recorded_shapes():
+    recs = [record(1e4, 1e5, 3.0, fpt=1e5), record(1e5, 1e5, 2.5, fpt=8e5)]
+    f = scaling.FlopsPerToken(recs)
+    assert f.exact and f(1e4) == pytest.approx(1e5) and f(1e5) == pytest.approx(8e5)
+    assert 1e5 < f(3e4) < 8e5 and f(1e6) > 8e5
+    assert scaling.FlopsPerToken([])(1e4) == 6e4
+
+
+def test_published_constants_and_what_they_imply():
+    hoff, bes = scaling.PUBLISHED["hoffmann2022"].law, scaling.PUBLISHED["besiroglu2024"].law
+    assert (hoff.E, hoff.A, hoff.B, hoff.alpha, hoff.beta) == (1.69, 406.4, 410.7, 0.34, 0.28)
+    assert hoff.a == pytest.approx(0.4516, abs=1e-4)
+    # Besiroglu et al.: their refit puts Gopher's budget (5.76e23 FLOPs) near Chinchilla's 70B at ~20 tokens/param
+    a = scaling.allocate(bes, 5.76e23)
+    assert 60e9 < a.n < 80e9 and 15 < a.tokens_per_parameter < 25
+    kaplan = scaling.PUBLISHED["kaplan2020"].kaplan
+    assert kaplan["N"].alpha == 0.076 and kaplan["N"].x_c == pytest.approx(8.8e13, rel=1e-9)
+
+
+def test_held_out_check_predicts_the_largest_budget():
+    recs = isoflop_records(budgets=(1e12, 3e12, 1e13, 3e13, 1e14), noise=0.003)
+    h = scaling.held_out_check(recs)
+    assert {row[0] for row in h.held_out} == {r.name for r in recs if r.budget == 1e14}
+    assert h.mean_rel_error < 0.02
+
+
+# ---------------------------------------------------------------------------------------------------
+# Degenerate data: a message, not a fit
+
+def test_too_few_runs_and_degenerate_designs_give_messages():
+    recs = grid_records()
+    with pytest.raises(ScalingError, match="needs at least 5 runs"):
+        scaling.fit_chinchilla(recs[:4])
+    same_n = [record(1e5, d, 2.0 + 1e3 / d) for d in (1e5, 2e5, 4e5, 8e5, 1.6e6)]
+    with pytest.raises(ScalingError, match="same model size"):
+        scaling.fit_chinchilla(same_n)
+    tied = [record(n, 20 * n, 2.0 + 10 / n ** 0.3) for n in (1e4, 2e4, 4e4, 8e4, 1.6e5, 3.2e5)]
+    with pytest.raises(ScalingError, match="cannot be told apart"):
+        scaling.fit_chinchilla(tied)
+    bad = recs[:5] + [dataclass_replace(recs[5], val_loss=float("nan"))]
+    with pytest.raises(ScalingError, match=recs[5].name):
+        scaling.fit_chinchilla(bad)
+    with pytest.raises(ScalingError, match="3 or more distinct"):
+        scaling.fit_power_law([1e4, 1e5, 1e4], [3.0, 2.5, 3.1], "N")
+    with pytest.raises(ScalingError, match="positive finite"):
+        scaling.fit_power_law([1e4, -1, 1e6], [3.0, 2.5, 2.0], "N")
+    with pytest.raises(ScalingError, match="positive number of FLOPs"):
+        scaling.allocate(TRUE, float("inf"))
+    with pytest.raises(ScalingError, match="no compute optimum"):
+        scaling.allocate(ChinchillaLaw(1.0, 1.0, 1.0, -0.1, 0.3), 1e15)
+
+
+def test_isoflop_messages_and_a_budget_without_a_minimum():
+    recs = isoflop_records(budgets=(1e12, 3e12))
+    two_sizes = [r for r in recs if r.budget == 1e12][:2]
+    with pytest.raises(ScalingError, match="parabola needs 3 or more"):
+        scaling.isoflop_profile(1e12, two_sizes)
+    # every size on the small side of the optimum: the loss only falls, the budget is left out, with a note
+    one_sided = [r for r in isoflop_records(budgets=(1e12, 3e12, 1e13)) if r.budget != 1e13]
+    n_opt = scaling.allocate(TRUE, 1e13).n
+    for k in (0.05, 0.1, 0.2, 0.4):
+        n = n_opt * k
+        one_sided.append(record(n, 1e13 / (6 * n), float(TRUE.predict(n, 1e13 / (6 * n))), budget=1e13))
+    fit = scaling.fit_isoflop(one_sided, n_bootstrap=0)
+    assert [p.inside for p in fit.profiles] == [True, True, False]
+    assert any("larger" in n for n in fit.notes)
+    with pytest.raises(ScalingError, match="at least 2 budgets"):
+        scaling.fit_isoflop([r for r in one_sided if r.budget != 3e12], n_bootstrap=0)
+    with pytest.raises(ScalingError, match="--budgets"):
+        scaling.fit_isoflop(grid_records())
+
+
+def test_analyse_reports_problems_instead_of_raising():
+    report = scaling.analyse(grid_records()[::4][:4], n_bootstrap=0)    # 4 sizes, one token count
+    assert report.chinchilla is None and "L(N, D)" in report.problems and "IsoFLOP" in report.problems
+    assert report.law_n is not None and "L(D)" in report.problems        # 4 sizes are enough for L(N)
+    assert report.frontier([1e15]) == []
+
+
+def test_records_load_from_a_sweep_dir_a_file_and_skip_damage(tmp_path):
+    (tmp_path / "records").mkdir()
+    recs = grid_records()[:3]
+    for r in recs:
+        (tmp_path / "records" / f"{r.name}.json").write_text(json.dumps(r.to_dict()))
+    (tmp_path / "records" / "cut.json").write_text('{"name": "cut", "n_par')
+    assert {r.name for r in scaling.load_records(tmp_path)} == {r.name for r in recs}
+    f = tmp_path / "all.json"
+    f.write_text(json.dumps({"records": [r.to_dict() for r in recs]}))
+    assert scaling.load_records(f) == recs
+    with pytest.raises(ScalingError, match="cannot read"):
+        scaling.load_records(tmp_path / "missing.json")
+
+
+def dataclass_replace(r, **kw):
+    import dataclasses
+    return dataclasses.replace(r, **kw)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The sweep runner
+
+def sweep_args(out, corpus_file, data_dir):
+    return ["--out-dir", str(out), "--corpus", str(corpus_file), "--data-dir", str(data_dir),
+            "--shapes", "1x16", "2x16", "2x32", "--budgets", "2e9", "4e9", "--tokens", "4e4",
+            "--block-size", "32", "--batch-size", "4", "--eval-iters", "4", "--min-steps", "10",
+            "--checkpoint-interval", "20", "--threads", "1"]
+
+
+def test_sweep_plan_leaves_out_runs_with_reasons(corpus_file, data_dir):
+    from core.sweep import SweepConfig, plan_sweep
+    cfg = SweepConfig(shapes=("1x16", "4x64"), budgets=(1e9,), tokens=(), min_steps=20, max_epochs=1.0)
+    runs, skipped = plan_sweep(cfg, 257, 50_000)
+    reasons = dict(skipped)
+    assert "min_steps" in reasons["C1e09-4x64"]
+    assert [r.name for r in runs] == ["C1e09-1x16"] and runs[0].budget == 1e9
+    assert runs[0].flops == pytest.approx(1e9, rel=0.05)
+    runs, skipped = plan_sweep(SweepConfig(shapes=("1x16",), budgets=(1e11,), max_epochs=1.0), 257, 50_000)
+    assert not runs and "repeat" in skipped[0][1]
+    with pytest.raises(ValueError, match="LAYERSxWIDTH"):
+        SweepConfig(shapes=("4by64",))
+    with pytest.raises(ValueError, match="budgets"):
+        SweepConfig(budgets=(), tokens=())
+
+
+def test_sweep_killed_and_restarted_loses_nothing_finished(tmp_path, corpus_file, data_dir):
+    """kill -9 mid-sweep, then the same command: finished runs are skipped, the run in progress resumes,
+    and every record equals the one an uninterrupted sweep writes."""
+    from core.sweep import main
+    clean = tmp_path / "clean"
+    assert main(sweep_args(clean, corpus_file, data_dir)) == 0
+    expected = {r.name: r for r in scaling.load_records(clean)}
+    assert len(expected) >= 5
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "core.sweep", *sweep_args(killed, corpus_file, data_dir)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    # wait until two runs are recorded and a third has a checkpoint, then kill without warning
+    while time.time() < deadline:
+        done = list((killed / "records").glob("*.json")) if (killed / "records").is_dir() else []
+        work = list((killed / "work").glob("*/checkpoints/*.safetensors")) if (killed / "work").is_dir() else []
+        if len(done) >= 2 and work:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {p.name for p in (killed / "records").glob("*.json")}
+    assert 2 <= len(before) < len(expected)
+    assert main(sweep_args(killed, corpus_file, data_dir)) == 0
+    got = {r.name: r for r in scaling.load_records(killed)}
+    assert set(got) == set(expected)
+    for name, r in got.items():
+        assert r.val_loss == expected[name].val_loss and r.tokens == expected[name].tokens, name
+    assert not list((killed / "work").glob("*")), "finished runs' working directories are removed"
+    collected = json.loads((killed / "records.json").read_text())
+    assert len(collected["records"]) == len(expected) and collected["recipe"]["block_size"] == 32
+
+
+def test_sweep_refuses_another_recipe_and_changes_nothing(tmp_path, corpus_file, data_dir, capsys):
+    from core.sweep import main
+    out = tmp_path / "s"
+    args = sweep_args(out, corpus_file, data_dir)
+    args[args.index("--budgets") + 1:args.index("--tokens")] = ["2e9"]
+    args[args.index("--tokens"):args.index("--tokens") + 2] = []
+    assert main(args) == 0
+    before = {p.name: p.read_bytes() for p in (out / "records").glob("*.json")}
+    assert main(args + ["--learning-rate", "0.01"]) == 1
+    assert "another recipe" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (out / "records").glob("*.json")} == before
+    assert main(args + ["--shapes", "1x16", "2x16", "2x32", "3x32"]) == 0   # adding a shape is fine
+    assert len(list((out / "records").glob("*.json"))) == len(before) + 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# The committed sweep and the page
+
+def committed_sweep() -> Path:
+    files = sorted((ROOT / "sweeps").glob("*.json"))
+    assert files, "the project's own sweep is committed under sweeps/"
+    return files[0]
+
+
+def test_committed_sweep_supports_every_fit():
+    recs = scaling.load_records(committed_sweep())
+    report = scaling.analyse(recs, n_bootstrap=20)
+    assert not report.problems, report.problems
+    assert report.chinchilla.alpha > 0 and report.chinchilla.beta > 0
+    assert report.held_out.mean_rel_error < 0.1
+    assert catalog.list_sweeps()[0].committed
+
+
+def test_scaling_page_renders_committed_results_and_a_users_degenerate_sweep(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+    runs = tmp_path / "runs"
+    mine = runs / "sweeps" / "mine" / "records"
+    mine.mkdir(parents=True)
+    for r in grid_records()[:3]:
+        (mine / f"{r.name}.json").write_text(json.dumps(r.to_dict()))
+    monkeypatch.setattr(catalog, "RUNS_DIR", runs)
+    at = AppTest.from_file(str(ROOT / "playground" / "scaling.py"), default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    assert "Scaling laws" in at.title[0].value
+    assert any("a = " in m.value for m in at.markdown)                 # IsoFLOP exponents shown
+    assert any("Mean absolute error" in m.value for m in at.markdown)  # held-out check shown
+    at.slider(key="budget").set_value(14.0).run()
+    assert not at.exception
+    at.selectbox(key="sweep").set_value("mine (yours)").run()          # 3 runs: messages, no crash
+    assert not at.exception
+    shown = " ".join(e.value for e in at.info) + " ".join(e.value for e in at.markdown)
+    assert "needs at least 5 runs" in shown
