@@ -208,6 +208,9 @@ def run_sweep(cfg: SweepConfig) -> Iterator[SweepEvent]:
                          "; ".join(f"{n}: {why}" for n, why in skipped[:4]) +
                          ". Raise the budgets or token counts, or max_epochs.")
     done = {r.name for r in scaling.load_records(out)} if out.is_dir() else set()
+    if not cfg.keep_runs:
+        for name in done:    # a kill between writing a record and removing the run's directory
+            shutil.rmtree(out / WORK_DIR / name, ignore_errors=True)
     todo = [p for p in planned if p.name not in done]
     yield SweepStarted(str(out), planned, skipped, sorted(done), sum(p.flops for p in todo))
     # written only once the consumer goes on past the plan (the CLI's --plan stops before)

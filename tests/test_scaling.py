@@ -274,8 +274,12 @@ def test_sweep_refuses_another_recipe_and_changes_nothing(tmp_path, corpus_file,
     assert main(args + ["--learning-rate", "0.01"]) == 1
     assert "another recipe" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in (out / "records").glob("*.json")} == before
+    # a kill between writing a record and removing its run directory leaves a directory behind
+    leftover = out / "work" / Path(next(iter(before))).stem / "checkpoints"
+    leftover.mkdir(parents=True)
     assert main(args + ["--shapes", "1x16", "2x16", "2x32", "3x32"]) == 0   # adding a shape is fine
     assert len(list((out / "records").glob("*.json"))) == len(before) + 1
+    assert not leftover.parent.exists()
 
 
 # ---------------------------------------------------------------------------------------------------
