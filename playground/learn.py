@@ -116,9 +116,10 @@ elif section == "positions":
     views = explain.positional_views(model)
     st.markdown(f"**{model.name} uses {views.used} positions.** All three at its sizes:")
     cols = st.columns(3)
-    panels = [("sinusoidal", "sinusoidal table (position × dimension)", views.sinusoidal),
-              ("rope", "RoPE angles mod 2π (position × pair)", np.mod(views.rope, 2 * math.pi)),
-              ("learned", "learned table (position × dimension)", views.learned)]
+    st.caption("Each map: positions down, dimensions (RoPE: frequency pairs, angles mod 2π) across.")
+    panels = [("sinusoidal", "sinusoidal", views.sinusoidal),
+              ("rope", "RoPE angles", np.mod(views.rope, 2 * math.pi)),
+              ("learned", "learned table", views.learned)]
     for col, (kind, title, z) in zip(cols, panels):
         if z is None:
             col.info(f"No learned position table: this model was trained with {views.used} positions.")
@@ -126,7 +127,7 @@ elif section == "positions":
         fig = go.Figure(go.Heatmap(z=z, colorscale="RdBu"))
         fig.update_yaxes(autorange="reversed", title="position")
         fig.update_layout(height=300, margin=dict(t=30, b=10),
-                          title=title + (" ← this model" if kind == views.used else ""))
+                          title=title + (" (this model)" if kind == views.used else ""))
         col.plotly_chart(fig, width="stretch", key=f"learn_pos_{kind}")
     fig = go.Figure(go.Heatmap(z=views.similarity, colorscale="Viridis"))
     fig.update_yaxes(autorange="reversed")

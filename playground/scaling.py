@@ -79,11 +79,12 @@ def run_points(fig, recs, x_of, name_prefix="", symbol="circle"):
                   for r in rs], hoverinfo="text"))
 
 
-def law_curve(fig, law, x_range, name):
+def law_curve(fig, law, x_range, name, y_range):
+    """The fitted law and its band, clipped to the runs' loss range (a loose fit's band can span decades)."""
     if law is None:
         return
     xs = np.geomspace(*x_range, 80)
-    lo, hi = law.band(xs)
+    lo, hi = (np.clip(v, *y_range) for v in law.band(xs))
     fig.add_trace(go.Scatter(x=np.concatenate([xs, xs[::-1]]), y=np.concatenate([hi, lo[::-1]]), fill="toself",
                              fillcolor="rgba(37,99,235,0.12)", line=dict(width=0), hoverinfo="skip",
                              name=f"{int(law.level * 100)} % band"))
@@ -96,8 +97,9 @@ def describe_power(law):
         return "not fitted"
     ci = law.intervals.get("alpha")
     ci_text = f" ({int(law.level * 100)} % interval {ci[0]:.3f} to {ci[1]:.3f})" if ci else ""
-    loose = (" These runs do not pin it down: the envelope is limited by the other variable (large models "
-             "here saw few tokens), so read the L(N, D) fit instead.") if ci and ci[1] - ci[0] > abs(law.alpha) else ""
+    loose = (" These runs do not pin it down (the interval is that wide): on the envelope the other variable "
+             "limits the loss (here the large models saw few tokens), so read the L(N, D) fit instead."
+             ) if ci and (ci[0] <= 0 or ci[1] > 3 * law.alpha) else ""
     return f"`{law.describe()}`: exponent **{law.alpha:.3f}**{ci_text}.{loose}"
 
 
@@ -118,8 +120,11 @@ with tab_n:
         for n, recs in extra.items():
             run_points(fig, recs, x_of, name_prefix=f"{n}: ", symbol="diamond-open")
         xs = [x_of(r) for r in records]
-        law_curve(fig, law, (min(xs) / 1.5, max(xs) * 1.5), f"fit L({key})")
-        col.plotly_chart(log_axes(fig, title), width="stretch", key=f"loss_vs_{key}")
+        y_range = (min(r.val_loss for r in records) * 0.9, max(r.val_loss for r in records) * 1.1)
+        law_curve(fig, law, (min(xs) / 1.5, max(xs) * 1.5), f"fit L({key})", y_range)
+        fig = log_axes(fig, title)
+        fig.update_yaxes(range=[math.log10(y_range[0]), math.log10(y_range[1])])
+        col.plotly_chart(fig, width="stretch", key=f"loss_vs_{key}")
         col.caption(describe_power(law))
 
 def fitted(fit, name: str) -> bool:
