@@ -8,6 +8,7 @@ Deliberately not here: writing any of these (the trainer and the exporter do), l
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -82,15 +83,24 @@ def model_checkpoints(model_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+@functools.lru_cache(maxsize=256)
+def _last_eval(run_dir: str, mtime_ns: int, size: int) -> dict:
+    """The last eval a run logged, read again only when its log changes (the Home page lists runs on
+    every visit; a long run's log has thousands of lines)."""
+    evals = [r for r in read_log(run_dir) if r.get("type") == "EvalResult"]
+    return evals[-1] if evals else {}
+
+
 def list_runs(runs_dir: str | os.PathLike | None = None) -> list[RunSummary]:
     d = Path(runs_dir or RUNS_DIR)
     if not d.is_dir():
         return []
     out = []
     for run in sorted(p for p in d.iterdir() if (p / RUN_FILE).is_file()):
-        evals = [r for r in read_log(run) if r.get("type") == "EvalResult"]
+        log = run / LOG_FILE
+        stat = log.stat() if log.is_file() else None
+        last = _last_eval(str(run), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
         steps = checkpoint_steps(run)
-        last = evals[-1] if evals else {}
         out.append(RunSummary(run.name, run, steps[-1][0] if steps else 0, last.get("val_loss"),
                               last.get("val_bits_per_byte")))
     return out

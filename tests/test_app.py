@@ -30,3 +30,17 @@ def test_home_lists_a_real_run(tmp_path, monkeypatch, corpus_file, data_dir):
     models, run_table = at.dataframe[0].value, at.dataframe[1].value
     assert {"shakespeare-char", "shakespeare-bpe"} <= set(models["model"])   # the committed defaults
     assert list(run_table["run"]) == ["tiny"] and list(run_table["steps"]) == [10]
+
+
+def test_the_run_list_follows_a_log_that_grows(tmp_path):
+    """list_runs keeps each run's last eval until its log changes: a resumed run's new eval shows."""
+    import json
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / catalog.RUN_FILE).write_text("{}")
+    log = run / catalog.LOG_FILE
+    log.write_text(json.dumps({"type": "EvalResult", "step": 5, "val_loss": 2.5, "val_bits_per_byte": 3.6}) + "\n")
+    assert catalog.list_runs(tmp_path / "runs")[0].val_loss == 2.5
+    with log.open("a") as f:
+        f.write(json.dumps({"type": "EvalResult", "step": 10, "val_loss": 2.0, "val_bits_per_byte": 2.9}) + "\n")
+    assert catalog.list_runs(tmp_path / "runs")[0].val_loss == 2.0
