@@ -41,11 +41,11 @@ from core.catalog import CARD_FILE, RUN_FILE, TOKENIZER_DIR, read_log
 from core.checkpoint import load_model
 from core.files import make_readable, write_atomic
 from core.model import GPT
+from core.runtime import ATTENTION_PARTS
 from core.tokenizer import load_tokenizer
 
 MODEL_FILE = "model.onnx"
 ATTENTION_FILE = "attention.onnx"
-ATTENTION_PARTS = ("q", "k", "v", "heads", "proj")
 VARIANT_FILES = {"fp32": MODEL_FILE, "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 FORMAT = "llm-playground-onnx/1"
 

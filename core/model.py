@@ -203,8 +203,12 @@ class GPTOutput:
     logits: torch.Tensor                       # (B, T, vocab) or (B, 1, vocab) when only the last is asked
     loss: torch.Tensor | None = None           # mean cross-entropy in nats/token, when targets are given
     present: list[KVCache] | None = None       # per layer (k, v) including this call's positions
-    attentions: list[torch.Tensor] | None = None   # per layer (B, nh, T, T_k), explicit path only
-    attention_parts: list[dict] | None = None      # per layer q, k, v, heads, proj (explicit path only)
+    attention_parts: list[dict] | None = None      # per layer probs, q, k, v, heads, proj (explicit path only)
+
+    @property
+    def attentions(self) -> list[torch.Tensor] | None:
+        """Per layer attention probabilities (B, nh, T, T_k), explicit path only."""
+        return None if self.attention_parts is None else [p["probs"] for p in self.attention_parts]
 
 
 class GPT(nn.Module):
@@ -284,9 +288,7 @@ class GPT(nn.Module):
         else:
             logits = self.lm_head(x[:, [-1], :] if last_only else x)
             loss = None
-        return GPTOutput(logits, loss, presents if use_cache else None,
-                         [p["probs"] for p in parts] if return_attention else None,
-                         parts if return_attention else None)
+        return GPTOutput(logits, loss, presents if use_cache else None, parts if return_attention else None)
 
     # -- sizes ---------------------------------------------------------------------------------------
     def count_parameters(self) -> dict[str, int]:

@@ -38,6 +38,8 @@ from core.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 FORMAT = "llm-playground-onnx/1"
 VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 ATTENTION_FILE = "attention.onnx"
+# the attention graph's inner vectors per layer, beside attn.{i} (the exporter writes them under these names)
+ATTENTION_PARTS = ("q", "k", "v", "heads", "proj")
 THREADS_ENV = "LLM_PLAYGROUND_ORT_THREADS"     # onnxruntime intra-op threads, overriding the default
 
 
@@ -247,7 +249,7 @@ class Model:
         L = self.config["n_layer"]
         parts = []
         if all(f"q.{i}" in outs for i in range(L)):
-            parts = [{kind: outs[f"{kind}.{i}"] for kind in ("q", "k", "v", "heads", "proj")} for i in range(L)]
+            parts = [{kind: outs[f"{kind}.{i}"] for kind in ATTENTION_PARTS} for i in range(L)]
         return AttentionMaps(outs["logits"], [outs[f"attn.{i}"] for i in range(L)], parts)
 
     def score(self, text: str) -> TextScore:

@@ -460,7 +460,7 @@ def isoflop_profile(budget: float, runs: Sequence[RunRecord], n_kind: str = "tot
         x_opt = -c1 / (2 * c2)
         n_opt, loss_opt = float(math.exp(x_opt)), float(c0 - c1 * c1 / (4 * c2))
         inside = bool(x.min() <= x_opt <= x.max())
-    fpt = flops_per_token(n_opt) if flops_per_token else 6.0 * n_opt
+    fpt = (flops_per_token or FlopsPerToken())(n_opt)
     return IsoFlopProfile(budget, tuple(math.exp(v) for v in x), tuple(y.tolist()),
                           (float(c2), float(c1), float(c0)), n_opt, loss_opt, budget / fpt, inside)
 
@@ -507,7 +507,7 @@ def fit_isoflop(records: Sequence[RunRecord], n_kind: str = "total",
                 c2, c1, _ = np.polyfit(xs, ys, 2)
                 if c2 > 0:
                     n_opt = math.exp(-c1 / (2 * c2))
-                    fpt = flops_per_token(n_opt) if flops_per_token else 6.0 * n_opt
+                    fpt = (flops_per_token or FlopsPerToken())(n_opt)
                     opts.append((p.budget, n_opt, p.budget / fpt))
             if len(opts) >= 2:
                 o = np.array(opts)

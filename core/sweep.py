@@ -34,8 +34,9 @@ from core.catalog import RUNS_DIR
 from core.data import CorpusError, load_corpus, prepare_dataset
 from core.files import disk_full_message, is_disk_full, write_atomic
 from core.model import ModelConfig, count_parameters, flops_per_token
-from core.tokenizer import TokenizerError, byte_tokenizer, load_tokenizer, train_bpe
-from core.train import RunFinished, RunStarted, TrainConfig, TrainingDiverged, TrainStep, train
+from core.tokenizer import TokenizerError, byte_tokenizer, load_tokenizer
+from core.train import (RunFinished, RunStarted, TrainConfig, TrainingDiverged, TrainStep, build_tokenizer,
+                        train)
 
 SWEEP_FILE = "sweep.json"
 RECORDS_DIR = "records"
@@ -219,6 +220,7 @@ def run_sweep(cfg: SweepConfig) -> Iterator[SweepEvent]:
                                                "recipe": _jsonable(cfg.recipe()),
                                                "corpus_sha256": corpus.sha256,
                                                "tokenizer": tokenizer.name}, indent=2).encode())
+    _write_collected(out)       # also refreshes a file a kill left one record behind
     t0 = time.perf_counter()
     for i, run in enumerate(todo, 1):
         work = out / WORK_DIR / run.name
@@ -260,7 +262,6 @@ def run_sweep(cfg: SweepConfig) -> Iterator[SweepEvent]:
         if not cfg.keep_runs:
             shutil.rmtree(work, ignore_errors=True)
         yield RunRecorded(i, len(todo), record)
-    _write_collected(out)
     yield SweepFinished(scaling.load_records(out), time.perf_counter() - t0)
 
 
@@ -286,9 +287,9 @@ def _sweep_tokenizer(cfg: SweepConfig, out: Path, corpus):
     if cfg.tokenizer == "bpe":
         tok_dir = out / "tokenizer"
         if not (tok_dir / "tokenizer.json").is_file():
-            n_train = int(len(corpus.text) * 0.9)
-            train_bpe([corpus.text[:n_train]], cfg.bpe_vocab_size, name=f"bpe{cfg.bpe_vocab_size}",
-                      corpus_sha256=corpus.sha256).save(tok_dir)
+            tc = TrainConfig(tokenizer="bpe", bpe_vocab_size=cfg.bpe_vocab_size)    # the runs' own split
+            n_train = int(len(corpus.text) * (1 - tc.val_fraction))
+            build_tokenizer(tc, corpus.text[:n_train], corpus.sha256).save(tok_dir)
         return str(tok_dir), load_tokenizer(tok_dir)
     return cfg.tokenizer, load_tokenizer(cfg.tokenizer)
 

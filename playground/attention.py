@@ -15,6 +15,7 @@ model, lim = open_page("Attention",
                        "Row i of a head's map: how much token i draws from each earlier token (rows sum to 1; the "
                        "upper triangle is masked: no token sees the future).", checkpoints=True)
 
+
 @functools.lru_cache(maxsize=8)
 def grid_layout(n_layer: int, n_head: int) -> dict:
     """The layout of the layers x heads grid (axes, titles, one colour scale), built once per shape."""

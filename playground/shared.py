@@ -12,6 +12,7 @@ import functools
 import html
 import os
 import threading
+from pathlib import Path
 
 import plotly.graph_objects as go
 import streamlit as st
@@ -170,7 +171,6 @@ def _scaling_report(path: str, stamp: float, n_kind: str, n_bootstrap: int):
 def scaling_report(path, n_kind: str = "total", n_bootstrap: int = 200):
     """(ScalingReport, None) or (None, message) for a sweep (a records file or a sweep directory); refitted
     when a running sweep adds records. One fit at a time: a page waits for the warm-up's result."""
-    from pathlib import Path
     p = Path(path)
     files = list(p.glob("records/*.json")) if p.is_dir() else [p]
     stamp = max((f.stat().st_mtime for f in files if f.exists()), default=0.0)
