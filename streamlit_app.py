@@ -2,8 +2,6 @@
 
 import streamlit as st
 
-from playground.shared import warm_caches
-
 st.set_page_config(page_title="LLM Playground", page_icon="🔬", layout="wide")
 
 pages = [
@@ -17,5 +15,4 @@ pages = [
     st.Page("playground/train.py", title="Train", icon="🏋️", url_path="train"),
     st.Page("playground/scaling.py", title="Scaling", icon="📈", url_path="scaling"),
 ]
-warm_caches()     # the committed sweep's fits, computed once in the background
 st.navigation(pages).run()

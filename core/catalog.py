@@ -1,14 +1,18 @@
-"""Catalog: what runs and exported models exist on disk, read without torch.
+"""Catalog: what runs and exported models exist on disk, and the names of every file in them.
 
-Holds the layout of a run directory (run.json, log.jsonl, checkpoints/, tokenizer/), `read_log`, and
-summaries of runs, exported models and scaling sweeps for pickers and tables.
+Holds the on-disk format, once: where runs, exported models and sweeps live, the files of a run
+directory (run.json, log.jsonl, checkpoints/, tokenizer/) and of an exported model (the format id,
+model.onnx and its variants, attention.onnx, card.json); `read_log` and `LogReader` (a run's log read
+incrementally, as a watcher needs it); summaries of runs, exported models and scaling sweeps for
+pickers and tables; and `shown_path` / `scrub_paths`, which turn this server's absolute paths into the
+short names a visitor or a shared card should see. Read without torch.
 
-Deliberately not here: writing any of these (the trainer and the exporter do), loading weights.
+Deliberately not here: writing any of these (the trainer, the exporter and the sweep do), loading
+weights.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
@@ -17,24 +21,40 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # where training runs and exported models live; a deployment (or a test's server) may point elsewhere
-RUNS_DIR = Path(os.environ.get("LLM_PLAYGROUND_RUNS") or ROOT / "runs")
-EXPORTED_DIR = Path(os.environ.get("LLM_PLAYGROUND_EXPORTED") or ROOT / "exported")
+RUNS_ENV, EXPORTED_ENV, SWEEPS_ENV = "LLM_PLAYGROUND_RUNS", "LLM_PLAYGROUND_EXPORTED", "LLM_PLAYGROUND_SWEEPS"
+RUNS_DIR = Path(os.environ.get(RUNS_ENV) or ROOT / "runs")
+EXPORTED_DIR = Path(os.environ.get(EXPORTED_ENV) or ROOT / "exported")
 # the project's own scaling sweeps (committed records); a user's sweeps live under RUNS_DIR/sweeps
-SWEEPS_DIR = Path(os.environ.get("LLM_PLAYGROUND_SWEEPS") or ROOT / "sweeps")
+SWEEPS_DIR = Path(os.environ.get(SWEEPS_ENV) or ROOT / "sweeps")
 
+# a run directory
 RUN_FILE = "run.json"
 LOG_FILE = "log.jsonl"
 TOKENIZER_DIR = "tokenizer"
 CHECKPOINT_DIR = "checkpoints"
-CARD_FILE = "card.json"
 _STEP_FILE = re.compile(r"^step_(\d{8})\.safetensors$")
+
+# a sweep: records/NAME.json per finished run, all of them in records.json, the fits beside them
+SWEEP_RECORDS_DIR = "records"
+RECORDS_FILE = "records.json"
+FITS_FILE = "fits.json"
+
+# an exported model directory
+FORMAT = "llm-playground-onnx/1"
+MODEL_FILE = "model.onnx"
+VARIANT_FILES = {"fp32": MODEL_FILE, "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
+ATTENTION_FILE = "attention.onnx"
+CARD_FILE = "card.json"
+MODEL_CHECKPOINT_DIR = "checkpoints"      # earlier checkpoints exported beside a model, step_NNNNNNNN/
+_MODEL_STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
 @dataclass(frozen=True)
 class RunSummary:
     name: str
     path: Path
-    step: int                       # newest checkpoint's step (0 if none)
+    step: int                       # the newest training step in the log (0 before the first)
+    checkpoint_step: int            # newest checkpoint's step (0 if none)
     val_loss: float | None          # last eval in the log
     val_bits_per_byte: float | None
 
@@ -62,6 +82,11 @@ def read_log(run_dir: str | os.PathLike) -> list[dict]:
     return out
 
 
+def checkpoint_file(run_dir: str | os.PathLike, step: int) -> Path:
+    """Where a run keeps the checkpoint of `step` (what `checkpoint_steps` finds again)."""
+    return Path(run_dir) / CHECKPOINT_DIR / f"step_{step:08d}.safetensors"
+
+
 def checkpoint_steps(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """(step, path) of every checkpoint file of a run, oldest first; temp files are ignored."""
     d = Path(run_dir) / CHECKPOINT_DIR
@@ -70,39 +95,81 @@ def checkpoint_steps(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted((int(m.group(1)), p) for p in d.iterdir() if (m := _STEP_FILE.match(p.name)))
 
 
+def model_checkpoint_dir(model_dir: str | os.PathLike, step: int) -> Path:
+    return Path(model_dir) / MODEL_CHECKPOINT_DIR / f"step_{step:08d}"
+
+
 def model_checkpoints(model_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """(step, directory) of the earlier checkpoints exported beside a model, oldest first."""
-    d = Path(model_dir) / "checkpoints"
+    d = Path(model_dir) / MODEL_CHECKPOINT_DIR
     if not d.is_dir():
         return []
     found = []
     for p in d.iterdir():
-        m = re.match(r"^step_(\d{8})$", p.name)
+        m = _MODEL_STEP_DIR.match(p.name)
         if m and (p / CARD_FILE).is_file():
             found.append((int(m.group(1)), p))
     return sorted(found)
 
 
-@functools.lru_cache(maxsize=256)
-def _last_eval(run_dir: str, mtime_ns: int, size: int) -> dict:
-    """The last eval a run logged, read again only when its log changes (the Home page lists runs on
-    every visit; a long run's log has thousands of lines)."""
-    evals = [r for r in read_log(run_dir) if r.get("type") == "EvalResult"]
-    return evals[-1] if evals else {}
+class LogReader:
+    """A run's log.jsonl read incrementally: each `read()` parses only the lines appended since the last
+    one (a watcher polls a long run's log every second), and starts over when the file was rewritten
+    (a resume truncates it) or replaced. A line still being written is left for the next read."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.path = Path(run_dir) / LOG_FILE
+        self._offset, self._ino, self._partial = 0, None, b""
+        self.last: dict[str, dict] = {}     # the newest record of each type seen so far
+
+    def read(self) -> tuple[list[dict], bool]:
+        """(new records, restarted): restarted means the log was rewritten and the records are all of it."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return [], False
+        restarted = self._ino is not None and (st.st_ino != self._ino or st.st_size < self._offset)
+        if restarted:
+            self._offset, self._partial, self.last = 0, b"", {}
+        self._ino = st.st_ino
+        if st.st_size == self._offset:
+            return [], restarted
+        with open(self.path, "rb") as f:
+            f.seek(self._offset)
+            data = f.read(st.st_size - self._offset)
+        self._offset += len(data)
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        out = []
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue   # a line cut by a kill
+            if isinstance(rec, dict):
+                out.append(rec)
+                self.last[rec.get("type", "")] = rec
+        return out, restarted
+
+
+_readers: dict[str, LogReader] = {}
 
 
 def list_runs(runs_dir: str | os.PathLike | None = None) -> list[RunSummary]:
+    """Every run with its progress, from its log (read incrementally: the Home page lists runs on every
+    visit, and a long run's log has thousands of lines)."""
     d = Path(runs_dir or RUNS_DIR)
     if not d.is_dir():
         return []
     out = []
     for run in sorted(p for p in d.iterdir() if (p / RUN_FILE).is_file()):
-        log = run / LOG_FILE
-        stat = log.stat() if log.is_file() else None
-        last = _last_eval(str(run), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
+        reader = _readers.setdefault(str(run), LogReader(run))
+        reader.read()
+        last_step = reader.last.get("TrainStep", {}).get("step", 0)
+        last_eval = reader.last.get("EvalResult", {})
         steps = checkpoint_steps(run)
-        out.append(RunSummary(run.name, run, steps[-1][0] if steps else 0, last.get("val_loss"),
-                              last.get("val_bits_per_byte")))
+        out.append(RunSummary(run.name, run, last_step, steps[-1][0] if steps else 0,
+                              last_eval.get("val_loss"), last_eval.get("val_bits_per_byte")))
     return out
 
 
@@ -121,6 +188,51 @@ def list_exported_models(exported_dir: str | os.PathLike | None = None) -> list[
     return out
 
 
+def _known_folders() -> list[tuple[str, str]]:
+    """This machine's folders and the short names shown for them, most specific first."""
+    from core.data import data_dir
+    folders = [(RUNS_DIR, "runs"), (EXPORTED_DIR, "exported"), (SWEEPS_DIR, "sweeps"), (data_dir(), "<data>"),
+               (ROOT, "."), (Path.home(), "~")]
+    out = []
+    for folder, short in folders:
+        for variant in {str(Path(folder)), str(Path(folder).resolve())}:
+            out.append((variant.rstrip(os.sep), short))
+    return sorted(out, key=lambda fs: -len(fs[0]))
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """A path as a visitor or a shared card should see it: under the runs, exported, data or project
+    folder it lies in (`runs/NAME`, `<data>/uploads/...`), else its file name alone: never this server's
+    absolute layout."""
+    shown = scrub_paths(str(path))
+    return Path(shown).name if os.path.isabs(shown) else shown
+
+
+def scrub_paths(text: str) -> str:
+    """`text` with this machine's absolute folders replaced by their short names (messages, cards)."""
+    for folder, short in _known_folders():
+        if folder and folder != os.sep:
+            text = re.sub(re.escape(folder) + r"(?=[/\\\s'\":,;)]|$)", lambda m: short, text)
+    return text
+
+
+def fits_path(sweep: str | os.PathLike) -> Path:
+    """Where a sweep's scaling fits are stored beside its records: sweeps/NAME.json -> sweeps/NAME.fits.json;
+    a sweep directory (or its records.json) -> fits.json in that directory."""
+    sweep = Path(sweep)
+    if sweep.is_dir():
+        return sweep / FITS_FILE
+    if sweep.name == RECORDS_FILE:
+        return sweep.parent / FITS_FILE
+    return sweep.with_name(sweep.name.removesuffix(".json") + ".fits.json")
+
+
+def is_fits_file(path: str | os.PathLike) -> bool:
+    """A stored fits file (what `fits_path` names), not a sweep's records."""
+    name = Path(path).name
+    return name == FITS_FILE or name.endswith(".fits.json")
+
+
 @dataclass(frozen=True)
 class SweepSummary:
     name: str
@@ -134,9 +246,9 @@ def list_sweeps(sweeps_dir: str | os.PathLike | None = None,
     out = []
     committed = Path(sweeps_dir or SWEEPS_DIR)
     if committed.is_dir():
-        out += [SweepSummary(p.stem, p, True) for p in sorted(committed.glob("*.json"))]
+        out += [SweepSummary(p.stem, p, True) for p in sorted(committed.glob("*.json")) if not is_fits_file(p)]
     mine = Path(runs_dir or RUNS_DIR) / "sweeps"
     if mine.is_dir():
         out += [SweepSummary(p.name, p, False) for p in sorted(mine.iterdir())
-                if (p / "records").is_dir() and any((p / "records").glob("*.json"))]
+                if (p / SWEEP_RECORDS_DIR).is_dir() and any((p / SWEEP_RECORDS_DIR).glob("*.json"))]
     return out

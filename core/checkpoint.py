@@ -22,14 +22,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from core.catalog import CHECKPOINT_DIR, checkpoint_steps
+from core.catalog import CHECKPOINT_DIR, checkpoint_file, checkpoint_steps
+from core.checks import PlaygroundError
 from core.files import is_disk_full, write_atomic
 from core.model import GPT, ModelConfig
 
 FORMAT = "llm-playground-checkpoint/1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PlaygroundError):
     """A checkpoint is missing, damaged or not ours; the message says which and what to do."""
 
 
@@ -52,7 +53,7 @@ class Checkpoint:
 
 
 def checkpoint_path(run_dir: str | os.PathLike, step: int) -> Path:
-    return Path(run_dir) / CHECKPOINT_DIR / f"step_{step:08d}.safetensors"
+    return checkpoint_file(run_dir, step)
 
 
 def model_tensors(model: GPT) -> dict[str, torch.Tensor]:

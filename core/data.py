@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.checks import PlaygroundError
 from core.files import write_atomic
 from core.tokenizer import Tokenizer
 
@@ -53,7 +54,7 @@ CORPORA = {
 }
 
 
-class CorpusError(ValueError):
+class CorpusError(PlaygroundError):
     """A corpus cannot be used; the message names the problem and what to change."""
 
 

@@ -42,8 +42,8 @@ def positional_views(model: Model) -> PositionalViews:
     RoPE, the mean over frequency pairs of cos(angle_i - angle_j), which is what a rotated q·k keeps of
     an unrotated one: it depends on i - j only."""
     cfg = model.config
-    T, C, hs = int(cfg["block_size"]), int(cfg["n_embd"]), model.head_dim
-    used = cfg.get("pos_encoding", "learned")
+    T, C, hs = cfg.block_size, cfg.n_embd, model.head_dim
+    used = cfg.pos_encoding
     sin_table, angles = sinusoidal_table(T, C), rope_angles(T, hs)
     learned = model.weights("transformer.wpe.weight").get("transformer.wpe.weight")
     if used == "rope":
@@ -146,9 +146,10 @@ def attention_walkthrough(model: Model, text: str, layer: int, head: int, positi
 @dataclass(frozen=True)
 class VocabularyPoint:
     vocab_size: int
-    tokens: int                         # the text's length in tokens
-    bytes_per_token: float
+    tokens: int | None                  # the text's length in tokens (None: this size was not reached)
+    bytes_per_token: float | None
     embedding_parameters: int           # vocab x n_embd: what the table costs at this width
+    not_reached: str = ""               # why this size could not be trained on the text ("" when it was)
 
 
 def vocabulary_tradeoff(text: str, sizes: list[int], n_embd: int = 128) -> list[VocabularyPoint]:
@@ -157,12 +158,15 @@ def vocabulary_tradeoff(text: str, sizes: list[int], n_embd: int = 128) -> list[
     data = text.encode("utf-8")
     if len(data) < 200:
         raise TokenizerError("give at least a few sentences (200 bytes) to train tokenizers on")
-    out = []
+    out, why = [], ""
     for size in sorted(set(sizes)):
-        try:
-            tok: Tokenizer = byte_tokenizer() if size <= 256 else train_bpe([text], size, name=f"bpe{size}")
-        except TokenizerError:
-            break       # the text has run out of pairs to merge: larger sizes are not possible on it
-        n = len(tok.encode(text))
-        out.append(VocabularyPoint(tok.n_vocab, n, len(data) / n, tok.n_vocab * n_embd))
+        if not why:
+            try:
+                tok: Tokenizer = byte_tokenizer() if size <= 256 else train_bpe([text], size, name=f"bpe{size}")
+                n = len(tok.encode(text))
+                out.append(VocabularyPoint(tok.n_vocab, n, len(data) / n, tok.n_vocab * n_embd))
+                continue
+            except TokenizerError as e:
+                why = str(e)    # the text ran out of pairs to merge: larger sizes are not possible on it either
+        out.append(VocabularyPoint(size + 1, None, None, (size + 1) * n_embd, why))
     return out

@@ -37,20 +37,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.catalog import CARD_FILE, RUN_FILE, TOKENIZER_DIR, read_log
+from core.catalog import (ATTENTION_FILE, CARD_FILE, FORMAT, MODEL_FILE, RUN_FILE, TOKENIZER_DIR, VARIANT_FILES,
+                          model_checkpoint_dir, read_log, scrub_paths, shown_path)
+from core.checks import PlaygroundError
 from core.checkpoint import load_model
 from core.files import make_readable, write_atomic
 from core.model import GPT
 from core.runtime import ATTENTION_PARTS
 from core.tokenizer import load_tokenizer
 
-MODEL_FILE = "model.onnx"
-ATTENTION_FILE = "attention.onnx"
-VARIANT_FILES = {"fp32": MODEL_FILE, "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
-FORMAT = "llm-playground-onnx/1"
 
-
-class ExportError(RuntimeError):
+class ExportError(PlaygroundError):
     """The export cannot be made or failed its parity check; nothing is left in the target."""
 
 
@@ -246,9 +243,10 @@ def _export_into(work: Path, name: str, model: GPT, ckpt, run_dir: Path, tokeniz
         "flops_per_token": model.flops_per_token(),
         "tokenizer": {"name": tokenizer.name, "kind": tokenizer.kind, "n_vocab": tokenizer.n_vocab},
         "training": {"step": ckpt.step, "tokens_seen": ckpt.meta["state"].get("tokens_seen"),
-                     "train_config": ckpt.meta.get("train_config"),
-                     "corpus": run_info.get("corpus"), "corpus_sha256": ckpt.meta.get("corpus_sha256"),
-                     "command": run_info.get("command"),
+                     "train_config": _portable_train_config(ckpt.meta.get("train_config")),
+                     "corpus": run_info.get("corpus") and shown_path(run_info["corpus"]),
+                     "corpus_sha256": ckpt.meta.get("corpus_sha256"),
+                     "command": _portable_command(run_info.get("command"), ckpt.meta.get("train_config")),
                      # the loss curve, for the Models page (evals only: a few dozen points)
                      "curve": [{k: r[k] for k in ("step", "train_loss", "val_loss", "val_bits_per_byte")}
                                for r in read_log(run_dir) if r.get("type") == "EvalResult"
@@ -266,6 +264,28 @@ def _export_into(work: Path, name: str, model: GPT, ckpt, run_dir: Path, tokeniz
     }
     write_atomic(work / CARD_FILE, json.dumps(card, indent=2).encode())
     return card
+
+
+PATH_FIELDS = ("out_dir", "corpus", "data_dir", "tokenizer")    # TrainConfig fields that may hold a path
+
+
+def _portable_train_config(cfg: dict | None) -> dict | None:
+    """The training settings as a shared card should carry them: no absolute path of the machine that
+    trained (a card travels with the model; the corpus is identified by its sha256)."""
+    if not cfg:
+        return cfg
+    return {k: (shown_path(v) if k in PATH_FIELDS and isinstance(v, str) else v) for k, v in cfg.items()}
+
+
+def _portable_command(command: str | None, cfg: dict | None) -> str | None:
+    """The training command with the same paths shortened as in the card's settings."""
+    if not command:
+        return command
+    for k in PATH_FIELDS:
+        v = (cfg or {}).get(k)
+        if isinstance(v, str) and os.path.isabs(v):
+            command = command.replace(v, shown_path(v))
+    return scrub_paths(command)
 
 
 def _export_int8(model: GPT, work: Path, io: dict, metadata: dict, cfg: ExportConfig) -> None:
@@ -320,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             final = card["training"]["step"]
             for step, path in list_checkpoints(args.checkpoint):
                 if step != final:
-                    export_model(path, Path(args.out_dir) / "checkpoints" / f"step_{step:08d}",
+                    export_model(path, model_checkpoint_dir(args.out_dir, step),
                                  ExportConfig(parity_steps=10))
     except (ExportError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -6,12 +6,14 @@ Holds:
                  under the model's own), entropy, top-N alternatives and, on request, every stage's
                  distribution; stop strings matched on the text (so across token boundaries), EOS,
                  max new tokens; the window slides at the context limit and the step says so
-  beam_search()  beams stepped together in one batch over the KV cache, length penalty, early stop at
-                 EOS, n-best with scores, and a `BeamStep` per step with every beam and its parent (the
-                 tree a page draws)
+  beam_search()  Hugging Face's beam search, rule for rule (candidates, finished set, length penalty,
+                 early_stopping False / True / "never"; only finished texts are ranked, so results match
+                 `generate(num_beams=...)`), beams stepped together in one batch over the KV cache, n-best
+                 with scores, and a `BeamStep` per step with every beam and its parent (the tree a page
+                 draws)
   sample_n(), best_of()   n seeded samples, and the one with the highest total logprob
   complete()     a whole `Completion` (text cut at the stop string) from decode()
-  Limits         the ceilings a hosted server enforces, one place, each with its message
+Every request is checked against the server's `core.limits.Limits`, each refusal naming the ceiling.
 `python -m core.generate exported/NAME --prompt ...` streams text in the terminal.
 
 A source is anything with `next_logits(ids, cache) -> (logits[V], cache)`, `step(ids[B, T], cache)
@@ -35,7 +37,9 @@ from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 
-from core import sampling
+from core import checks, cli, sampling
+from core.checks import PlaygroundError
+from core.limits import Limits
 from core.sampling import SamplerConfig, StageView
 
 
@@ -50,25 +54,11 @@ class LogitsSource(Protocol):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Limits and configuration
+# Configuration
 
-@dataclass(frozen=True)
-class Limits:
-    """Ceilings on what one request may ask; a hosted deployment lowers them."""
-    max_new_tokens: int = 1024
-    max_beam_width: int = 16
-    max_samples: int = 16
-    max_stop_strings: int = 8
-    max_stop_chars: int = 64
-    max_prompt_chars: int = 20_000
-    max_top_n: int = 50
-    max_strategies: int = 8             # strategies in one comparison
-
-    @classmethod
-    def hosted(cls) -> "Limits":
-        """For a shared demo on a small machine: every visitor's request stays short."""
-        return cls(max_new_tokens=256, max_beam_width=8, max_samples=4, max_stop_strings=4,
-                   max_prompt_chars=2_000, max_top_n=20, max_strategies=6)
+class GenerationError(PlaygroundError):
+    """A decoding request cannot be run as asked (a setting, the prompt, a move on a trace); the message
+    says what to change."""
 
 
 @dataclass(frozen=True)
@@ -82,27 +72,20 @@ class GenerationConfig:
     keep_stages: bool = False           # record every stage's distribution (the Generate page)
 
     def check(self, limits: Limits = Limits()) -> "GenerationConfig":
-        _int_in("max_new_tokens", self.max_new_tokens, 1, limits.max_new_tokens)
-        _int_in("top_n", self.top_n, 0, limits.max_top_n)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        checks.integer("max_new_tokens", self.max_new_tokens, 1, limits.max_new_tokens, GenerationError)
+        checks.integer("top_n", self.top_n, 0, limits.max_top_n, GenerationError)
+        checks.integer("seed", self.seed, error=GenerationError)
         stops = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
         if len(stops) > limits.max_stop_strings:
-            raise ValueError(f"stop takes at most {limits.max_stop_strings} strings, got {len(stops)}")
+            raise GenerationError(f"stop takes at most {limits.max_stop_strings} strings, got {len(stops)}")
         for s in stops:
             if not isinstance(s, str) or s == "":
-                raise ValueError(f"stop strings must be non-empty text, got {s!r}")
+                raise GenerationError(f"stop strings must be non-empty text, got {s!r}")
             if len(s) > limits.max_stop_chars:
-                raise ValueError(f"a stop string may have at most {limits.max_stop_chars} characters, got {len(s)}")
+                raise GenerationError(f"a stop string may have at most {limits.max_stop_chars} characters, got {len(s)}")
         if not isinstance(self.sampler, SamplerConfig):
-            raise ValueError("sampler must be a SamplerConfig")
+            raise GenerationError("sampler must be a SamplerConfig")
         return self if stops == self.stop else GenerationConfig(**{**self.__dict__, "stop": stops})
-
-
-def _int_in(name: str, value, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
-    return int(value)
 
 
 def prompt_ids(source: LogitsSource, prompt: str | Sequence[int], limits: Limits = Limits()) -> list[int]:
@@ -112,9 +95,9 @@ def prompt_ids(source: LogitsSource, prompt: str | Sequence[int], limits: Limits
 
 def check_prompt(prompt: str, limits: Limits = Limits()) -> str:
     if not isinstance(prompt, str):
-        raise ValueError(f"prompt must be text, got {type(prompt).__name__}")
+        raise GenerationError(f"prompt must be text, got {type(prompt).__name__}")
     if len(prompt) > limits.max_prompt_chars:
-        raise ValueError(f"the prompt has {len(prompt):,} characters; the limit is {limits.max_prompt_chars:,}")
+        raise GenerationError(f"the prompt has {len(prompt):,} characters; the limit is {limits.max_prompt_chars:,}")
     return prompt
 
 
@@ -172,11 +155,18 @@ class Context:
 
     def __init__(self, source: LogitsSource, ids: Sequence[int]):
         if len(ids) == 0:
-            raise ValueError("the prompt encodes to no tokens; give some text")
+            raise GenerationError("the prompt encodes to no tokens; give some text")
         self.source = source
         self.ids = list(ids)
         self.slid = len(self.ids) > source.block_size
         self.logits, self.cache = source.next_logits(self.ids[-source.block_size:])
+
+    @classmethod
+    def from_prefill(cls, source: LogitsSource, ids: Sequence[int], logits: np.ndarray, cache) -> "Context":
+        """A context for `ids` (within the context length) from a pass the caller already made."""
+        ctx = cls.__new__(cls)
+        ctx.source, ctx.ids, ctx.slid, ctx.logits, ctx.cache = source, list(ids), False, logits, cache
+        return ctx
 
     def push(self, token: int) -> np.ndarray:
         self.ids.append(int(token))
@@ -287,7 +277,7 @@ def complete(source: LogitsSource, prompt: str | Sequence[int], cfg: GenerationC
 def sample_n(source: LogitsSource, prompt: str | Sequence[int], cfg: GenerationConfig, n: int,
              limits: Limits = Limits()) -> list[Completion]:
     """n samples; sample i uses seed + i, so the set is reproducible and each member on its own too."""
-    _int_in("n", n, 1, limits.max_samples)
+    checks.integer("n", n, 1, limits.max_samples, GenerationError)
     return [complete(source, prompt, GenerationConfig(**{**cfg.__dict__, "seed": cfg.seed + i}), limits)
             for i in range(n)]
 
@@ -299,96 +289,125 @@ def best_of(source: LogitsSource, prompt: str | Sequence[int], cfg: GenerationCo
 
 
 # ---------------------------------------------------------------------------------------------------
-# Beam search
+# Beam search: Hugging Face's rules (transformers 5.23's `_beam_search`; tests/test_beam_vs_transformers.py
+# runs both), for one prompt, in numpy
 
 @dataclass
 class Beam:
-    tokens: list[int]           # generated so far
+    tokens: list[int]           # generated so far (a finished one ends with EOS unless cut at the limit)
     sum_logprob: float          # under the model
     score: float                # sum_logprob / len(tokens) ** length_penalty
-    parent: int | None          # index of the beam it extends in the previous BeamStep
-    finished: bool = False
+    parent: int | None          # index of the live beam it extends in the previous BeamStep
+    finished: bool = False      # in the finished set: it will not be extended
+    end: str | None = None      # a finished one: "eos", or "length" / "context" when cut at the limit
 
 
 @dataclass
 class BeamStep:
     step: int
-    beams: list[Beam]           # live beams after this step, best first, and any that just finished
+    beams: list[Beam]           # live beams after this step, best first, then the ones that just finished
 
 
 @dataclass
 class BeamResult:
     prompt_ids: list[int]
-    hypotheses: list[Beam]      # n-best, best first
+    hypotheses: list[Beam]      # n-best finished hypotheses, best score first
     texts: list[str]
-    finish_reason: str          # "eos" (enough beams finished), "length", or "context"
+    finish_reason: str          # "eos" (ended early: no live beam could do better, or early_stopping=True
+                                # and `width` finished), "length" (max_new_tokens), "context" (block_size)
+
+
+def check_early_stopping(value) -> bool | str:
+    # exactly Hugging Face's three values: 1 or "true" would silently mean something else there
+    if value is True or value is False or (isinstance(value, str) and value == "never"):
+        return value
+    raise GenerationError(f"early_stopping must be False, True or 'never' (as in Hugging Face's generate), "
+                     f"got {value!r}")
 
 
 def beam_search(source: LogitsSource, prompt: str | Sequence[int], width: int = 4, max_new_tokens: int = 50,
                 length_penalty: float = 1.0, n_best: int | None = None, stop_at_eos: bool = True,
-                limits: Limits = Limits()) -> Iterator[BeamStep | BeamResult]:
+                early_stopping: bool | str = False, limits: Limits = Limits()) -> Iterator[BeamStep | BeamResult]:
     """Beam search on the model's own log-probabilities (no sampler stages), batched over beams.
 
-    Yields a BeamStep per step and finally a BeamResult. Candidates are ranked by summed logprob, as
-    Hugging Face does; finished hypotheses by sum / length ** length_penalty (> 0 favours longer ones).
-    Stops early once `width` hypotheses have ended at EOS; stops at the context limit rather than
-    slide (beams share one cache).
+    Yields a BeamStep per step and finally a BeamResult. The rules are Hugging Face's
+    (`generate(num_beams=width, early_stopping=..., length_penalty=...)`), so results match it:
+    - each step ranks every live beam's continuations by summed logprob and keeps the best 2 * width
+      candidates; the best `width` that did not end (at EOS, or at the length limit) live on;
+    - only candidates ranked in the top `width` that ended join the finished set, scored
+      sum_logprob / generated_length ** length_penalty (EOS counted; > 0 favours longer texts); the set
+      keeps the best `width`, a better newcomer evicting the worst;
+    - the search stops when every candidate ended (the length limit), or once the set is full and
+      early_stopping is True, or (False / "never") once the best live beam's sum_logprob /
+      length ** length_penalty cannot beat the worst finished score, where length is the current length
+      or, for "never" with length_penalty > 0, the longest allowed;
+    - the n-best are the finished set's best `n_best`: an unfinished text never competes.
+    stop_at_eos=False means no EOS token at all. The context (block_size) caps the length like HF's
+    max_length: prompt + generated tokens fit in it (the beams share one cache, so nothing slides).
+    Where the first step has fewer than 2 * width candidates (a tiny vocabulary), HF pads it with
+    impossible (-1e9) beams; here it just has fewer live beams.
     """
-    width = _int_in("beam width", width, 1, limits.max_beam_width)
-    max_new_tokens = _int_in("max_new_tokens", max_new_tokens, 1, limits.max_new_tokens)
-    sampling._number("length_penalty", length_penalty, -10.0, 10.0)
-    n_best = width if n_best is None else _int_in("n_best", n_best, 1, width)
+    width = checks.integer("beam width", width, 1, limits.max_beam_width, GenerationError)
+    max_new_tokens = checks.integer("max_new_tokens", max_new_tokens, 1, limits.max_new_tokens, GenerationError)
+    length_penalty = checks.number("length_penalty", length_penalty, -10.0, 10.0, error=GenerationError)
+    early_stopping = check_early_stopping(early_stopping)
+    n_best = width if n_best is None else checks.integer("n_best", n_best, 1, width, GenerationError)
     ids = prompt_ids(source, prompt, limits)
     if not ids:
-        raise ValueError("the prompt encodes to no tokens; give some text")
-    if len(ids) >= source.block_size:
-        raise ValueError(f"the prompt has {len(ids)} tokens; beam search needs room in the context of "
+        raise GenerationError("the prompt encodes to no tokens; give some text")
+    room = source.block_size - len(ids)
+    if room < 1:
+        raise GenerationError(f"the prompt has {len(ids)} tokens; beam search needs room in the context of "
                          f"{source.block_size}: shorten it")
-    eos = getattr(source.tokenizer, "eot_id", None)
-
-    def norm(sum_lp: float, length: int) -> float:
-        return sum_lp / (max(1, length) ** length_penalty)
+    limit = min(max_new_tokens, room)
+    cut = "context" if room < max_new_tokens else "length"
+    eos = getattr(source.tokenizer, "eot_id", None) if stop_at_eos else None
+    n_candidates = 2 * width            # HF: max(2, 1 + number of EOS ids) * num_beams, with one EOS id
 
     logits, cache = source.next_logits(ids)                 # one prefill, then batch = live beams
+    logps = sampling.log_softmax(np.atleast_2d(logits))
     live = [Beam([], 0.0, 0.0, None)]
-    logps = sampling.log_softmax(logits[None, :] if logits.ndim == 1 else logits)
-    finished: list[Beam] = []
-    reason = "length"
-    for step in range(max_new_tokens):
-        cand = []                                          # (sum_logprob, beam index, token)
-        for b, beam in enumerate(live):
-            top = np.argpartition(-logps[b], min(2 * width, logps.shape[1] - 1))[: 2 * width]
-            cand.extend((beam.sum_logprob + float(logps[b, t]), b, int(t)) for t in top)
-        cand.sort(key=lambda c: (-c[0], c[1], c[2]))
-        new_live, just_done = [], []
-        for sum_lp, b, t in cand:
-            tokens = live[b].tokens + [t]
-            if stop_at_eos and t == eos:
-                if len(just_done) + len(finished) < width:
-                    just_done.append(Beam(tokens, sum_lp, norm(sum_lp, len(tokens)), b, finished=True))
-                continue
-            new_live.append(Beam(tokens, sum_lp, norm(sum_lp, len(tokens)), b))
-            if len(new_live) == width:
-                break
-        finished.extend(just_done)
-        yield BeamStep(step, new_live + just_done)
+    finished: list[Beam] = []                               # best score first, at most `width`
+    reason = cut
+    for step in range(limit):
+        length = step + 1
+        totals = (np.array([b.sum_logprob for b in live])[:, None] + logps).ravel()
+        k = min(n_candidates, totals.size)
+        top = np.argpartition(-totals, k - 1)[:k] if k < totals.size else np.arange(totals.size)
+        top = top[np.lexsort((top, -totals[top]))]           # best first; ties to the lower index
+        parents, tokens = np.divmod(top, logps.shape[1])
+        ended = np.full(k, length == limit) if eos is None else (tokens == eos) | (length == limit)
+        cands = [(int(p), int(t), float(totals[i])) for p, t, i in zip(parents, tokens, top)]
+        new_live = [Beam(live[p].tokens + [t], s, s / length ** length_penalty, p)
+                    for (p, t, s), e in zip(cands, ended) if not e][:width]
+        # Only the top `width` may finish: the others are there so that `width` beams can live on.
+        # (HF also refuses newcomers once the set is full with early_stopping=True, or once no live beam
+        # can improve on it; with one prompt either condition has already ended the loop.)
+        newcomers = [Beam(live[p].tokens + [t], s, s / length ** length_penalty, p, finished=True,
+                          end="eos" if t == eos else cut)
+                     for (p, t, s), e in zip(cands[:width], ended[:width]) if e]
+        finished = sorted(finished + newcomers, key=lambda h: -h.score)[:width]    # stable: older wins ties
+        just_finished = [h for h in newcomers if any(h is f for f in finished)]
+        yield BeamStep(step, new_live + just_finished)
         live = new_live
-        if len(finished) >= width or not live:
+        if not live:                                        # every candidate ended: the length limit
+            reason = cut if length == limit else "eos"
+            break
+        full = len(finished) == width
+        if full and early_stopping is True:
             reason = "eos"
             break
-        if cache.length + 1 > source.block_size:
-            reason = "context"
-            break
-        if step == max_new_tokens - 1:
-            break
+        if full:
+            horizon = limit if early_stopping == "never" and length_penalty > 0 else length
+            if live[0].sum_logprob / horizon ** length_penalty <= finished[-1].score:
+                reason = "eos"                               # no live beam can beat the worst finished one
+                break
         order = np.array([beam.parent for beam in live])
         cache = type(cache)(tuple(a[order] for a in cache.arrays), cache.length, len(live))
         step_logits, cache = source.step(np.array([[beam.tokens[-1]] for beam in live]), cache)
         logps = sampling.log_softmax(step_logits[:, -1])   # row i is live[i]: the next step's parents
-    pool = finished + live
-    pool.sort(key=lambda h: -h.score)
-    best = pool[:n_best]
-    texts = [bytes(b"".join(source.tokenizer.token_bytes(t) for t in h.tokens if t != eos))
+    best = finished[:n_best]
+    texts = [b"".join(source.tokenizer.token_bytes(t) for t in (h.tokens[:-1] if h.end == "eos" else h.tokens))
              .decode("utf-8", errors="replace") for h in best]
     yield BeamResult(ids, best, texts, reason)
 
@@ -396,24 +415,27 @@ def beam_search(source: LogitsSource, prompt: str | Sequence[int], width: int = 
 # ---------------------------------------------------------------------------------------------------
 # CLI
 
+CLI_TEMPERATURE = 0.8       # the terminal samples a little cooler than the raw model by default, as nanoGPT's sample.py
+
+
 def main(argv: list[str] | None = None) -> int:
-    from core.runtime import Model, ModelError
+    from core.runtime import Model
 
     p = argparse.ArgumentParser(prog="python -m core.generate",
                                 description="Stream text from an exported model (onnxruntime, no torch).")
     p.add_argument("model", help="an exported model directory, e.g. exported/shakespeare-byte")
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 = off")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass to keep; 1 = off")
-    p.add_argument("--min-p", type=float, default=0.0, help="keep tokens this fraction as likely as the top; 0 = off")
-    p.add_argument("--typical-p", type=float, default=1.0, help="typical mass to keep; 1 = off")
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--frequency-penalty", type=float, default=0.0)
-    p.add_argument("--presence-penalty", type=float, default=0.0)
+    for knob in sampling.KNOBS.values():           # the sampler's own table: the same ranges and words as the pages
+        default = CLI_TEMPERATURE if knob.name == "temperature" else knob.default
+        p.add_argument("--" + knob.name.replace("_", "-"), type=int if knob.integer else float, default=default,
+                       help=f"{knob.explain} Valid: {knob.range_text} (default: {default})")
     p.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
     p.add_argument("--beam", type=int, default=0, help="beam search with this width instead of sampling")
+    p.add_argument("--length-penalty", type=float, default=1.0,
+                   help="beam search: finished texts score sum logprob / length ** this (> 0 favours longer ones)")
+    p.add_argument("--early-stopping", choices=["false", "true", "never"], default="false",
+                   help="beam search's stopping rule, as Hugging Face's early_stopping (default: false, as there)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variant", default="fp32", help="fp32, or int8 / fp16 if exported")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: by model width)")
@@ -421,16 +443,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = Model(args.model, variant=args.variant, threads=args.threads)
         if args.beam:
-            result = [r for r in beam_search(model, args.prompt, args.beam, args.max_new_tokens)][-1]
+            es = {"false": False, "true": True, "never": "never"}[args.early_stopping]
+            result = [r for r in beam_search(model, args.prompt, args.beam, args.max_new_tokens,
+                                             args.length_penalty, early_stopping=es)][-1]
             for h, text in zip(result.hypotheses, result.texts):
-                print(f"[score {h.score:.3f}] {args.prompt}{text}")
+                print(f"[score {h.score:.3f}, {h.end}] {args.prompt}{text}")
             return 0
-        cfg = GenerationConfig(
-            max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop),
-            sampler=SamplerConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                  min_p=args.min_p, typical_p=args.typical_p,
-                                  repetition_penalty=args.repetition_penalty,
-                                  frequency_penalty=args.frequency_penalty, presence_penalty=args.presence_penalty))
+        cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop),
+                               sampler=SamplerConfig(**{name: getattr(args, name) for name in sampling.KNOBS}))
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")   # bytes split across tokens
         t0, n, slides, printed, data = time.perf_counter(), 0, 0, "", b""
         for step in decode(model, args.prompt, cfg):
@@ -453,9 +473,8 @@ def main(argv: list[str] | None = None) -> int:
         if step.finish_reason != "stop":
             sys.stdout.write(decoder.decode(b"", final=True))   # a character cut off at the end
         sys.stdout.write("\n")
-    except (ModelError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except PlaygroundError as e:
+        return cli.report_error(e, "")
     dt = time.perf_counter() - t0
     note = f"; the context ({model.block_size}) was full {slides} time(s) and the window slid" if slides else ""
     print(f"[{n} tokens in {dt:.2f} s, {n / dt:.0f} tokens/s, {model.provider}{note}]", file=sys.stderr)

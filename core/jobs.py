@@ -1,9 +1,15 @@
-"""Jobs: training runs started from the browser, each in a child process of the server.
+"""Jobs: training runs started from the browser, each owned by its job, not by the tab that started it.
 
-Holds `TrainingJob` (one `python -m core.train` process: start, stop with a checkpoint, resume, export
-when done, progress read back from the run's log) and `JobBoard` (a server's jobs: who owns each, how
-many may run at once, bounded steps, parameters and wall time, and a heartbeat: a job whose page
-nobody has looked at for a while is stopped, so a closed tab leaves no unbounded work).
+Holds the Train page's recipe (`PRESETS`, `RANGES`, `TrainingRequest` and `plan()`, which turns a
+visitor's choices into the `TrainConfig` and `ModelConfig` a run starts from, with its size and an
+`Estimate` from training throughput measured on this machine), upload storage (`store_upload`),
+`TrainingJob` (one `python -m core.train` child process, launched from those dataclasses: its state,
+its progress read incrementally from the run's log, stop, resume, export) and `JobBoard` (a server's
+jobs). The board's supervisor thread advances every job whether or not a page is open: it reaps
+finished processes, exports finished runs, enforces wall time and heartbeats, and records the
+throughput each run measured. Each job belongs to a visitor token (kept by the browser across reloads;
+only its hash is stored beside the run, in job.json), so its owner can come back to it after a reload,
+or after a server restart, while other visitors can watch it but not touch it.
 
 Training in a child process keeps the server responsive (a training step holds the GIL between
 torch calls), keeps torch out of the server process, and lets a stop be a signal the trainer already
@@ -15,9 +21,14 @@ Deliberately not here: torch (the child trains; this module launches and reads),
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import math
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -25,189 +36,627 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core import catalog
-from core.catalog import read_log
+from core import catalog, checks, cli
+from core.checks import PlaygroundError
+from core.config import ModelConfig, TrainConfig, count_parameters, flops_per_token
+from core.data import Corpus, corpus_from_upload, data_dir
+from core.files import write_atomic
+from core.limits import Limits
+from core.tokenizer import MIN_BPE_VOCAB
 
-ROOT = Path(__file__).resolve().parent.parent
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
+JOB_FILE = "job.json"               # in the run directory: owner (hashed), request, state
+STDERR_FILE = "job.stderr"          # the trainer's stderr, for a failed run's message
+EXPORT_STDERR_FILE = "export.stderr"
+THROUGHPUT_FILE = ".throughput.json"    # in the runs folder: what recent runs measured on this machine
+POLL_SECONDS = 0.5                  # how often the supervisor looks at every job
 
 
-class JobError(ValueError):
+class JobError(PlaygroundError):
     """A job cannot be started or changed as asked; the message says why and what to do."""
 
 
-@dataclass(frozen=True)
-class JobLimits:
-    max_running: int = 2                # jobs training at once on this server
-    max_parameters: int = 20_000_000
-    max_steps: int = 20_000
-    max_wall_seconds: float = 0.0       # 0: no limit
-    heartbeat_seconds: float = 0.0      # stop a job nobody watched for this long; 0: never
+# ---------------------------------------------------------------------------------------------------
+# The recipe: a visitor's choices -> the configs a run starts from
 
-    @classmethod
-    def hosted(cls) -> "JobLimits":
-        """A shared demo on 2 cores: one job at a time, small and short, stopped when its tab closes."""
-        return cls(max_running=1, max_parameters=2_000_000, max_steps=2_000, max_wall_seconds=600.0,
-                   heartbeat_seconds=60.0)
+# name: (label, n_layer, n_head, n_embd, block_size)
+PRESETS = {
+    "tiny": ("tiny: 2 layers, 64 wide", 2, 2, 64, 64),
+    "small": ("small: 4 layers, 128 wide (nanoGPT's CPU recipe)", 4, 4, 128, 64),
+    "medium": ("medium: 6 layers, 192 wide", 6, 6, 192, 128),
+    "large": ("large: 6 layers, 384 wide", 6, 6, 384, 256),
+}
+# every choice's range (the page's widgets read these; `plan` checks them)
+RANGES = {
+    "steps": (10, 20_000),
+    "eval_every": (5, 1000),
+    "sample_every": (0, 5000),
+    "learning_rate": (1e-5, 1e-1),
+    "batch_size": (1, 64),
+    "block_size": (8, 512),
+    "dropout": (0.0, 0.5),
+    "bpe_vocab_size": (MIN_BPE_VOCAB, 8192),
+}
+TOKENIZERS = ("byte", "bpe")
+POSITIONS = ("rope", "learned", "sinusoidal")
+EVAL_ITERS = 20                     # batches per evaluation: a few seconds, not minutes, on a small machine
+MILESTONES = 4                      # checkpoints kept for the pages' scrubber
+KEEP_CHECKPOINTS = 2
+
+
+@dataclass(frozen=True)
+class TrainingRequest:
+    """What the Train page asks for. Everything else follows from the recipe in `plan`."""
+    name: str                           # the run's name, and the exported model's
+    corpus: str                         # "tinyshakespeare", a stored upload or a local file
+    tokenizer: str = "byte"             # byte | bpe (trained on this corpus)
+    bpe_vocab_size: int = 1024
+    preset: str = "small"               # a key of PRESETS
+    steps: int = 1000
+    eval_every: int = 100               # also the checkpoint interval: a stop loses at most this much
+    sample_every: int = 200             # 0: no samples
+    learning_rate: float = 2e-3         # the peak; the schedule decays to a tenth (Chinchilla's floor)
+    batch_size: int = 12
+    block_size: int = 0                 # the context; 0 takes the preset's
+    pos_encoding: str = "rope"
+    dropout: float = 0.0
+
+    def check(self) -> "TrainingRequest":
+        if not NAME_RE.match(self.name or ""):
+            raise JobError(f"run name {self.name!r} is not allowed: use 1-40 letters, digits, '-' or '_', "
+                           f"starting with a letter or digit")
+        checks.text("corpus", self.corpus, JobError)
+        if not self.corpus:
+            raise JobError("choose a corpus first (tiny shakespeare, an upload or a local file)")
+        checks.choice("tokenizer", self.tokenizer, TOKENIZERS, JobError)
+        checks.choice("preset", self.preset, list(PRESETS), JobError)
+        checks.choice("positions", self.pos_encoding, POSITIONS, JobError)
+        for name in ("steps", "eval_every", "sample_every", "batch_size", "bpe_vocab_size"):
+            checks.integer(name, getattr(self, name), *RANGES[name], error=JobError)
+        if self.block_size:
+            checks.integer("block_size", self.block_size, *RANGES["block_size"], error=JobError)
+        for name in ("learning_rate", "dropout"):
+            checks.number(name, getattr(self, name), *RANGES[name], error=JobError)
+        return self
+
+
+@dataclass(frozen=True)
+class Estimate:
+    seconds: float                      # training and evaluations together
+    train_seconds: float
+    eval_seconds: float
+    flops_per_s: float                  # the training throughput assumed
+    basis: str                          # where that throughput was measured
+
+
+@dataclass(frozen=True)
+class Plan:
+    request: TrainingRequest
+    train: TrainConfig
+    model: ModelConfig
+    parameters: int
+    tokens: int                         # training tokens
+    estimate: Estimate
+
+
+def plan(request: TrainingRequest, limits: Limits = Limits(), runs_dir: Path | None = None) -> Plan:
+    """The configs a browser-started run trains with, checked against this server's limits."""
+    request.check()
+    runs = Path(runs_dir or catalog.RUNS_DIR)
+    _, n_layer, n_head, n_embd, preset_block = PRESETS[request.preset]
+    block = request.block_size or preset_block
+    vocab = 257 if request.tokenizer == "byte" else request.bpe_vocab_size + 1   # + <|endoftext|>
+    try:
+        model = ModelConfig(vocab_size=vocab, block_size=block, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                            pos_encoding=request.pos_encoding, dropout=float(request.dropout))
+        train = TrainConfig(
+            out_dir=str(runs / request.name), corpus=request.corpus, tokenizer=request.tokenizer,
+            bpe_vocab_size=request.bpe_vocab_size, max_steps=request.steps,
+            learning_rate=float(request.learning_rate), min_lr=float(request.learning_rate) / 10,
+            warmup_steps=min(100, request.steps // 10), batch_size=request.batch_size,
+            eval_interval=request.eval_every, eval_iters=EVAL_ITERS, sample_interval=request.sample_every,
+            checkpoint_interval=request.eval_every, milestones=MILESTONES, keep_checkpoints=KEEP_CHECKPOINTS,
+            threads=limits.train_threads)
+    except checks.ConfigError as e:
+        raise JobError(str(e)) from e
+    parameters = count_parameters(model)["total"]
+    if parameters > limits.max_parameters:
+        raise JobError(f"this model has {parameters:,} parameters; this server trains at most "
+                       f"{limits.max_parameters:,}: choose a smaller preset")
+    if request.steps > limits.max_steps:
+        raise JobError(f"{request.steps:,} steps asked; this server allows at most {limits.max_steps:,} per run")
+    tokens = request.steps * request.batch_size * block
+    return Plan(request, train, model, parameters, tokens, estimate(train, model, runs))
+
+
+def estimate(train: TrainConfig, model: ModelConfig, runs_dir: Path | None = None) -> Estimate:
+    """How long a run takes here: its training FLOPs and its evaluations' at the throughput measured
+    on this machine for the most similar model (by FLOPs per token)."""
+    fpt = flops_per_token(model)
+    flops_per_s, basis = measured_throughput(fpt, runs_dir)
+    tokens = train.max_steps * train.batch_size * train.grad_accum_steps * model.block_size
+    train_s = tokens * fpt / flops_per_s
+    n_evals = (1 if train.eval_at_start else 0) + (train.max_steps // train.eval_interval if train.eval_interval else 0)
+    eval_tokens = n_evals * 2 * train.eval_iters * train.batch_size * model.block_size
+    eval_s = eval_tokens * flops_per_token(model, training=False) / flops_per_s
+    return Estimate(train_s + eval_s, train_s, eval_s, flops_per_s, basis)
+
+
+def measured_throughput(flops_per_token_: float, runs_dir: Path | None = None) -> tuple[float, str]:
+    """(training FLOP/s, where it was measured): recent runs on this machine first, else the project's
+    committed sweep, taking the measurement whose model is nearest in FLOPs per token (small models
+    reach a smaller share of the machine's peak)."""
+    own = [m for m in _read_throughput(Path(runs_dir or catalog.RUNS_DIR)) if m.get("flops_per_s", 0) > 0]
+    if own:
+        best = min(own, key=lambda m: abs(math.log(m["flops_per_token"] / flops_per_token_)))
+        return best["flops_per_s"], f"measured by {len(own)} earlier run(s) on this machine"
+    sweep = []
+    for s in catalog.list_sweeps():
+        if s.committed:
+            try:
+                records = json.loads(s.path.read_text())["records"]
+                sweep += [(r["flops_per_token"], r["flops"] / r["wall_s"]) for r in records if r.get("wall_s")]
+            except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+                continue
+    if sweep:
+        fpt, rate = min(sweep, key=lambda fr: abs(math.log(fr[0] / flops_per_token_)))
+        return rate, "measured by the project's scaling sweep on a 2-core machine"
+    return 15e9, "a guess: no run has been measured on this machine yet"
+
+
+def _read_throughput(runs_dir: Path) -> list[dict]:
+    try:
+        data = json.loads((runs_dir / THROUGHPUT_FILE).read_text())
+        return data if isinstance(data, list) else []
+    except (OSError, ValueError):
+        return []
+
+
+def record_throughput(runs_dir: Path, flops_per_token_: float, flops_per_s: float, threads: int | None) -> None:
+    """Keep the newest measurements (one per finished or stopped run) for the next estimate."""
+    kept = _read_throughput(runs_dir)[-19:]
+    kept.append({"flops_per_token": flops_per_token_, "flops_per_s": flops_per_s, "threads": threads,
+                 "time": time.time()})
+    write_atomic(runs_dir / THROUGHPUT_FILE, json.dumps(kept).encode())
+
+
+def training_unavailable() -> str | None:
+    """Why this installation cannot train (a hosted demo installs no torch), or None. Asked without
+    importing torch: the server process never loads it; the job's child process does."""
+    import importlib.util
+    try:
+        found = importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        return ("Training needs torch, which this deployment does not install (it serves exported models only). "
+                "Run the playground locally with `requirements.txt` to train.")
+    return None
+
+
+def store_upload(data: bytes, filename: str) -> tuple[Path, Corpus]:
+    """An uploaded corpus, checked and kept under the data folder by its sha256 (the same text uploaded
+    twice is stored once), so a run (and its resume) can read it again."""
+    corpus = corpus_from_upload(data, filename)
+    path = data_dir() / "uploads" / f"{corpus.sha256[:16]}.txt"
+    if not path.exists():
+        write_atomic(path, data)
+    return path, corpus
+
+
+# ---------------------------------------------------------------------------------------------------
+# One job
+
+@dataclass
+class Progress:
+    """What a watcher of a run sees, updated from the run's log by the supervisor."""
+    phase: str = "starting"
+    step: int = 0
+    steps: list[int] = field(default_factory=list)          # every training step's loss, for the curve
+    losses: list[float] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)        # and its tokens per second
+    evals: list[dict] = field(default_factory=list)
+    last: dict | None = None            # the newest TrainStep record
+    sample: dict | None = None          # the newest Sample record
+    threads: dict | None = None         # the ThreadsChosen record, once measured
+
+
+def _owner_hash(token: str) -> str:
+    return hashlib.sha256(("llm-playground-owner:" + token).encode()).hexdigest()
+
+
+class _Adopted:
+    """A trainer started by an earlier server process: not our child, so watched by pid only."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def poll(self) -> int | None:
+        """None while it runs; once it is gone (or a zombie nobody reaped yet), as if stopped."""
+        try:
+            state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return -signal.SIGTERM
+        return -signal.SIGTERM if state in ("Z", "X") else None
+
+    def send_signal(self, sig: int) -> None:
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 @dataclass
 class TrainingJob:
     name: str
-    owner: str                          # the session that started it; only it may stop or resume it
+    owner: str                          # the hash of the owner's token
     run_dir: Path
-    args: list[str]                     # core.train flags (without --out-dir / --resume)
-    max_steps: int
-    state: str = "new"                  # running | stopping | stopped | finished | failed | exporting | exported
+    train: TrainConfig
+    model: ModelConfig
+    state: str = "new"      # starting | running | stopping | stopped | finished | failed | exporting | exported
     message: str = ""
     started: float = 0.0
     last_seen: float = field(default_factory=time.time)
-    process: subprocess.Popen | None = None
     export_dir: Path | None = None
-    _exporter: subprocess.Popen | None = None
+    export_tried: bool = False
+    throughput_recorded: bool = False
+    process: object = None              # subprocess.Popen, or _Adopted
+    exporter: subprocess.Popen | None = None
+    progress: Progress = field(default_factory=Progress)
+    _reader: catalog.LogReader | None = None
 
-    def _launch(self, resume: bool) -> None:
-        cmd = [sys.executable, "-m", "core.train", "--out-dir", str(self.run_dir), *self.args]
-        if resume:
-            cmd = [sys.executable, "-m", "core.train", "--out-dir", str(self.run_dir), "--resume",
-                   "--max-steps", str(self.max_steps)]
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-        log = open(self.run_dir.parent / f".{self.name}.stderr", "w")
-        self.process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log,
-                                        start_new_session=True)
-        log.close()
-        self.state, self.message, self.started = "running", "", time.time()
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def launch(self, resume: bool) -> None:
+        cfg = dataclasses.replace(self.train, out_dir=str(self.run_dir), resume=resume)
+        args = (["--out-dir", str(self.run_dir), "--resume", "--max-steps", str(cfg.max_steps),
+                 "--threads", str(cfg.threads)] if resume
+                else cli.to_argv(cfg) + cli.to_argv(self.model))
+        env = {**_child_env(self.run_dir.parent, catalog.EXPORTED_DIR), "PYTHONUNBUFFERED": "1"}
+        with open(self.run_dir / STDERR_FILE, "w") as err:
+            self.process = subprocess.Popen([sys.executable, "-m", "core.train", *args], cwd=catalog.ROOT, env=env,
+                                            stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        self.state, self.message, self.started = "starting", "", time.time()
+        self.throughput_recorded = False
+        self.progress.phase = "starting"
+        self.save()
 
-    def poll(self, limits: JobLimits) -> str:
-        """Advance the state from the process's fate, and enforce wall time and heartbeat."""
-        if self.state in ("running", "stopping") and self.process is not None:
-            rc = self.process.poll()
-            if rc is None:
-                now = time.time()
-                if limits.max_wall_seconds and now - self.started > limits.max_wall_seconds and self.state == "running":
-                    self.stop(f"stopped after {limits.max_wall_seconds:.0f} s, this server's limit per run; "
-                              f"the checkpoint is kept: resume to go on")
-                elif limits.heartbeat_seconds and now - self.last_seen > limits.heartbeat_seconds and self.state == "running":
-                    self.stop("stopped because its page was closed; the checkpoint is kept: resume to go on")
-            elif rc == 0:
-                self.state = "finished"
-            elif rc in (130, -signal.SIGTERM):
-                self.state = "stopped"
-                self.message = self.message or "stopped; the checkpoint is kept: resume to go on"
-            else:
-                self.state = "failed"
-                self.message = self._error_tail() or f"training exited with status {rc}"
-        if self.state == "exporting" and self._exporter is not None:
-            rc = self._exporter.poll()
-            if rc == 0:
-                self.state, self.message = "exported", f"exported to {self.export_dir}"
-            elif rc is not None:
-                self.state, self.message = "finished", f"export failed: {self._error_tail('export')}"
-        return self.state
-
-    def _error_tail(self, what: str = "") -> str:
-        path = self.run_dir.parent / f".{self.name}{'.' + what if what else ''}.stderr"
-        try:
-            lines = [line for line in path.read_text().splitlines() if line.strip()]
-        except OSError:
-            return ""
-        errors = [line for line in lines if line.startswith("error:")]
-        return (errors[-1][len("error: "):] if errors else (lines[-1] if lines else ""))[:500]
-
-    def stop(self, message: str = "") -> None:
+    def stop(self, message: str) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)    # the trainer finishes the step and checkpoints
             self.state, self.message = "stopping", message
-        else:
-            self.message = message or self.message
+            self.save()
 
-    def export(self, exported_dir: Path) -> None:
+    def start_export(self, exported_dir: Path) -> None:
         if self.state not in ("finished", "stopped"):
             raise JobError(f"{self.name} is {self.state}; export it once it has finished or stopped")
         target = exported_dir / self.name
         if target.exists():
             raise JobError(f"a model named {self.name} is already exported; remove it or train under another name")
-        err = open(self.run_dir.parent / f".{self.name}.export.stderr", "w")
-        self._exporter = subprocess.Popen([sys.executable, "-m", "core.export", str(self.run_dir), str(target),
-                                           "--checkpoints"],
-                                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                                          stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-        err.close()
+        self.export_tried = True
+        with open(self.run_dir / EXPORT_STDERR_FILE, "w") as err:
+            self.exporter = subprocess.Popen([sys.executable, "-m", "core.export", str(self.run_dir), str(target),
+                                              "--checkpoints"],
+                                             cwd=catalog.ROOT, env=_child_env(self.run_dir.parent, exported_dir),
+                                             stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
         self.export_dir, self.state, self.message = target, "exporting", ""
+        self.save()
 
-    def records(self) -> list[dict]:
-        return read_log(self.run_dir)
+    def advance(self, limits: Limits, exported_dir: Path, runs_dir: Path) -> None:
+        """One look at the job (the supervisor's): progress from the log, the processes' fate, limits,
+        and the export that follows a finished run."""
+        before = (self.state, self.message)
+        self.read_progress()
+        if self.state in ("starting", "running", "stopping") and self.process is not None:
+            rc = self.process.poll()       # also reaps a finished child: no defunct trainer stays behind
+            if rc is None:
+                if self.state == "starting" and self.progress.step > 0:
+                    self.state = "running"
+                self._enforce(limits)
+            else:
+                self.read_progress()
+                self._ended(rc)
+                self._record_throughput(runs_dir)
+        if self.state == "exporting" and self.exporter is not None:
+            rc = self.exporter.poll()
+            if rc == 0:
+                self.state, self.message = "exported", f"exported as {self.name}: it is in every page's model picker"
+            elif rc is not None:
+                self.state = "finished" if self._finished_all_steps() else "stopped"
+                self.message = "export failed: " + self._error_tail(EXPORT_STDERR_FILE)
+        if self.state == "finished" and not self.export_tried:
+            try:
+                self.start_export(exported_dir)      # a finished run is exported whether or not a page is open
+            except JobError as e:
+                self.export_tried, self.message = True, f"finished; not exported: {e}"
+        if (self.state, self.message) != before:
+            self.save()
 
+    def _enforce(self, limits: Limits) -> None:
+        if self.state not in ("starting", "running"):
+            return
+        now = time.time()
+        if limits.max_wall_seconds and now - self.started > limits.max_wall_seconds:
+            self.stop(f"stopped after {limits.max_wall_seconds:.0f} s, this server's limit per run; "
+                      f"the checkpoint is kept: resume to go on")
+        elif limits.heartbeat_seconds and now - self.last_seen > limits.heartbeat_seconds:
+            self.stop("stopped because its page was closed; the checkpoint is kept: resume to go on")
+
+    def _ended(self, rc: int) -> None:
+        if rc == 0:
+            self.state = "finished"
+            self.message = ""
+        elif rc in (130, -signal.SIGTERM):
+            self.state = "finished" if self._finished_all_steps() else "stopped"
+            self.message = self.message or "stopped; the checkpoint is kept: resume to go on"
+        else:
+            self.state = "failed"
+            self.message = self._error_tail(STDERR_FILE) or f"training exited with status {rc}"
+        self.progress.phase = self.state
+
+    def _finished_all_steps(self) -> bool:
+        steps = catalog.checkpoint_steps(self.run_dir)
+        return bool(steps) and steps[-1][0] >= self.train.max_steps
+
+    def _error_tail(self, filename: str) -> str:
+        try:
+            lines = [line for line in (self.run_dir / filename).read_text().splitlines() if line.strip()]
+        except OSError:
+            return ""
+        errors = [line for line in lines if line.startswith("error:")]
+        tail = errors[-1][len("error: "):] if errors else (lines[-1] if lines else "")
+        return catalog.scrub_paths(tail)[:500]
+
+    def read_progress(self) -> None:
+        """Fold the log's new records into `progress` (only what was appended since the last look)."""
+        if self._reader is None:
+            self._reader = catalog.LogReader(self.run_dir)
+        records, restarted = self._reader.read()
+        p = self.progress
+        if restarted:
+            self.progress = p = Progress(phase=p.phase)
+        for r in records:
+            kind = r.get("type")
+            if kind == "TrainStep":
+                p.steps.append(r["step"])
+                p.losses.append(r["loss"])
+                p.rates.append(r["tokens_per_s"])
+                p.step, p.last = r["step"], r
+            elif kind == "EvalResult":
+                p.evals.append(r)
+            elif kind == "Sample":
+                p.sample = r
+            elif kind == "Phase":
+                p.phase = r["name"]
+            elif kind == "ThreadsChosen":
+                p.threads = r
+
+    def _record_throughput(self, runs_dir: Path) -> None:
+        """What this run measured, for the next run's estimate (steps after the thread probe only)."""
+        if self.throughput_recorded or not self.progress.steps:
+            return
+        self.throughput_recorded = True
+        after = self.progress.threads["step"] if self.progress.threads else 0
+        rates = [r for s, r in zip(self.progress.steps, self.progress.rates) if s > after]
+        if len(rates) >= 5:
+            fpt = flops_per_token(self.model)
+            threads = self.progress.threads["threads"] if self.progress.threads else self.train.threads or None
+            record_throughput(runs_dir, fpt, fpt * statistics.median(rates), threads)
+
+    # -- persistence -----------------------------------------------------------------------------------
+    def save(self) -> None:
+        write_atomic(self.run_dir / JOB_FILE, json.dumps({
+            "name": self.name, "owner": self.owner, "state": self.state, "message": self.message,
+            "started": self.started, "pid": getattr(self.process, "pid", None),
+            "export_dir": self.export_dir.name if self.export_dir else None, "export_tried": self.export_tried,
+            "train_config": self.train.to_dict(), "model_config": self.model.to_dict()}, indent=1).encode())
+
+    @classmethod
+    def load(cls, run_dir: Path, exported_dir: Path) -> "TrainingJob | None":
+        """A job an earlier server process started. One still training is asked to stop (it checkpoints):
+        nobody would watch it, and its owner can resume it from this server."""
+        try:
+            d = json.loads((run_dir / JOB_FILE).read_text())
+            job = cls(d["name"], d["owner"], run_dir, TrainConfig(**d["train_config"]),
+                      ModelConfig.from_dict(d["model_config"]), d["state"], d.get("message", ""), d.get("started", 0.0),
+                      export_dir=exported_dir / d["export_dir"] if d.get("export_dir") else None,
+                      export_tried=bool(d.get("export_tried")))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        active = job.state in ("starting", "running", "stopping", "exporting")
+        if active and d.get("pid") and _is_trainer(int(d["pid"]), run_dir):
+            job.process = _Adopted(int(d["pid"]))
+            job.stop("stopped because the server restarted; the checkpoint is kept: resume to go on")
+        elif active and job.export_dir is not None and (job.export_dir / catalog.CARD_FILE).is_file():
+            job.state = "exported"
+        elif active:      # it ended while no server watched (or its export was cut short): look again
+            job.state = "finished" if job._finished_all_steps() else "stopped"
+            job.export_tried = False
+        job.read_progress()
+        return job
+
+    # -- what a page sees --------------------------------------------------------------------------------
+    def view(self, token_hash: str | None) -> "JobView":
+        p = self.progress
+        return JobView(self.name, self.state, self.message, p.phase, p.step, self.train.max_steps,
+                       list(p.steps), list(p.losses), list(p.evals), p.last, p.sample, p.threads,
+                       self.owner == token_hash, self.started, self.export_dir.name if self.export_dir else None)
+
+
+def _child_env(runs_dir: Path, exported_dir: Path) -> dict:
+    """A child's environment: this project on its path, and this board's folders (a card it writes
+    shortens the paths under them)."""
+    return {**os.environ, "PYTHONPATH": str(catalog.ROOT), catalog.RUNS_ENV: str(runs_dir),
+            catalog.EXPORTED_ENV: str(exported_dir)}
+
+
+def _is_trainer(pid: int, run_dir: Path) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"core.train" in cmdline and str(run_dir).encode() in cmdline
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job as one visitor sees it at one moment (a copy: the supervisor goes on changing the job)."""
+    name: str
+    state: str
+    message: str
+    phase: str
+    step: int
+    max_steps: int
+    steps: list[int]
+    losses: list[float]
+    evals: list[dict]
+    last: dict | None
+    sample: dict | None
+    threads: dict | None
+    mine: bool                          # the visitor asking owns it: may stop, resume, export
+    started: float
+    exported_as: str | None
+
+    @property
+    def can_stop(self) -> bool:
+        return self.mine and self.state in ("starting", "running")
+
+    @property
+    def can_resume(self) -> bool:
+        return self.mine and self.state in ("stopped", "failed")
+
+    @property
+    def can_export(self) -> bool:
+        return self.mine and self.state == "stopped" and self.exported_as is None
+
+    @property
+    def eta_seconds(self) -> float | None:
+        if not self.last or self.step <= 0:
+            return None
+        return (self.max_steps - self.step) * self.last["elapsed"] / self.step
+
+
+# ---------------------------------------------------------------------------------------------------
+# The board
 
 class JobBoard:
-    """The jobs of one server process (shared by every session; thread-safe)."""
+    """The jobs of one server process, shared by every session (thread-safe), with a supervisor thread."""
 
-    def __init__(self, runs_dir: Path | None = None, limits: JobLimits = JobLimits()):
-        self.runs_dir = Path(runs_dir) if runs_dir else None
+    def __init__(self, runs_dir: Path | None = None, limits: Limits = Limits(), exported_dir: Path | None = None):
+        self._runs_dir, self._exported_dir = runs_dir, exported_dir
         self.limits = limits
+        self.lock = threading.RLock()
         self.jobs: dict[str, TrainingJob] = {}
-        self.lock = threading.Lock()
+        runs = self.runs_dir
+        if runs.is_dir():
+            for d in sorted(runs.iterdir()):
+                if (d / JOB_FILE).is_file():
+                    job = TrainingJob.load(d, self.exported_dir)
+                    if job is not None:
+                        self.jobs[job.name] = job
+        self._closed = threading.Event()
+        self._supervisor = threading.Thread(target=self._supervise, name="job-supervisor", daemon=True)
+        self._supervisor.start()
 
-    def _runs(self) -> Path:
-        return self.runs_dir or catalog.RUNS_DIR
+    @property
+    def runs_dir(self) -> Path:
+        return Path(self._runs_dir or catalog.RUNS_DIR)
 
-    def running(self) -> list[TrainingJob]:
-        return [j for j in self.jobs.values() if j.poll(self.limits) in ("running", "stopping")]
+    @property
+    def exported_dir(self) -> Path:
+        return Path(self._exported_dir or catalog.EXPORTED_DIR)
 
-    def start(self, owner: str, name: str, args: list[str], parameters: int, max_steps: int) -> TrainingJob:
-        if not NAME_RE.match(name or ""):
-            raise JobError(f"run name {name!r} is not allowed: use 1-40 letters, digits, '-' or '_', "
-                           f"starting with a letter or digit")
-        if parameters > self.limits.max_parameters:
-            raise JobError(f"this model has {parameters:,} parameters; this server trains at most "
-                           f"{self.limits.max_parameters:,}: choose a smaller preset")
-        if max_steps > self.limits.max_steps:
-            raise JobError(f"{max_steps:,} steps asked; this server allows at most {self.limits.max_steps:,} per run")
+    def _supervise(self) -> None:
+        while not self._closed.wait(POLL_SECONDS):
+            self.advance()
+
+    def advance(self) -> None:
+        """Look at every job once (the supervisor does this twice a second)."""
+        with self.lock:
+            for job in list(self.jobs.values()):
+                try:
+                    job.advance(self.limits, self.exported_dir, self.runs_dir)
+                except OSError as e:          # a full disk, a removed folder: say so, keep supervising
+                    job.message = catalog.scrub_paths(f"{type(e).__name__}: {e}")
+
+    def close(self) -> None:
+        """Stop supervising (the jobs' processes go on; tests and shutdown use this)."""
+        self._closed.set()
+        self._supervisor.join(timeout=5)
+
+    # -- what a visitor may do -------------------------------------------------------------------------
+    def plan(self, request: TrainingRequest) -> Plan:
+        return plan(request, self.limits, self.runs_dir)
+
+    def start(self, token: str, request: TrainingRequest) -> JobView:
+        p = self.plan(request)
         with self.lock:
             busy = self.running()
             if len(busy) >= self.limits.max_running:
                 raise JobError(f"{len(busy)} training job(s) already running on this server (the limit is "
                                f"{self.limits.max_running}); wait for it to finish or stop yours")
-            run_dir = self._runs() / name
-            if run_dir.exists() or name in self.jobs:
-                raise JobError(f"a run named {name!r} exists already; choose another name (nothing was changed)")
-            run_dir.parent.mkdir(parents=True, exist_ok=True)
-            job = TrainingJob(name, owner, run_dir, list(args), max_steps)
-            job._launch(resume=False)
-            self.jobs[name] = job
-            return job
+            run_dir = self.runs_dir / request.name
+            if run_dir.exists() or request.name in self.jobs:
+                raise JobError(f"a run named {request.name!r} exists already; choose another name (nothing was changed)")
+            if (self.exported_dir / request.name).exists():
+                raise JobError(f"a model named {request.name!r} is already exported; choose another name "
+                               f"(nothing was changed)")
+            run_dir.mkdir(parents=True)
+            job = TrainingJob(request.name, _owner_hash(token), run_dir, p.train, p.model)
+            job.launch(resume=False)
+            self.jobs[job.name] = job
+            return job.view(job.owner)
 
-    def get(self, name: str) -> TrainingJob | None:
-        return self.jobs.get(name)
+    def running(self) -> list[TrainingJob]:
+        return [j for j in self.jobs.values() if j.state in ("starting", "running", "stopping")]
 
-    def owned(self, owner: str) -> list[TrainingJob]:
-        return [j for j in self.jobs.values() if j.owner == owner]
-
-    def _own(self, owner: str, name: str) -> TrainingJob:
+    def _own(self, token: str, name: str) -> TrainingJob:
         job = self.jobs.get(name)
         if job is None:
             raise JobError(f"no job named {name!r}")
-        if job.owner != owner:
+        if job.owner != _owner_hash(token):
             raise JobError(f"{name!r} was started by another visitor; only they can change it")
         return job
 
-    def stop(self, owner: str, name: str) -> None:
-        self._own(owner, name).stop("stopped; the checkpoint is kept: resume to go on")
-
-    def resume(self, owner: str, name: str) -> TrainingJob:
+    def stop(self, token: str, name: str) -> None:
         with self.lock:
-            job = self._own(owner, name)
-            if job.poll(self.limits) not in ("stopped", "failed"):
+            job = self._own(token, name)
+            if job.state not in ("starting", "running"):
+                raise JobError(f"{name} is {job.state}; only a running job can be stopped")
+            job.stop("stopped; the checkpoint is kept: resume to go on")
+
+    def resume(self, token: str, name: str) -> None:
+        with self.lock:
+            job = self._own(token, name)
+            if job.state not in ("stopped", "failed"):
                 raise JobError(f"{name} is {job.state}; only a stopped run can be resumed")
+            if not catalog.checkpoint_steps(job.run_dir):
+                raise JobError(f"{name} stopped before its first checkpoint; there is nothing to resume: "
+                               f"start a new run")
             if len(self.running()) >= self.limits.max_running:
                 raise JobError("another training job is running on this server; wait for it to finish")
-            job._launch(resume=True)
-            return job
+            job.launch(resume=True)
 
-    def export(self, owner: str, name: str, exported_dir: Path | None = None) -> None:
-        self._own(owner, name).export(Path(exported_dir or catalog.EXPORTED_DIR))
+    def export(self, token: str, name: str) -> None:
+        with self.lock:
+            self._own(token, name).start_export(self.exported_dir)
 
-    def heartbeat(self, owner: str) -> None:
-        now = time.time()
-        for job in self.owned(owner):
-            job.last_seen = now
+    def heartbeat(self, token: str) -> None:
+        """The owner's page is open: keep their jobs alive (hosted servers stop unwatched ones)."""
+        now, owner = time.time(), _owner_hash(token)
+        with self.lock:
+            for job in self.jobs.values():
+                if job.owner == owner:
+                    job.last_seen = now
+
+    # -- what a visitor sees ---------------------------------------------------------------------------
+    def view(self, token: str, name: str) -> JobView | None:
+        with self.lock:
+            job = self.jobs.get(name)
+            return job.view(_owner_hash(token)) if job else None
+
+    def views(self, token: str) -> list[JobView]:
+        """Every job, the visitor's own first, newest first."""
+        owner = _owner_hash(token)
+        with self.lock:
+            jobs = sorted(self.jobs.values(), key=lambda j: (j.owner != owner, -j.started))
+            return [j.view(owner) for j in jobs]

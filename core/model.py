@@ -1,74 +1,27 @@
 """The model: a decoder-only GPT, configurable enough to compare its design choices.
 
-Holds `ModelConfig` and the modules of a GPT-2-style transformer (GPT-2 names throughout: wte, wpe,
+Holds the modules of a GPT-2-style transformer (GPT-2 names throughout: wte, wpe,
 h, ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj, ln_f, lm_head), with a choice of
 positional encoding (learned | sinusoidal | rope) and norm (layernorm | rmsnorm), an optional KV cache,
 two attention paths (fused `scaled_dot_product_attention`, and an explicit one that also returns the
-attention probabilities of every layer and head), parameter counts and FLOPs per token.
+attention probabilities of every layer and head).
 
-Deliberately not here: training loops and optimizers' schedules (`core.train`), tokenization, data,
+Deliberately not here: its configuration, parameter counts and FLOPs per token (`core.config`, which
+the inference side reads without torch), training loops and optimizers' schedules (`core.train`), tokenization, data,
 sampling strategies (`core.sampling`, numpy), export (`core.export`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
 from core import positions
-
-POS_ENCODINGS = ("learned", "sinusoidal", "rope")
-NORMS = ("layernorm", "rmsnorm")
-
-
-@dataclass
-class ModelConfig:
-    vocab_size: int = 257       # the tokenizer's n_vocab (byte tokenizer: 256 bytes + <|endoftext|>)
-    block_size: int = 64        # context length: the longest sequence the model attends over
-    n_layer: int = 4            # transformer blocks; depth buys composition of features
-    n_head: int = 4             # attention heads per block; n_embd must divide evenly among them
-    n_embd: int = 128           # residual stream width
-    dropout: float = 0.0        # 0 for small data/short runs (nanoGPT's CPU recipe); 0.1-0.2 to fight overfitting
-    bias: bool = True           # biases in Linear and LayerNorm, as GPT-2; False is slightly faster
-    pos_encoding: str = "learned"   # learned (GPT-2) | sinusoidal (Vaswani 2017) | rope (Su 2021)
-    norm: str = "layernorm"     # layernorm (GPT-2) | rmsnorm (cheaper, LLaMA)
-    tie_embeddings: bool = True     # share wte with lm_head: fewer parameters, and GPT-2 does it
-
-    def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.pos_encoding not in POS_ENCODINGS:
-            raise ValueError(f"pos_encoding must be one of {POS_ENCODINGS}, got {self.pos_encoding!r}")
-        if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
-        if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2:
-            raise ValueError(f"rope needs an even head size, got n_embd/n_head = {self.n_embd // self.n_head}")
-        if not (0.0 <= self.dropout < 1.0):
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**d)
-
+from core.config import ModelConfig, count_parameters, flops_per_token
 
 # A layer's KV cache: (key, value), each (B, nh, T_past, hs).
 KVCache = tuple[torch.Tensor, torch.Tensor]
@@ -328,33 +281,3 @@ class GPT(nn.Module):
             inp = nxt
         self.train(was_training)
         return idx
-
-
-def count_parameters(config: ModelConfig) -> dict[str, int]:
-    """Parameter counts from the config alone (equal to counting a built model's tensors)."""
-    C, V, L = config.n_embd, config.vocab_size, config.n_layer
-    b = 1 if config.bias else 0
-    norm = C * (2 if config.norm == "layernorm" and config.bias else 1)
-    attn = C * 3 * C + b * 3 * C + C * C + b * C
-    mlp = C * 4 * C + b * 4 * C + 4 * C * C + b * C
-    non_embedding = L * (2 * norm + attn + mlp) + norm
-    embedding = V * C
-    if config.pos_encoding == "learned":
-        embedding += config.block_size * C
-    if not config.tie_embeddings:
-        embedding += V * C
-    return {"total": non_embedding + embedding, "embedding": embedding, "non_embedding": non_embedding}
-
-
-def flops_per_token(config: ModelConfig, seq_len: int | None = None, training: bool = True) -> float:
-    """FLOPs to process one token at context length seq_len (default block_size).
-
-    Forward = 2 per multiply-add of every matmul weight (the non-embedding matrices and the output
-    head, tied or not: the lookup of wte costs nothing, its use as lm_head does) plus attention's
-    q·k and p·v, 2 * 2 * n_layer * seq_len * n_embd. Training (forward + backward) is three times
-    the forward: 6N + 12 * n_layer * seq_len * n_embd (Kaplan et al. 2020; PaLM's appendix B).
-    """
-    T = config.block_size if seq_len is None else seq_len
-    matmul_params = count_parameters(config)["non_embedding"] + config.vocab_size * config.n_embd
-    forward = 2 * matmul_params + 4 * config.n_layer * T * config.n_embd
-    return 3 * forward if training else forward

@@ -30,20 +30,19 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from core.catalog import CARD_FILE, TOKENIZER_DIR
+from core.catalog import ATTENTION_FILE, CARD_FILE, FORMAT, MODEL_FILE, TOKENIZER_DIR, VARIANT_FILES
+from core.checks import ConfigError, PlaygroundError
+from core.config import ModelConfig
 from core.files import resolve_inside
 from core.sampling import log_softmax
 from core.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 
-FORMAT = "llm-playground-onnx/1"
-VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
-ATTENTION_FILE = "attention.onnx"
 # the attention graph's inner vectors per layer, beside attn.{i} (the exporter writes them under these names)
 ATTENTION_PARTS = ("q", "k", "v", "heads", "proj")
 THREADS_ENV = "LLM_PLAYGROUND_ORT_THREADS"     # onnxruntime intra-op threads, overriding the default
 
 
-class ModelError(ValueError):
+class ModelError(PlaygroundError):
     """A model directory cannot be opened or a request cannot be run; the message says why."""
 
 
@@ -96,13 +95,15 @@ class Model:
         if variant not in VARIANT_FILES:
             raise ModelError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANT_FILES)}")
         self.card = self._read_card()
-        cfg = self.card["model_config"]
-        self.config = cfg
-        self.n_layer, self.n_head = int(cfg["n_layer"]), int(cfg["n_head"])
-        self.head_dim = int(cfg["n_embd"]) // self.n_head
-        self.block_size, self.vocab_size = int(cfg["block_size"]), int(cfg["vocab_size"])
+        try:
+            self.config = cfg = ModelConfig.from_dict(self.card["model_config"])
+        except (ConfigError, TypeError) as e:
+            raise ModelError(f"{self.directory.name}: its card's model config is not valid ({e}); re-export "
+                             f"the model") from e
+        self.n_layer, self.n_head, self.head_dim = cfg.n_layer, cfg.n_head, cfg.head_dim
+        self.block_size, self.vocab_size = cfg.block_size, cfg.vocab_size
         self.variant = variant
-        self.threads = threads or default_threads(int(cfg["n_embd"]))
+        self.threads = threads or default_threads(cfg.n_embd)
         self.providers = providers or available_providers()
         try:
             self.tokenizer: Tokenizer = load_tokenizer(self._inside(TOKENIZER_DIR))
@@ -168,7 +169,7 @@ class Model:
         path = self._inside(filename)
         if not path.is_file():
             raise ModelError(f"{self.directory.name} has no {filename}"
-                             + ("" if filename == "model.onnx" else "; export it with that variant"))
+                             + ("" if filename == MODEL_FILE else "; export it with that variant"))
         check_self_contained(path)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
@@ -246,7 +247,7 @@ class Model:
             self._attention_session = self._open_session(ATTENTION_FILE)
         names = [o.name for o in self._attention_session.get_outputs()]
         outs = dict(zip(names, self._attention_session.run(None, {"input_ids": arr})))
-        L = self.config["n_layer"]
+        L = self.n_layer
         parts = []
         if all(f"q.{i}" in outs for i in range(L)):
             parts = [{kind: outs[f"{kind}.{i}"] for kind in ATTENTION_PARTS} for i in range(L)]

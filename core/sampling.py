@@ -20,8 +20,10 @@ tokens at -inf, and keeps at least one token:
                                                  tokens whose surprise is closest to the entropy until
                                                  their mass reaches p; 1 is off
 
-`SamplerConfig` holds the knobs (validated as serving engines do: a bad value raises ValueError
-naming the knob, its range and the value) and the order of the stages; `run_pipeline` returns the
+`KNOBS` is the one table of the knobs (range, default, what is "off", a line of explanation): it
+drives the validation of `SamplerConfig` (as serving engines do: a bad value raises ConfigError naming
+the knob, its range and the value), the CLI's flags and the pages' sliders and help. `SamplerConfig`
+holds the knobs' values and the order of the stages; `run_pipeline` returns the
 distribution after every stage, which is what the Generate page draws; `choose` draws a token with
 one uniform number, so a seed gives the same token on every path that asks.
 
@@ -35,6 +37,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import numpy as np
+
+from core import checks
+from core.checks import ConfigError
 
 NEG_INF = -np.inf
 
@@ -70,39 +75,70 @@ def entropy(logits: np.ndarray) -> float:
 def entropy_by_temperature(logits, temperatures: Sequence[float]) -> np.ndarray:
     """Entropy (nats) of softmax(logits / T) for each T > 0: how temperature spreads or sharpens."""
     x = _as_logits(logits)
-    return np.array([entropy(x / _number("temperature", t, 0.0, 100.0, low_open=True)) for t in temperatures])
+    return np.array([entropy(x / checks.number("temperature", t, 0.0, KNOBS["temperature"].high, low_open=True))
+                     for t in temperatures])
 
 
 # ---------------------------------------------------------------------------------------------------
-# Validation (vLLM's rules: each error names the knob, its range and the value)
+# The knobs, once: range, default, what "off" is and a line of explanation. Validation, the CLI's flags
+# and the pages' sliders and help all read this table.
 
-def _number(name: str, value, low: float, high: float, low_open: bool = False, high_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    v = float(value)
-    lo_ok = v > low if low_open else v >= low
-    hi_ok = v < high if high_open else v <= high
-    if not math.isfinite(v) or not lo_ok or not hi_ok:
-        rng = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        raise ValueError(f"{name} must be a finite number in {rng}, got {value!r}")
-    return v
+@dataclass(frozen=True)
+class Knob:
+    name: str                   # the SamplerConfig field (and the CLI flag, with dashes)
+    label: str                  # what a page calls it
+    default: float | int        # also the value that leaves the distribution as it is ("off")
+    low: float                  # the valid range, as vLLM and Hugging Face accept it
+    high: float
+    low_open: bool = False
+    slider: tuple[float, float, float] = (0.0, 1.0, 0.01)   # a page's slider: min, max, step (within the range)
+    explain: str = ""
+    integer: bool = False
+
+    def check(self, value):
+        """The value, or ConfigError naming the knob, its range and the value."""
+        if self.integer:
+            return checks.integer(self.name, value, int(self.low), None if math.isinf(self.high) else int(self.high))
+        return checks.number(self.name, value, self.low, self.high, low_open=self.low_open)
+
+    @property
+    def range_text(self) -> str:
+        if self.integer:
+            return f">= {self.low:g}" if math.isinf(self.high) else f"[{self.low:g}, {self.high:g}]"
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
 
 
-def _integer(name: str, value, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        rng = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be an integer {rng}, got {value!r}")
-    return int(value)
+KNOBS: dict[str, Knob] = {k.name: k for k in [
+    Knob("temperature", "Temperature", 1.0, 0.0, 100.0, slider=(0.0, 3.0, 0.05),
+         explain="Divides the logits: below 1 sharpens the distribution, above 1 flattens it; 0 always takes "
+                 "the most likely token (greedy)."),
+    Knob("top_k", "Top-k", 0, 0, math.inf, slider=(0, 200, 1), integer=True,
+         explain="Keeps only the k most likely tokens. 0 keeps them all."),
+    Knob("top_p", "Top-p (nucleus)", 1.0, 0.0, 1.0, low_open=True, slider=(0.01, 1.0, 0.01),
+         explain="Keeps the most likely tokens until their probabilities add up to p: a fixed share of the "
+                 "probability mass, however many tokens that takes. 1 keeps all."),
+    Knob("min_p", "Min-p", 0.0, 0.0, 1.0, slider=(0.0, 1.0, 0.01),
+         explain="Keeps tokens at least this fraction as likely as the single most likely one: a bar relative "
+                 "to the model's confidence, unlike top-p's fixed mass. 0 keeps all."),
+    Knob("typical_p", "Typical-p", 1.0, 0.0, 1.0, slider=(0.01, 1.0, 0.01),
+         explain="Keeps the tokens whose surprise is closest to the distribution's average surprise (its "
+                 "entropy) until their mass reaches p. 1 keeps all."),
+    Knob("repetition_penalty", "Repetition penalty", 1.0, 0.0, 1e6, low_open=True, slider=(0.5, 2.0, 0.05),
+         explain="Above 1, every token already in the text (prompt included) becomes less likely, once, however "
+                 "often it appeared; below 1, more likely. 1 is off."),
+    Knob("frequency_penalty", "Frequency penalty", 0.0, -2.0, 2.0, slider=(-2.0, 2.0, 0.1),
+         explain="Subtracts this from a token's logit for every time it was already generated. 0 is off."),
+    Knob("presence_penalty", "Presence penalty", 0.0, -2.0, 2.0, slider=(-2.0, 2.0, 0.1),
+         explain="Subtracts this from a token's logit once if it was generated at all. 0 is off."),
+]}
 
 
 def _as_logits(logits) -> np.ndarray:
     x = np.asarray(logits, dtype=np.float64)
     if x.ndim != 1 or x.size == 0:
-        raise ValueError(f"logits must be a non-empty 1-D array, got shape {x.shape}")
+        raise ConfigError(f"logits must be a non-empty 1-D array, got shape {x.shape}")
     if np.isnan(x).any() or not np.isfinite(x).any():
-        raise ValueError("logits hold NaN, or no finite value: nothing can be sampled")
+        raise ConfigError("logits hold NaN, or no finite value: nothing can be sampled")
     return x
 
 
@@ -118,7 +154,7 @@ def _keep(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
 # Stages
 
 def repetition_penalty(logits, history: Sequence[int], penalty: float) -> np.ndarray:
-    penalty = _number("repetition_penalty", penalty, 0.0, 1e6, low_open=True)
+    penalty = KNOBS["repetition_penalty"].check(penalty)
     x = _as_logits(logits).copy()
     if penalty == 1.0 or len(history) == 0:
         return x
@@ -129,8 +165,8 @@ def repetition_penalty(logits, history: Sequence[int], penalty: float) -> np.nda
 
 
 def frequency_presence_penalty(logits, history: Sequence[int], frequency: float, presence: float) -> np.ndarray:
-    frequency = _number("frequency_penalty", frequency, -2.0, 2.0)
-    presence = _number("presence_penalty", presence, -2.0, 2.0)
+    frequency = KNOBS["frequency_penalty"].check(frequency)
+    presence = KNOBS["presence_penalty"].check(presence)
     x = _as_logits(logits).copy()
     if (frequency == 0 and presence == 0) or len(history) == 0:
         return x
@@ -140,7 +176,7 @@ def frequency_presence_penalty(logits, history: Sequence[int], frequency: float,
 
 def temperature(logits, t: float) -> np.ndarray:
     """Scale by 1/t: t < 1 sharpens, t > 1 flattens; t == 0 keeps only the most likely token."""
-    t = _number("temperature", t, 0.0, 100.0)
+    t = KNOBS["temperature"].check(t)
     x = _as_logits(logits)
     if t == 0.0:
         return _keep(x, np.zeros(x.size, dtype=bool))
@@ -149,7 +185,7 @@ def temperature(logits, t: float) -> np.ndarray:
 
 def top_k(logits, k: int) -> np.ndarray:
     """Keep the k highest logits (ties at the k-th value are kept too); k == 0 is off."""
-    k = _integer("top_k", k, 0)
+    k = KNOBS["top_k"].check(k)
     x = _as_logits(logits)
     if k == 0 or k >= x.size:
         return x.copy()
@@ -159,7 +195,7 @@ def top_k(logits, k: int) -> np.ndarray:
 
 def top_p(logits, p: float) -> np.ndarray:
     """Nucleus: keep the smallest set of most likely tokens whose probability mass reaches p."""
-    p = _number("top_p", p, 0.0, 1.0, low_open=True)
+    p = KNOBS["top_p"].check(p)
     x = _as_logits(logits)
     if p >= 1.0:
         return x.copy()
@@ -173,7 +209,7 @@ def top_p(logits, p: float) -> np.ndarray:
 
 def min_p(logits, p: float) -> np.ndarray:
     """Keep tokens with probability >= p * (the top token's probability); 0 is off."""
-    p = _number("min_p", p, 0.0, 1.0)
+    p = KNOBS["min_p"].check(p)
     x = _as_logits(logits)
     if p == 0.0:
         return x.copy()
@@ -183,7 +219,7 @@ def min_p(logits, p: float) -> np.ndarray:
 
 def typical_p(logits, p: float) -> np.ndarray:
     """Locally typical: sort tokens by |surprise - entropy| and keep them until their mass reaches p."""
-    p = _number("typical_p", p, 0.0, 1.0)
+    p = KNOBS["typical_p"].check(p)
     x = _as_logits(logits)
     if p >= 1.0:
         return x.copy()
@@ -216,18 +252,12 @@ class SamplerConfig:
     order: tuple[str, ...] = DEFAULT_ORDER
 
     def __post_init__(self):
-        _number("temperature", self.temperature, 0.0, 100.0)
-        _integer("top_k", self.top_k, 0)
-        _number("top_p", self.top_p, 0.0, 1.0, low_open=True)
-        _number("min_p", self.min_p, 0.0, 1.0)
-        _number("typical_p", self.typical_p, 0.0, 1.0)
-        _number("repetition_penalty", self.repetition_penalty, 0.0, 1e6, low_open=True)
-        _number("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
-        _number("presence_penalty", self.presence_penalty, -2.0, 2.0)
+        for knob in KNOBS.values():
+            knob.check(getattr(self, knob.name))
         order = tuple(self.order)
         unknown = [s for s in order if s not in STAGES]
         if unknown or len(set(order)) != len(order):
-            raise ValueError(f"order must list distinct stages from {', '.join(DEFAULT_ORDER)}; got {list(order)}")
+            raise ConfigError(f"order must list distinct stages from {', '.join(DEFAULT_ORDER)}; got {list(order)}")
         object.__setattr__(self, "order", order)
 
     @property
@@ -342,7 +372,7 @@ def choose(logits, rng: np.random.Generator | None) -> int:
     if alive.size == 1:
         return int(alive[0])
     if rng is None:
-        raise ValueError("several tokens remain possible, so a random generator is needed to choose")
+        raise ConfigError("several tokens remain possible, so a random generator is needed to choose")
     cdf = np.cumsum(probs)
     return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), probs.size - 1))
 

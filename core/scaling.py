@@ -14,18 +14,38 @@ Holds the record of one finished sweep run (`RunRecord`), the fits and what they
   token of the swept shapes (`FlopsPerToken`, read from the records the trainer wrote).
 - The published fits (`PUBLISHED`: Kaplan 2020, Hoffmann 2022, Besiroglu et al. 2024) as references.
 - A held-out check (`held_out_check`): fit on the cheaper runs, predict the most expensive ones.
+- What a page shows beside the fits and must not decide itself: the bootstrap interval of a predicted
+  loss (`ChinchillaLaw.loss_interval`), when a law's exponent is too loose to read (`PowerLaw.loose`),
+  the loss window a band is clipped to (`loss_window`), runs grouped by budget (`runs_by_budget`), the
+  sweep's totals and training speed (`sweep_totals`).
+- Stored fits: every report round-trips through JSON exactly (`to_dict` / `from_dict`). `fit_sweep`
+  fits a sweep for both ways of counting N and stores the result beside its records (`fits_path`:
+  sweeps/NAME.json -> sweeps/NAME.fits.json, runs/sweeps/NAME/ -> runs/sweeps/NAME/fits.json), tagged
+  with the sha256 of the records (`records_digest`); `load_fits` tells current, stale (the records
+  changed) and absent apart. `python -m core.scaling fit PATH` refits by hand; the sweep runs the same
+  when it finishes, and the pages run it as a child process when the stored fits are stale.
 
 Deliberately not here: running the sweep (`core.sweep`, which needs torch), FLOP counting of a model
-shape (`core.model.flops_per_token`; the records carry its result), and plotting (the Scaling page).
+shape (`core.model.flops_per_token`; the records carry its result), plotting (the Scaling page), and
+starting or watching a background fit (the pages' plumbing, `playground.shared`).
 numpy and scipy only, never torch: the Scaling page runs on a hosted demo without it.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import hashlib
 import itertools
 import json
 import math
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -33,13 +53,20 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
+from core.catalog import ROOT, SWEEP_RECORDS_DIR, fits_path
+from core.checks import PlaygroundError
+from core.files import write_atomic
+
 HUBER_DELTA = 1e-3          # Hoffmann et al. 2022, D.2: robust to the few runs that went wrong
 BOOT_MAXITER = 300          # a resample starts next to the full fit's optimum: it converges in far fewer steps
 TOKENS_PER_PARAMETER = 20   # Chinchilla's rule of thumb at the compute-optimal point
 PF_DAY = 1e15 * 24 * 3600   # FLOPs in one petaflop/s-day (Kaplan's unit of compute)
+N_BOOTSTRAP = 200           # resamples behind every stored fit's intervals and bands
+N_KINDS = ("total", "non_embedding")    # the two ways of counting N a stored fit holds
+FITS_FORMAT = 1             # bump when a stored report's layout changes: older files then read as stale
 
 
-class ScalingError(ValueError):
+class ScalingError(PlaygroundError):
     """The runs cannot support the fit asked for; the message says what to add or change."""
 
 
@@ -83,7 +110,7 @@ def load_records(path: str | Path) -> list[RunRecord]:
     or a single record file. Damaged files are skipped, not fatal: a sweep may be running."""
     path = Path(path)
     if path.is_dir():
-        files = sorted((path / "records").glob("*.json")) if (path / "records").is_dir() else []
+        files = sorted((path / SWEEP_RECORDS_DIR).glob("*.json")) if (path / SWEEP_RECORDS_DIR).is_dir() else []
         out = []
         for f in files:
             try:
@@ -189,6 +216,25 @@ def _interval(samples: np.ndarray, level: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+# JSON keeps floats exactly (shortest repr) but has no tuples: these put them back, so that a stored
+# report compares equal to the fresh one it was made from.
+
+def _intervals_out(intervals: dict) -> dict:
+    return {k: [float(lo), float(hi)] for k, (lo, hi) in intervals.items()}
+
+
+def _intervals_in(d: dict) -> dict:
+    return {k: (lo, hi) for k, (lo, hi) in d.items()}
+
+
+def _rows_out(rows) -> list:
+    return [[v if isinstance(v, (str, int)) else float(v) for v in row] for row in rows]
+
+
+def _rows_in(rows) -> tuple:
+    return tuple(tuple(row) for row in rows)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Kaplan-style single-variable laws
 
@@ -209,15 +255,26 @@ class PowerLaw:
         x = np.asarray(x, dtype=float)
         return self.E + self.A * x ** (-self.alpha)
 
-    def band(self, x) -> tuple[np.ndarray, np.ndarray]:
-        """The bootstrap band of the curve at x (the law itself where there are no samples)."""
+    def band(self, x, within: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The bootstrap band of the curve at x (the law itself where there are no samples), clipped to
+        `within` (see `loss_window`) when given: a loose fit's band can span decades."""
         x = np.asarray(x, dtype=float)
         if not self.samples:
-            return self.predict(x), self.predict(x)
-        s = np.array(self.samples)
-        curves = s[:, 0:1] + s[:, 1:2] * x[None, :] ** (-s[:, 2:3])
-        lo, hi = np.percentile(curves, [50 * (1 - self.level), 50 * (1 + self.level)], axis=0)
+            lo, hi = self.predict(x), self.predict(x)
+        else:
+            s = np.array(self.samples)
+            curves = s[:, 0:1] + s[:, 1:2] * x[None, :] ** (-s[:, 2:3])
+            lo, hi = np.percentile(curves, [50 * (1 - self.level), 50 * (1 + self.level)], axis=0)
+        if within is not None:
+            lo, hi = np.clip(lo, *within), np.clip(hi, *within)
         return lo, hi
+
+    @property
+    def loose(self) -> bool:
+        """The runs do not pin the exponent down: its interval reaches 0, or past 3x the estimate. On an
+        envelope this means the other variable limits the loss (large models that saw few tokens)."""
+        ci = self.intervals.get("alpha")
+        return bool(ci) and (ci[0] <= 0 or ci[1] > 3 * self.alpha)
 
     @property
     def x_c(self) -> float:
@@ -227,6 +284,16 @@ class PowerLaw:
     def describe(self) -> str:
         e = f"{self.E:.3g} + " if self.E else ""
         return f"L({self.variable}) = {e}{self.A:.3g} / {self.variable}^{self.alpha:.3f}"
+
+    def to_dict(self) -> dict:
+        return {"variable": self.variable, "E": self.E, "A": self.A, "alpha": self.alpha,
+                "n_points": self.n_points, "intervals": _intervals_out(self.intervals), "level": self.level,
+                "source": self.source, "samples": _rows_out(self.samples)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PowerLaw":
+        return cls(d["variable"], d["E"], d["A"], d["alpha"], d["n_points"], _intervals_in(d["intervals"]),
+                   d["level"], d["source"], _rows_in(d["samples"]))
 
 
 def fit_power_law(x: Sequence[float], loss: Sequence[float], variable: str = "x",
@@ -326,6 +393,15 @@ class ChinchillaLaw:
     def bootstrap_laws(self) -> list["ChinchillaLaw"]:
         return [ChinchillaLaw(*t[:5]) for t in self.samples]
 
+    def loss_interval(self, compute: float, flops_per_token: Callable[[float], float] | None = None,
+                      draws: int = 100) -> tuple[float, float] | None:
+        """The bootstrap interval (at `level`) of the loss predicted at this budget's compute-optimal
+        point: each of the first `draws` bootstrap laws allocates the budget itself. Laws whose exponents
+        are not positive have no optimum and are left out; None without bootstrap laws."""
+        spread = [allocate(b, compute, flops_per_token).loss for b in self.bootstrap_laws()[:draws]
+                  if b.alpha > 0 and b.beta > 0]
+        return _interval(np.array(spread), self.level) if spread else None
+
     def predict(self, n, d) -> np.ndarray:
         n = np.asarray(n, dtype=float)
         d = np.asarray(d, dtype=float)
@@ -344,6 +420,16 @@ class ChinchillaLaw:
     def describe(self) -> str:
         return (f"L(N, D) = {self.E:.3g} + {self.A:.4g} / N^{self.alpha:.3f} + "
                 f"{self.B:.4g} / D^{self.beta:.3f}")
+
+    def to_dict(self) -> dict:
+        return {"E": self.E, "A": self.A, "B": self.B, "alpha": self.alpha, "beta": self.beta,
+                "n_points": self.n_points, "intervals": _intervals_out(self.intervals), "level": self.level,
+                "source": self.source, "n_kind": self.n_kind, "samples": _rows_out(self.samples)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ChinchillaLaw":
+        return cls(d["E"], d["A"], d["B"], d["alpha"], d["beta"], d["n_points"], _intervals_in(d["intervals"]),
+                   d["level"], d["source"], d["n_kind"], _rows_in(d["samples"]))
 
 
 def fit_chinchilla(records: Sequence[RunRecord], n_kind: str = "total", n_bootstrap: int = 200,
@@ -414,6 +500,16 @@ class IsoFlopProfile:
         c2, c1, c0 = self.coefficients
         return c2 * x * x + c1 * x + c0
 
+    def to_dict(self) -> dict:
+        return {"budget": self.budget, "n": list(self.n), "loss": list(self.loss),
+                "coefficients": list(self.coefficients), "n_opt": self.n_opt, "loss_opt": self.loss_opt,
+                "d_opt": self.d_opt, "inside": self.inside}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "IsoFlopProfile":
+        return cls(d["budget"], tuple(d["n"]), tuple(d["loss"]), tuple(d["coefficients"]), d["n_opt"],
+                   d["loss_opt"], d["d_opt"], d["inside"])
+
 
 @dataclass(frozen=True)
 class IsoFlopFit:
@@ -432,6 +528,21 @@ class IsoFlopFit:
     def d_opt(self, c) -> np.ndarray:
         return self.kD * np.asarray(c, dtype=float) ** self.b
 
+    @property
+    def minima(self) -> tuple:
+        """The profiles whose minimum lies inside the sizes tried: the points the exponents are fitted on."""
+        return tuple(p for p in self.profiles if p.inside)
+
+    def to_dict(self) -> dict:
+        return {"profiles": [p.to_dict() for p in self.profiles], "a": self.a, "b": self.b, "kN": self.kN,
+                "kD": self.kD, "intervals": _intervals_out(self.intervals), "level": self.level,
+                "notes": list(self.notes)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "IsoFlopFit":
+        return cls(tuple(IsoFlopProfile.from_dict(p) for p in d["profiles"]), d["a"], d["b"], d["kN"], d["kD"],
+                   _intervals_in(d["intervals"]), d["level"], tuple(d["notes"]))
+
 
 def group_by_budget(records: Sequence[RunRecord]) -> dict[float, list[RunRecord]]:
     """Runs of each IsoFLOP budget (the sweep stamps it on every record it plans that way)."""
@@ -440,6 +551,13 @@ def group_by_budget(records: Sequence[RunRecord]) -> dict[float, list[RunRecord]
         if r.budget:
             groups.setdefault(float(r.budget), []).append(r)
     return dict(sorted(groups.items()))
+
+
+def runs_by_budget(records: Sequence[RunRecord]) -> list[tuple[float | None, list[RunRecord]]]:
+    """Every run, grouped by its IsoFLOP budget: the grid runs (no budget) first under None, then each
+    budget ascending."""
+    grid = [r for r in records if not r.budget]
+    return ([(None, grid)] if grid else []) + list(group_by_budget(records).items())
 
 
 def isoflop_profile(budget: float, runs: Sequence[RunRecord], n_kind: str = "total",
@@ -541,6 +659,21 @@ class FlopsPerToken:
     @property
     def exact(self) -> bool:
         return len(self.log_n) >= 2
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, FlopsPerToken) and np.array_equal(self.log_n, other.log_n)
+                and np.array_equal(self.log_f, other.log_f))
+
+    __hash__ = None
+
+    def to_dict(self) -> dict:
+        return {"log_n": self.log_n.tolist(), "log_f": self.log_f.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FlopsPerToken":
+        f = cls()
+        f.log_n, f.log_f = np.array(d["log_n"], dtype=float), np.array(d["log_f"], dtype=float)
+        return f
 
     def __call__(self, n: float) -> float:
         if not self.exact:
@@ -653,6 +786,20 @@ class HeldOutCheck:
     def mean_rel_error(self) -> float:
         return float(np.mean([abs(p - m) / m for *_, p, m in self.held_out]))
 
+    @property
+    def errors(self) -> tuple:
+        """Each held-out run's signed relative error, (predicted - measured) / measured."""
+        return tuple((p - m) / m for *_, p, m in self.held_out)
+
+    def to_dict(self) -> dict:
+        return {"law": self.law.to_dict(), "fitted_on": list(self.fitted_on),
+                "held_out": _rows_out(self.held_out), "threshold": self.threshold}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HeldOutCheck":
+        return cls(ChinchillaLaw.from_dict(d["law"]), tuple(d["fitted_on"]), _rows_in(d["held_out"]),
+                   d["threshold"])
+
 
 def held_out_check(records: Sequence[RunRecord], n_kind: str = "total", hold_out: float = 0.25,
                    n_bootstrap: int = 0) -> HeldOutCheck:
@@ -704,6 +851,29 @@ class ScalingReport:
         f = self.flops_per_token if exact and self.flops_per_token.exact else None
         return [allocate(self.chinchilla, c, f) for c in computes]
 
+    def to_dict(self, with_records: bool = True) -> dict:
+        """Plain JSON types; `from_dict` gives back an equal report. Without records (a fits file stored
+        beside them), `from_dict` is given them."""
+        def opt(fit):
+            return None if fit is None else fit.to_dict()
+        d = {"n_kind": self.n_kind, "law_n": opt(self.law_n), "law_d": opt(self.law_d), "law_c": opt(self.law_c),
+             "chinchilla": opt(self.chinchilla), "isoflop": opt(self.isoflop), "held_out": opt(self.held_out),
+             "flops_per_token": self.flops_per_token.to_dict(), "problems": dict(self.problems)}
+        if with_records:
+            d["records"] = [r.to_dict() for r in self.records]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, records: Sequence[RunRecord] | None = None) -> "ScalingReport":
+        def opt(kind, key):
+            return None if d[key] is None else kind.from_dict(d[key])
+        if records is None:
+            records = [RunRecord.from_dict(r) for r in d["records"]]
+        return cls(tuple(records), d["n_kind"], opt(PowerLaw, "law_n"), opt(PowerLaw, "law_d"),
+                   opt(PowerLaw, "law_c"), opt(ChinchillaLaw, "chinchilla"), opt(IsoFlopFit, "isoflop"),
+                   opt(HeldOutCheck, "held_out"), FlopsPerToken.from_dict(d["flops_per_token"]),
+                   dict(d["problems"]))
+
 
 def analyse(records: Sequence[RunRecord], n_kind: str = "total", n_bootstrap: int = 200,
             level: float = 0.9, seed: int = 0) -> ScalingReport:
@@ -732,3 +902,276 @@ def analyse(records: Sequence[RunRecord], n_kind: str = "total", n_bootstrap: in
         attempt("IsoFLOP", lambda: fit_isoflop(records, n_kind, fpt, n_bootstrap, level, seed)),
         attempt("held-out", lambda: held_out_check(records, n_kind)),
         fpt, problems)
+
+
+# ---------------------------------------------------------------------------------------------------
+# What a page shows beside the fits
+
+def loss_window(records: Sequence[RunRecord], margin: float = 0.1) -> tuple[float, float]:
+    """The loss range a chart of these runs shows, 10 % beyond the best and worst run; a law's band is
+    clipped to it (`PowerLaw.band(x, within=...)`), since a loose fit's band can span decades."""
+    losses = [r.val_loss for r in records]
+    return min(losses) * (1 - margin), max(losses) * (1 + margin)
+
+
+@dataclass(frozen=True)
+class SweepTotals:
+    runs: int
+    sizes: int                  # distinct model sizes (N, all parameters)
+    flops: float                # training FLOPs, summed
+    wall_s: float               # training seconds as recorded, summed
+
+    @property
+    def flops_per_second(self) -> float | None:
+        """How fast the machine that ran the sweep trained, or None without recorded times."""
+        return self.flops / self.wall_s if self.wall_s > 0 else None
+
+    def seconds_for(self, compute: float) -> float | None:
+        """How long that machine would train on `compute` FLOPs at the sweep's own speed."""
+        rate = self.flops_per_second
+        return compute / rate if rate else None
+
+
+def sweep_totals(records: Sequence[RunRecord]) -> SweepTotals:
+    return SweepTotals(len(records), len({r.n_params for r in records}), float(sum(r.flops for r in records)),
+                       float(sum(r.wall_s for r in records)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Stored fits: made once per set of records, read by the pages
+
+def canonical_records(records: Iterable[RunRecord]) -> list[RunRecord]:
+    """The records in the one order a stored fit uses: a sweep directory and its records.json list
+    them differently, and the bootstrap's resamples depend on the order."""
+    return sorted(records, key=lambda r: (r.name, _canonical_json(r)))
+
+
+def _canonical_json(r: RunRecord) -> str:
+    return json.dumps(r.to_dict(), sort_keys=True, separators=(",", ":"))
+
+
+def records_digest(records: Iterable[RunRecord]) -> str:
+    """sha256 of the records' canonical JSON: what a stored fit was made from."""
+    text = "[" + ",".join(_canonical_json(r) for r in canonical_records(records)) + "]"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def fit_command(sweep: str | Path) -> str:
+    """The command that (re)makes a sweep's stored fits, run from the project folder."""
+    sweep = Path(sweep).resolve()
+    shown = sweep.relative_to(ROOT) if ROOT in sweep.parents else sweep
+    return f"python -m core.scaling fit {shlex.quote(str(shown))}"
+
+
+@dataclass(frozen=True)
+class StoredFits:
+    """A sweep's stored fits against its records now."""
+    sweep: Path                 # the records: a file, or a sweep directory
+    path: Path                  # the fits file
+    status: str                 # "current", "stale" (made from other records, or an older format), "absent"
+    records: tuple              # the records now, in canonical order
+    digest: str                 # of the records now
+    reports: dict = field(default_factory=dict)     # n_kind -> ScalingReport; only when current
+    n_bootstrap: int | None = None
+    note: str = ""              # why a file that is there cannot be used
+
+    @property
+    def current(self) -> bool:
+        return self.status == "current"
+
+    def report(self, n_kind: str = "total") -> ScalingReport | None:
+        return self.reports.get(n_kind)
+
+    @property
+    def command(self) -> str:
+        return fit_command(self.sweep)
+
+    def explain(self) -> str:
+        """One sentence for a reader: why there is no fit to show."""
+        if self.status == "current":
+            return f"The fits stored in `{self.path.name}` are those of these {len(self.records)} runs."
+        if self.status == "stale":
+            return (f"The fits stored in `{self.path.name}` were made from other runs than the "
+                    f"{len(self.records)} recorded now{f' ({self.note})' if self.note else ''}.")
+        return (f"No fits are stored for these {len(self.records)} runs yet"
+                f"{f' ({self.note})' if self.note else ''}.")
+
+
+def load_fits(sweep: str | Path) -> StoredFits:
+    """The stored fits of a sweep (a records file or a sweep directory), checked against its records.
+    Fits nothing. Raises ScalingError only when the records themselves cannot be read."""
+    sweep = Path(sweep)
+    records = tuple(canonical_records(load_records(sweep)))
+    digest = records_digest(records)
+    path = fits_path(sweep)
+    absent = StoredFits(sweep, path, "absent", records, digest)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return absent
+    except (OSError, ValueError) as e:
+        return dataclasses.replace(absent, note=f"{path.name} cannot be read: {e}")
+    if not isinstance(data, dict) or data.get("format") != FITS_FORMAT:
+        return dataclasses.replace(absent, status="stale", note=f"{path.name} is of another format")
+    if data.get("records_sha256") != digest:
+        return dataclasses.replace(absent, status="stale", note="the records changed since")
+    try:
+        reports = {k: ScalingReport.from_dict(data["reports"][k], records) for k in N_KINDS}
+    except (KeyError, TypeError, ValueError) as e:
+        return dataclasses.replace(absent, status="stale", note=f"{path.name} is damaged ({e!r})")
+    return StoredFits(sweep, path, "current", records, digest, reports, data.get("n_bootstrap"))
+
+
+def fit_sweep(sweep: str | Path, n_bootstrap: int | None = None, level: float = 0.9,
+              seed: int = 0) -> StoredFits:
+    """Fit a sweep's records for both ways of counting N and store the fits beside them (atomically).
+    Tens of CPU-seconds at the default bootstrap (36 s for the committed sweep's 31 runs on one idle
+    core, minutes on a loaded one): a server never calls it in-process, it runs `python -m core.scaling`."""
+    sweep = Path(sweep)
+    records = canonical_records(load_records(sweep))
+    if not records:
+        raise ScalingError(f"{sweep} has no finished run yet: nothing to fit. Let the sweep "
+                           f"(python -m core.sweep) record some runs first.")
+    n_bootstrap = N_BOOTSTRAP if n_bootstrap is None else n_bootstrap
+    reports = {k: analyse(records, k, n_bootstrap, level, seed) for k in N_KINDS}
+    digest = records_digest(records)
+    data = {"format": FITS_FORMAT,
+            "about": "core.scaling's fits of the records beside this file, for both ways of counting N; "
+                     "made by `python -m core.scaling fit`, valid while records_sha256 matches them",
+            "records_sha256": digest, "n_records": len(records), "n_bootstrap": n_bootstrap, "level": level,
+            "seed": seed, "reports": {k: r.to_dict(with_records=False) for k, r in reports.items()}}
+    path = write_atomic(fits_path(sweep), (json.dumps(data, indent=1) + "\n").encode())
+    return StoredFits(sweep, path, "current", tuple(records), digest, reports, n_bootstrap)
+
+
+def ensure_fits(sweep: str | Path, n_bootstrap: int | None = None) -> StoredFits:
+    """The stored fits, refitted first unless they are current (a restarted sweep that recorded nothing
+    new does not fit again)."""
+    stored = load_fits(sweep)
+    return stored if stored.current else fit_sweep(sweep, n_bootstrap)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fitting in the background: for a server whose pages only read stored fits
+
+def fits_stamp(sweep: str | Path) -> tuple:
+    """Name, time and size of every file a sweep's stored fits are checked against, and of the fits file:
+    a cache of `load_fits` is read again only when this changes."""
+    sweep = Path(sweep)
+    files = sorted((sweep / SWEEP_RECORDS_DIR).glob("*.json")) if sweep.is_dir() else [sweep]
+    out = []
+    for f in files + [fits_path(sweep)]:
+        try:
+            info = f.stat()
+            out.append((f.name, info.st_mtime_ns, info.st_size))
+        except OSError:
+            out.append((f.name, None, None))
+    return tuple(out)
+
+
+class BackgroundFit:
+    """A child `python -m core.scaling fit` of one sweep's records, as they were (their digest)."""
+
+    def __init__(self, digest: str, process: subprocess.Popen, log: Path, started: float):
+        self.digest, self.process, self.log, self.started = digest, process, log, started
+
+    def failure(self) -> str | None:
+        """None while it runs or once it has succeeded; otherwise the last line it wrote."""
+        rc = self.process.poll()
+        if rc is None or rc == 0:
+            return None
+        try:
+            lines = [line for line in self.log.read_text(errors="replace").splitlines() if line.strip()]
+        except OSError:
+            lines = []
+        return lines[-1] if lines else f"it exited with status {rc}"
+
+
+_fits_lock = threading.Lock()       # guards _fitting: held to look up or start a child, never during a fit
+_fitting: dict[str, BackgroundFit] = {}     # resolved sweep path -> its latest background fit
+
+
+def fit_in_background(stored: StoredFits) -> BackgroundFit:
+    """The child process fitting this sweep's records now, started if there is none: at most one per sweep
+    and digest, however many visitors ask at once (a separate process: no GIL shared with the server,
+    killable, one thread)."""
+    key = str(Path(stored.sweep).resolve())
+    with _fits_lock:
+        job = _fitting.get(key)
+        if job is not None and job.digest == stored.digest:
+            return job
+        if job is not None and job.process.poll() is None:
+            job.process.terminate()     # its records have changed since: its fits would arrive stale
+        fd, log = tempfile.mkstemp(prefix="scaling-fit-", suffix=".log")
+        os.close(fd)
+        job = _fitting[key] = BackgroundFit(stored.digest, _start_fit(Path(stored.sweep), Path(log)), Path(log),
+                                            time.time())
+        return job
+
+
+def _start_fit(sweep: Path, log: Path) -> subprocess.Popen:
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": path}
+    with open(log, "wb") as err:
+        return subprocess.Popen([sys.executable, "-m", "core.scaling", "fit", str(sweep)], cwd=ROOT, env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+
+
+# ---------------------------------------------------------------------------------------------------
+# CLI: python -m core.scaling fit PATH
+
+def _summary(stored: StoredFits, seconds: float) -> list[str]:
+    lines = [f"fitted {len(stored.records)} runs of {stored.sweep} (records sha256 {stored.digest[:12]}), "
+             f"{stored.n_bootstrap} bootstrap resamples, {seconds:.0f} s"]
+    for kind in N_KINDS:
+        rep = stored.reports[kind]
+        lines.append(f"  N counted as {kind}:")
+        if rep.chinchilla:
+            law, ci = rep.chinchilla, rep.chinchilla.intervals
+            a_ci = f" [{ci['a'][0]:.2f}, {ci['a'][1]:.2f}]" if "a" in ci else ""
+            lines.append(f"    {law.describe()}  (a = {law.a:.2f}{a_ci})")
+        for law in (rep.law_n, rep.law_d, rep.law_c):
+            if law:
+                lines.append(f"    {law.describe()}{'  (loose: the runs do not pin it down)' if law.loose else ''}")
+        if rep.isoflop:
+            lines.append(f"    IsoFLOP: N_opt ~ C^{rep.isoflop.a:.2f}, D_opt ~ C^{rep.isoflop.b:.2f}")
+        if rep.held_out:
+            lines.append(f"    held-out: {len(rep.held_out.held_out)} runs predicted within "
+                         f"{100 * rep.held_out.mean_rel_error:.1f} % on average")
+        lines += [f"    not possible, {name}: {msg}" for name, msg in rep.problems.items()]
+    size = stored.path.stat().st_size
+    lines.append(f"wrote {stored.path} ({size / 1024:.0f} kB)")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m core.scaling",
+        description="Fit a sweep's records and store the fits beside them (what the Scaling page reads), or "
+                    "check that the stored fits are those of the records now.")
+    sub = p.add_subparsers(dest="command", required=True)
+    fit = sub.add_parser("fit", help="fit a sweep (both ways of counting N) and store the fits beside it")
+    fit.add_argument("path", help="a records file (sweeps/NAME.json) or a sweep directory (runs/sweeps/NAME)")
+    fit.add_argument("--bootstrap", type=int, default=N_BOOTSTRAP, metavar="N",
+                     help=f"bootstrap resamples behind the intervals and bands (default: {N_BOOTSTRAP})")
+    check = sub.add_parser("check", help="exit 0 when the stored fits are current, 1 when stale or absent")
+    check.add_argument("path")
+    args = p.parse_args(argv)
+    try:
+        if args.command == "check":
+            stored = load_fits(args.path)
+            print(f"{stored.status}: {stored.explain()}" + ("" if stored.current else f" Run: {stored.command}"))
+            return 0 if stored.current else 1
+        if args.bootstrap < 0:
+            raise ScalingError(f"--bootstrap must be 0 or more, got {args.bootstrap}")
+        t0 = time.perf_counter()
+        stored = fit_sweep(args.path, args.bootstrap)
+        print("\n".join(_summary(stored, time.perf_counter() - t0)))
+        return 0
+    except (ScalingError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,6 +10,10 @@ the run that was in progress from its last checkpoint, so a kill loses at most `
 steps of one run. The recipe is stored in `sweep.json`; a restart with a different recipe is refused
 (its records would not be comparable), while shapes, budgets and token counts may be added.
 
+Fits: when the sweep finishes, or is stopped with records, the records are fitted once and the fits
+stored beside them (`core.scaling.ensure_fits`, the same as `python -m core.scaling fit OUT_DIR`), so
+the Scaling page only reads them. A kill leaves them stale or absent; the page (or that command) refits.
+
 Deliberately not here: the fits (`core.scaling`, numpy/scipy, no torch), the trainer (`core.train`).
 """
 
@@ -19,9 +23,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import math
 import shutil
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -29,19 +31,17 @@ from pathlib import Path
 from typing import Iterator, Union
 
 from core import checkpoint as ckpt_io
-from core import scaling
-from core.catalog import RUNS_DIR
-from core.data import CorpusError, load_corpus, prepare_dataset
-from core.files import disk_full_message, is_disk_full, write_atomic
-from core.model import ModelConfig, count_parameters, flops_per_token
-from core.tokenizer import TokenizerError, byte_tokenizer, load_tokenizer
-from core.train import (RunFinished, RunStarted, TrainConfig, TrainingDiverged, TrainStep, build_tokenizer,
-                        train)
+from core import checks, cli, scaling
+from core.catalog import RECORDS_FILE, RUNS_DIR, SWEEP_RECORDS_DIR
+from core.checks import ConfigError, PlaygroundError
+from core.config import ModelConfig, TrainConfig, count_parameters, flops_per_token
+from core.data import load_corpus, prepare_dataset
+from core.files import write_atomic
+from core.tokenizer import META_FILE, byte_tokenizer, load_tokenizer
+from core.train import RunFinished, RunStarted, TrainStep, build_tokenizer, train
 
 SWEEP_FILE = "sweep.json"
-RECORDS_DIR = "records"
 WORK_DIR = "work"
-RECORDS_FILE = "records.json"     # every record in one file: what the Scaling page reads and git keeps
 
 
 @dataclass
@@ -51,10 +51,10 @@ class SweepConfig:
     data_dir: str | None = None
     tokenizer: str = "byte"                 # byte | bpe (trained once, shared by all runs) | a tokenizer dir
     bpe_vocab_size: int = 1024
-    shapes: tuple = ("1x16", "2x16", "1x32", "2x32", "2x48", "3x64", "4x96", "4x128")  # n_layer x n_embd
+    shapes: tuple[str, ...] = ("1x16", "2x16", "1x32", "2x32", "2x48", "3x64", "4x96", "4x128")  # n_layer x n_embd
     head_size: int = 16                     # heads = n_embd / head_size: the same head width at every size
-    budgets: tuple = (1e10, 3e10, 1e11, 3e11, 1e12)   # IsoFLOP budgets (training FLOPs); empty for none
-    tokens: tuple = ()                      # a grid: every shape trained on each of these token counts
+    budgets: tuple[float, ...] = (1e10, 3e10, 1e11, 3e11, 1e12)   # IsoFLOP budgets (training FLOPs); empty for none
+    tokens: tuple[float, ...] = ()          # a grid: every shape trained on each of these token counts
     block_size: int = 64
     batch_size: int = 4                     # small batches: more steps per token, which short runs of the
                                             # larger shapes need (batch 12 left them step-starved)
@@ -70,7 +70,7 @@ class SweepConfig:
     eval_iters: int = 200                   # batches in the final loss estimate (51,200 tokens at 4 x 64)
     checkpoint_interval: int = 200          # a kill loses at most this many steps of the run in progress
     seed: int = 1337
-    threads: int = 0                        # torch threads; 0 leaves torch's default
+    threads: int = 0                        # torch threads; 0 measures them on each run's first steps
     keep_runs: bool = False                 # keep each run's directory (weights) after its record is written
 
     def __post_init__(self):
@@ -78,20 +78,21 @@ class SweepConfig:
         self.budgets = tuple(float(b) for b in self.budgets)
         self.tokens = tuple(float(t) for t in self.tokens)
         if not self.shapes:
-            raise ValueError("a sweep needs at least one shape (--shapes 2x32 4x64 ...)")
+            raise ConfigError("a sweep needs at least one shape (--shapes 2x32 4x64 ...)")
         for s in self.shapes:
             parse_shape(s, self.head_size)
         if not self.budgets and not self.tokens:
-            raise ValueError("a sweep needs IsoFLOP budgets (--budgets 1e11 3e11) or token counts "
-                             "(--tokens 1e5 3e5), or both")
+            raise ConfigError("a sweep needs IsoFLOP budgets (--budgets 1e11 3e11) or token counts "
+                              "(--tokens 1e5 3e5), or both")
         for name, values in (("budgets", self.budgets), ("tokens", self.tokens)):
             for v in values:
-                if not math.isfinite(v) or v <= 0:
-                    raise ValueError(f"{name} must be positive finite numbers, got {v!r}")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
-        if self.max_epochs <= 0:
-            raise ValueError(f"max_epochs must be > 0, got {self.max_epochs}")
+                checks.number(name, v, 0.0, low_open=True)
+        checks.number("warmup_fraction", self.warmup_fraction, 0.0, 1.0, high_open=True)
+        checks.number("max_epochs", self.max_epochs, 0.0, low_open=True)
+        for name in ("head_size", "block_size", "batch_size", "bpe_vocab_size", "eval_iters"):
+            checks.integer(name, getattr(self, name), 1)
+        for name in ("min_steps", "checkpoint_interval", "threads"):
+            checks.integer(name, getattr(self, name), 0)
 
     def recipe(self) -> dict:
         """The settings every record depends on; a restart must keep them."""
@@ -104,9 +105,9 @@ def parse_shape(text: str, head_size: int = 16) -> tuple[int, int, int]:
     try:
         layers, width = (int(v) for v in str(text).lower().split("x"))
     except ValueError:
-        raise ValueError(f"a shape is LAYERSxWIDTH, like 4x128; got {text!r}") from None
+        raise ConfigError(f"a shape is LAYERSxWIDTH, like 4x128; got {text!r}") from None
     if layers < 1 or width < 1 or width % head_size:
-        raise ValueError(f"shape {text!r}: layers >= 1 and a width that is a multiple of the head size "
+        raise ConfigError(f"shape {text!r}: layers >= 1 and a width that is a multiple of the head size "
                          f"({head_size})")
     return layers, width, width // head_size
 
@@ -191,6 +192,7 @@ class RunRecorded:
 class SweepFinished:
     records: list               # every record of the sweep, earlier ones included
     elapsed: float
+    fits: str = ""              # where the fits were stored, or why none were
 
 
 SweepEvent = Union[SweepStarted, SweepRunStarted, TrainStep, RunRecorded, SweepFinished]
@@ -205,7 +207,7 @@ def run_sweep(cfg: SweepConfig) -> Iterator[SweepEvent]:
     dataset = prepare_dataset(corpus, tokenizer, cfg.data_dir)
     planned, skipped = plan_sweep(cfg, tokenizer.n_vocab, len(dataset.train))
     if not planned:
-        raise ValueError("every run of this sweep was left out: " +
+        raise ConfigError("every run of this sweep was left out: " +
                          "; ".join(f"{n}: {why}" for n, why in skipped[:4]) +
                          ". Raise the budgets or token counts, or max_epochs.")
     done = {r.name for r in scaling.load_records(out)} if out.is_dir() else set()
@@ -222,47 +224,65 @@ def run_sweep(cfg: SweepConfig) -> Iterator[SweepEvent]:
                                                "tokenizer": tokenizer.name}, indent=2).encode())
     _write_collected(out)       # also refreshes a file a kill left one record behind
     t0 = time.perf_counter()
-    for i, run in enumerate(todo, 1):
-        work = out / WORK_DIR / run.name
-        resume = ckpt_io.latest_checkpoint(work) is not None
-        if work.exists() and not resume:
-            shutil.rmtree(work)     # started but killed before its first checkpoint: nothing to keep
-        tc = TrainConfig(out_dir=str(work), corpus=cfg.corpus, data_dir=cfg.data_dir, tokenizer=tokenizer_arg,
-                         batch_size=cfg.batch_size, max_steps=run.max_steps, learning_rate=cfg.learning_rate,
-                         min_lr=cfg.min_lr, warmup_steps=min(100, int(run.max_steps * cfg.warmup_fraction)),
-                         dtype=cfg.dtype, seed=cfg.seed, threads=cfg.threads,
-                         eval_interval=run.max_steps, eval_at_start=False, eval_iters=cfg.eval_iters,
-                         checkpoint_interval=cfg.checkpoint_interval, keep_checkpoints=1, resume=resume)
-        started = finished = None
-        # closing(): a consumer that stops the sweep stops the run too, which then saves its checkpoint
-        with contextlib.closing(train(tc, run.model_config, command=f"python -m core.sweep (run {run.name})")) as events:
-            for ev in events:
-                if isinstance(ev, RunStarted):
-                    started = ev
-                    yield SweepRunStarted(i, len(todo), run, ev.resumed_from)
-                elif isinstance(ev, TrainStep):
-                    yield ev
-                elif isinstance(ev, RunFinished):
-                    finished = ev
-        if finished is None or finished.final is None:
-            raise RuntimeError(f"run {run.name} ended without a final evaluation")
-        params = started.parameters
-        record = scaling.RunRecord(
-            name=run.name, n_params=params["total"], n_non_embedding=params["non_embedding"],
-            tokens=finished.tokens_seen, flops=run.flops_per_token * finished.tokens_seen,
-            flops_per_token=run.flops_per_token, train_loss=finished.final.train_loss,
-            val_loss=finished.final.val_loss, val_bits_per_byte=finished.final.val_bits_per_byte,
-            wall_s=finished.elapsed,
-            shape={k: run.model_config.to_dict()[k] for k in ("n_layer", "n_head", "n_embd", "block_size",
-                                                               "vocab_size")},
-            budget=run.budget, sweep=out.name)
-        (out / RECORDS_DIR).mkdir(exist_ok=True)
-        write_atomic(out / RECORDS_DIR / f"{run.name}.json", json.dumps(record.to_dict(), indent=2).encode())
-        _write_collected(out)
-        if not cfg.keep_runs:
-            shutil.rmtree(work, ignore_errors=True)
-        yield RunRecorded(i, len(todo), record)
-    yield SweepFinished(scaling.load_records(out), time.perf_counter() - t0)
+    try:
+        for i, run in enumerate(todo, 1):
+            work = out / WORK_DIR / run.name
+            resume = ckpt_io.latest_checkpoint(work) is not None
+            if work.exists() and not resume:
+                shutil.rmtree(work)     # started but killed before its first checkpoint: nothing to keep
+            tc = TrainConfig(out_dir=str(work), corpus=cfg.corpus, data_dir=cfg.data_dir, tokenizer=tokenizer_arg,
+                             batch_size=cfg.batch_size, max_steps=run.max_steps, learning_rate=cfg.learning_rate,
+                             min_lr=cfg.min_lr, warmup_steps=min(100, int(run.max_steps * cfg.warmup_fraction)),
+                             dtype=cfg.dtype, seed=cfg.seed, threads=cfg.threads,
+                             eval_interval=run.max_steps, eval_at_start=False, eval_iters=cfg.eval_iters,
+                             checkpoint_interval=cfg.checkpoint_interval, keep_checkpoints=1, resume=resume)
+            started = finished = None
+            # closing(): a consumer that stops the sweep stops the run too, which then saves its checkpoint
+            command = f"python -m core.sweep (run {run.name})"
+            with contextlib.closing(train(tc, run.model_config, command=command)) as events:
+                for ev in events:
+                    if isinstance(ev, RunStarted):
+                        started = ev
+                        yield SweepRunStarted(i, len(todo), run, ev.resumed_from)
+                    elif isinstance(ev, TrainStep):
+                        yield ev
+                    elif isinstance(ev, RunFinished):
+                        finished = ev
+            if finished is None or finished.final is None:
+                raise RuntimeError(f"run {run.name} ended without a final evaluation")
+            params = started.parameters
+            record = scaling.RunRecord(
+                name=run.name, n_params=params["total"], n_non_embedding=params["non_embedding"],
+                tokens=finished.tokens_seen, flops=run.flops_per_token * finished.tokens_seen,
+                flops_per_token=run.flops_per_token, train_loss=finished.final.train_loss,
+                val_loss=finished.final.val_loss, val_bits_per_byte=finished.final.val_bits_per_byte,
+                wall_s=finished.elapsed,
+                shape={k: run.model_config.to_dict()[k] for k in ("n_layer", "n_head", "n_embd", "block_size",
+                                                                   "vocab_size")},
+                budget=run.budget, sweep=out.name)
+            (out / SWEEP_RECORDS_DIR).mkdir(exist_ok=True)
+            write_atomic(out / SWEEP_RECORDS_DIR / f"{run.name}.json", json.dumps(record.to_dict(), indent=2).encode())
+            _write_collected(out)
+            if not cfg.keep_runs:
+                shutil.rmtree(work, ignore_errors=True)
+            yield RunRecorded(i, len(todo), record)
+    except GeneratorExit:
+        _store_fits(out)    # stopped by its consumer: the runs recorded so far get their fits too
+        raise
+    fits = _store_fits(out)
+    yield SweepFinished(scaling.load_records(out), time.perf_counter() - t0, fits)
+
+
+def _store_fits(out: Path) -> str:
+    """Fit the recorded runs and store the fits beside them, unless the stored ones are current (a
+    restart that recorded nothing new). A line saying what was done."""
+    if not any((out / SWEEP_RECORDS_DIR).glob("*.json")):
+        return "no run recorded yet: nothing to fit"
+    try:
+        stored = scaling.ensure_fits(out)
+    except scaling.ScalingError as e:
+        return f"no fits stored: {e}"
+    return f"fits of {len(stored.records)} runs stored in {stored.path}"
 
 
 def _check_recipe(out: Path, cfg: SweepConfig) -> None:
@@ -276,7 +296,7 @@ def _check_recipe(out: Path, cfg: SweepConfig) -> None:
     now = _jsonable(cfg.recipe())
     changed = [f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in now if saved.get(k) != now[k]]
     if changed:
-        raise ValueError(f"{out} holds a sweep with another recipe ({', '.join(changed)}); its records "
+        raise ConfigError(f"{out} holds a sweep with another recipe ({', '.join(changed)}); its records "
                          f"would not be comparable. Use the same settings to continue it (shapes, budgets "
                          f"and token counts may change), or another --out-dir. Nothing was changed.")
 
@@ -286,7 +306,7 @@ def _sweep_tokenizer(cfg: SweepConfig, out: Path, corpus):
         return "byte", byte_tokenizer()
     if cfg.tokenizer == "bpe":
         tok_dir = out / "tokenizer"
-        if not (tok_dir / "tokenizer.json").is_file():
+        if not (tok_dir / META_FILE).is_file():
             tc = TrainConfig(tokenizer="bpe", bpe_vocab_size=cfg.bpe_vocab_size)    # the runs' own split
             n_train = int(len(corpus.text) * (1 - tc.val_fraction))
             build_tokenizer(tc, corpus.text[:n_train], corpus.sha256).save(tok_dir)
@@ -320,22 +340,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[SweepConfig, bool]:
         description="Train a family of models for the scaling lab. Finished runs are recorded in "
                     "OUT_DIR/records and skipped when the sweep is run again; Ctrl-C stops after a "
                     "checkpoint and the same command continues.")
-    for f in dataclasses.fields(SweepConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.name in ("shapes", "budgets", "tokens"):
-            typ = str if f.name == "shapes" else float
-            p.add_argument(flag, nargs="*", type=typ, default=argparse.SUPPRESS,
-                           help=f"(default: {' '.join(map(str, f.default)) or 'none'})")
-        elif isinstance(f.default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                           help=f"(default: {f.default})")
-        else:
-            typ = {int: int, float: float}.get(type(f.default), str)
-            p.add_argument(flag, type=typ, default=argparse.SUPPRESS, help=f"(default: {f.default})")
+    cli.add_dataclass_args(p, SweepConfig)
     p.add_argument("--plan", action="store_true", help="print the plan and its compute, train nothing")
-    ns = vars(p.parse_args(argv))
-    plan_only = ns.pop("plan")
-    return SweepConfig(**ns), plan_only
+    ns = p.parse_args(argv)
+    return SweepConfig(**cli.dataclass_kwargs(ns, SweepConfig)), ns.plan
 
 
 def _print_fits(records, write) -> None:
@@ -356,15 +364,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg, plan_only = parse_args(argv)
-    except ValueError as e:
+    except PlaygroundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    stop = {"asked": False}
-
-    def on_signal(signum, frame):
-        stop["asked"] = True
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = cli.StopFlag()
 
     gen = run_sweep(cfg)
     bar = None
@@ -404,22 +407,21 @@ def main(argv: list[str] | None = None) -> int:
                 _print_fits(scaling.load_records(cfg.out_dir), print)
             elif isinstance(ev, SweepFinished):
                 print(f"sweep done: {len(ev.records)} records, {ev.elapsed:.0f} s this time; "
-                      f"{Path(cfg.out_dir) / RECORDS_FILE}")
-            if stop["asked"]:
+                      f"{Path(cfg.out_dir) / RECORDS_FILE}; {ev.fits}")
+            if stop.asked:
+                print("\nstopping: the run in progress saves its checkpoint, then the recorded runs are fitted "
+                      "for the Scaling page", file=sys.stderr)
                 gen.close()
                 if bar:
                     bar.close()
                 print("\nstopped: the run in progress kept its checkpoint; run the same command to continue",
                       file=sys.stderr)
                 return 130
-    except (TrainingDiverged, CorpusError, TokenizerError, ckpt_io.CheckpointError, OSError, ValueError) as e:
+    except (PlaygroundError, OSError) as e:
         if bar:
             bar.close()
-        if is_disk_full(e):
-            e = disk_full_message(e, "run the same command: finished runs are kept and the run in progress "
-                                     "resumes from its checkpoint")
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return cli.report_error(e, "run the same command: finished runs are kept and the run in progress "
+                                   "resumes from its checkpoint")
     return 0
 
 

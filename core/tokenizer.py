@@ -28,6 +28,7 @@ from typing import Iterable
 import regex
 import tiktoken
 
+from core.checks import PlaygroundError
 from core.files import write_atomic
 
 EOT = "<|endoftext|>"
@@ -50,8 +51,15 @@ RANKS_FILE = "tokenizer.tiktoken"
 META_FILE = "tokenizer.json"
 
 
-class TokenizerError(ValueError):
+class TokenizerError(PlaygroundError):
     """A tokenizer cannot be built, loaded or applied as asked; the message says what to change."""
+
+
+def readable(data: bytes) -> str:
+    """Bytes as a person should see them: UTF-8 where it decodes, and each byte that does not (part of a
+    character split across tokens or merges) as `\\xNN`, never as U+FFFD, which would hide which bytes
+    they are. Every page shows a token's or a merge's bytes through this."""
+    return data.decode("utf-8", errors="backslashreplace")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from core import sampling
-from core.generate import Context, GenerationConfig, LogitsSource, Step, make_step, next_choice
+from core.generate import Context, GenerationConfig, GenerationError, LogitsSource, Step, make_step, next_choice
 from core.sampling import PipelineResult, SamplerConfig
 
 FORMAT = 1
@@ -45,11 +45,13 @@ class Trace:
         self.config = config.check()
         self.prompt_ids = source.tokenizer.encode(prompt) if prompt else []
         if not self.prompt_ids:
-            raise ValueError("the prompt is empty; type some text to start from")
+            raise GenerationError("the prompt is empty; type some text to start from")
         self.branches: dict[str, Branch] = {"main": Branch("main")}
         self.current = "main"
         self.cursor = 0
-        self._ctx: Context | None = None          # cache for the ids in view; never serialized
+        self._ctx: Context | None = None          # the KV cache at the ids in view; never serialized
+        self._records: list[Step] = []            # a record per token in view, built as the cache advances
+        self._key = None                          # the settings those records were made with
 
     # -- what is in view -----------------------------------------------------------------------------
     @property
@@ -69,54 +71,81 @@ class Trace:
         return self.prompt + bytes(b"".join(self.source.tokenizer.token_bytes(t) for t in self.tokens)).decode(
             "utf-8", errors="replace")
 
-    def _context(self) -> Context:
-        ids = self.ids
-        if self._ctx is None or self._ctx.ids != ids:
-            if self._ctx is not None and self._ctx.ids == ids[:-1]:
-                self._ctx.push(ids[-1])                # the common case: one more token
-            else:
-                self._ctx = Context(self.source, ids)
-        return self._ctx
+    # -- the live state: the KV cache at the cursor, and the records of the tokens in view -------------
+    def _sync(self) -> Context:
+        """The context at the ids in view, and a record for each token in view, with as few model calls as
+        the last move allows: a step or a move forward is one cached decode step, a move back or to a
+        branch one prefill of the shared prefix; the records of tokens already seen are kept. Knobs that
+        change the records (the sampler, top-n) rebuild them in one pass over the text."""
+        ids, n_prompt = self.ids, len(self.prompt_ids)
+        key = (self.config.sampler, self.config.top_n)
+        ctx = self._ctx if self._key == key else None
+        if ctx is not None and ctx.ids == ids:
+            return ctx
+        if ctx is not None:
+            common = _common_prefix(ctx.ids, ids)
+            if common < n_prompt:
+                ctx = None
+            elif common < len(ctx.ids):            # back, or onto another branch: the shared prefix again
+                ctx = Context(self.source, ids[:common])
+            del self._records[common - n_prompt:]
+        if ctx is None:
+            ctx, self._records = self._rebuild(ids)
+            self._key = key
+        for token in ids[len(ctx.ids):]:
+            self._records.append(self._record(ctx, token))
+            ctx.push(token)
+        self._ctx = ctx
+        return ctx
+
+    def _rebuild(self, ids: list[int]) -> tuple[Context, list[Step]]:
+        """Every record of the tokens in view: from one pass over the text when it fits the context, else
+        by replaying it token by token (the window slides as it did when the tokens were drawn)."""
+        n_prompt = len(self.prompt_ids)
+        if len(ids) > self.source.block_size:
+            ctx, records = Context(self.source, self.prompt_ids), []
+            for token in ids[n_prompt:]:
+                records.append(self._record(ctx, token))
+                ctx.push(token)
+            return ctx, records
+        all_logits, cache = self.source.step(np.asarray([ids]))     # every position's logits at once
+        rows = all_logits[0][n_prompt - 1:]
+        records = [self._record_of(rows[i], ids[:n_prompt + i], token, slid=False)
+                   for i, token in enumerate(ids[n_prompt:])]
+        return Context.from_prefill(self.source, ids, rows[-1], cache), records
+
+    def _record(self, ctx: Context, token: int) -> Step:
+        return self._record_of(ctx.logits, ctx.ids, token, ctx.slid)
+
+    def _record_of(self, logits: np.ndarray, history: list[int], token: int, slid: bool) -> Step:
+        """The record of `token` drawn after `history` from `logits` (unforced: forced marks are the branch's)."""
+        n_prompt, p = len(self.prompt_ids), len(history)
+        cfg = dataclasses.replace(self.config, keep_stages=False)
+        processed, _ = next_choice(logits, cfg, history, history[n_prompt:])
+        step = make_step(self.source, logits, processed, token, p - n_prompt, p, cfg.top_n)
+        step.window_slid = slid
+        return step
 
     def distribution(self) -> PipelineResult:
         """Every stage's distribution for the next token at the cursor (what the stepper shows)."""
-        ctx = self._context()
+        ctx = self._sync()
         return sampling.run_pipeline(ctx.logits, self.config.sampler, ctx.ids, ctx.ids[len(self.prompt_ids):])
 
     def steps(self) -> list[Step]:
         """A Step record for every token in view (probabilities, alternatives, forced or not)."""
-        return self.view()[0]
+        self._sync()
+        forced = set(self.branch.forced)
+        return [dataclasses.replace(r, forced=i in forced) for i, r in enumerate(self._records)]
 
     def view(self) -> tuple[list[Step], PipelineResult]:
-        """The records of the tokens in view and every stage's distribution for the next token, from
-        one pass over the text when it fits the context (what a page redraws after each click)."""
-        ids = self.ids
-        n_prompt = len(self.prompt_ids)
-        if len(ids) <= self.source.block_size:
-            all_logits = self.source.step(np.asarray([ids]))[0][0]    # every position's logits at once
-            rows, slid = list(all_logits[n_prompt - 1:]), [False] * (len(ids) - n_prompt + 1)
-        else:                                                          # longer than the context: replay
-            ctx = Context(self.source, self.prompt_ids)
-            rows, slid = [ctx.logits], [ctx.slid]
-            for token in self.tokens:
-                ctx.push(token)
-                rows.append(ctx.logits)
-                slid.append(ctx.slid)
-        forced = set(self.branch.forced)
-        cfg = dataclasses.replace(self.config, keep_stages=False)
-        out: list[Step] = []
-        for i, token in enumerate(self.tokens):
-            p = n_prompt + i
-            processed, _ = next_choice(rows[i], cfg, ids[:p], ids[n_prompt:p])
-            step = make_step(self.source, rows[i], processed, token, i, p, cfg.top_n, forced=i in forced)
-            step.window_slid = slid[i]
-            out.append(step)
-        return out, sampling.run_pipeline(rows[-1], self.config.sampler, ids, ids[n_prompt:])
+        """The records of the tokens in view and every stage's distribution for the next token (what a
+        page redraws after each click)."""
+        return self.steps(), self.distribution()
 
     # -- moves -----------------------------------------------------------------------------------------
     def step(self, greedy: bool = False) -> int:
         """Choose the next token at the cursor (sampled with the trace's seed, or greedy) and take it."""
-        ctx = self._context()
+        ctx = self._sync()
         cfg = self.config
         if greedy:
             cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, temperature=0.0))
@@ -127,14 +156,14 @@ class Trace:
 
     def run(self, n: int, greedy: bool = False) -> list[int]:
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.config.max_new_tokens:
-            raise ValueError(f"n must be an integer in [1, {self.config.max_new_tokens}], got {n!r}")
+            raise GenerationError(f"n must be an integer in [1, {self.config.max_new_tokens}], got {n!r}")
         return [self.step(greedy) for _ in range(n)]
 
     def force(self, token_id: int) -> None:
         """Take `token_id` next, whatever the sampler would say (a click on a candidate)."""
         if isinstance(token_id, bool) or not isinstance(token_id, (int, np.integer)) \
                 or not 0 <= token_id < self.source.vocab_size:
-            raise ValueError(f"token id must be an integer in [0, {self.source.vocab_size - 1}], got {token_id!r}")
+            raise GenerationError(f"token id must be an integer in [0, {self.source.vocab_size - 1}], got {token_id!r}")
         self._take(int(token_id), forced=True)
 
     def _take(self, token: int, forced: bool) -> None:
@@ -160,7 +189,7 @@ class Trace:
         """A new branch holding the tokens in view; it becomes current."""
         name = name or self._new_name()
         if name in self.branches:
-            raise ValueError(f"a branch named {name!r} exists already")
+            raise GenerationError(f"a branch named {name!r} exists already")
         src = self.branch
         self.branches[name] = Branch(name, src.tokens[: self.cursor], [i for i in src.forced if i < self.cursor],
                                      src.name, self.cursor)
@@ -169,7 +198,7 @@ class Trace:
 
     def switch(self, name: str) -> None:
         if name not in self.branches:
-            raise ValueError(f"no branch named {name!r}; branches: {', '.join(self.branches)}")
+            raise GenerationError(f"no branch named {name!r}; branches: {', '.join(self.branches)}")
         self.current = name
         self.cursor = len(self.branch.tokens)
 
@@ -193,7 +222,7 @@ class Trace:
     def from_dict(cls, source: LogitsSource, d: dict) -> "Trace":
         try:
             if d.get("format") != FORMAT:
-                raise ValueError(f"unknown trace format {d.get('format')!r}")
+                raise GenerationError(f"unknown trace format {d.get('format')!r}")
             c = d["config"]
             cfg = GenerationConfig(max_new_tokens=c["max_new_tokens"], seed=c["seed"], stop=tuple(c["stop"]),
                                    stop_at_eos=c["stop_at_eos"], top_n=c["top_n"],
@@ -205,10 +234,10 @@ class Trace:
             trace.switch(d["current"])
             cursor = d["cursor"]
             if not isinstance(cursor, int) or not 0 <= cursor <= len(trace.branch.tokens):
-                raise ValueError(f"cursor {cursor!r} is outside the branch")
+                raise GenerationError(f"cursor {cursor!r} is outside the branch")
             trace.cursor = cursor
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"this saved generation cannot be restored ({e}); start a new one") from e
+        except (KeyError, TypeError, ValueError) as e:      # ValueError: our own errors and json's
+            raise GenerationError(f"this saved generation cannot be restored ({e}); start a new one") from e
         return trace
 
     def to_url(self) -> str:
@@ -223,8 +252,17 @@ class Trace:
             raw = zlib.decompressobj().decompress(packed, max_bytes)   # bounded: no zip bombs
             d = json.loads(raw)
         except (ValueError, zlib.error) as e:
-            raise ValueError(f"the link's generation state is damaged ({type(e).__name__}); start a new one") from e
+            raise GenerationError(f"the link's generation state is damaged ({type(e).__name__}); start a new one") from e
         return cls.from_dict(source, d)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def replay(source: LogitsSource, prompt: str, config: GenerationConfig, tokens: Sequence[int]) -> Trace:

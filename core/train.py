@@ -1,14 +1,17 @@
 """Training: one generator that the CLI, the pages and the tests all consume.
 
-Holds `TrainConfig`, the records a run yields (`RunStarted`, `TrainStep`, `EvalResult`, `Sample`,
-`CheckpointSaved`, `RunFinished`), and `train()`, which sets up data, tokenizer and model and then
-yields one record per optimizer step. AdamW (fused where available, weight decay on matrices only),
-linear warmup + cosine decay, gradient clipping, gradient accumulation, autocast (bf16 / fp16 + scaler),
-optional torch.compile, DDP under torchrun, a divergence guard, and checkpoints that resume a run
-bit-for-bit. `python -m core.train` is the CLI.
+Holds the records a run yields (`Phase`, `RunStarted`, `ThreadsChosen`, `TrainStep`, `EvalResult`,
+`Sample`, `CheckpointSaved`, `RunFinished`), and `train()`, which reads like the run itself: prepare the
+data, build the model, evaluate, then one optimizer step after another, each yielding its record.
+AdamW (fused where available, weight decay on matrices only), linear warmup + cosine decay, gradient
+clipping, gradient accumulation, autocast (bf16 / fp16 + scaler), optional torch.compile, DDP under
+torchrun, a divergence guard, torch threads chosen by measurement, and checkpoints that resume a run
+bit-for-bit. Every record is also appended to the run's `log.jsonl`, so a process that only watches
+(a page, a job board) sees the same run. `python -m core.train` is the CLI.
 
-Deliberately not here: the model's definition (`core.model`), checkpoint file format
-(`core.checkpoint`), corpora and batching (`core.data`), export to ONNX (`core.export`).
+Deliberately not here: the settings (`core.config`: TrainConfig, ModelConfig), the model's definition
+(`core.model`), checkpoint file format (`core.checkpoint`), corpora and batching (`core.data`), export
+to ONNX (`core.export`).
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ import dataclasses
 import json
 import math
 import os
-import signal
+import shlex
+import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Union
 
@@ -30,94 +34,27 @@ import numpy as np
 import torch
 
 from core import checkpoint as ckpt_io
+from core import cli
 from core.catalog import LOG_FILE, RUN_FILE, TOKENIZER_DIR
-from core.data import CorpusError, TokenDataset, load_corpus, prepare_dataset
-from core.files import disk_full_message, is_disk_full, write_atomic
-from core.model import GPT, ModelConfig
-from core.tokenizer import Tokenizer, TokenizerError, byte_tokenizer, load_tokenizer, train_bpe
-
-
-
-@dataclass
-class TrainConfig:
-    out_dir: str = "runs/shakespeare-byte"   # run directory: checkpoints, tokenizer, log, run.json
-    corpus: str = "tinyshakespeare"         # a named corpus (core.data.CORPORA) or a local text file
-    data_dir: str | None = None             # corpus/token cache; None: $LLM_PLAYGROUND_DATA or ~/.cache
-    tokenizer: str = "byte"                 # byte | bpe (trained on the train split) | a saved tokenizer dir
-    bpe_vocab_size: int = 4096              # ordinary tokens of a trained BPE (256 bytes + merges)
-    val_fraction: float = 0.1               # tail of the text held out (nanoGPT's split for comparable losses)
-    batch_size: int = 12                    # sequences per micro-batch
-    grad_accum_steps: int = 1               # micro-batches per optimizer step: a larger batch in fixed memory
-    max_steps: int = 2000                   # optimizer steps in the whole run
-    learning_rate: float = 1e-3             # peak learning rate after warmup
-    min_lr: float = 1e-4                    # floor of the cosine decay (~peak/10, per Chinchilla)
-    warmup_steps: int = 100                 # linear warmup: Adam's moments are noisy at first
-    lr_decay_steps: int | None = None       # end of the cosine; None means max_steps
-    weight_decay: float = 0.1               # applied to matrices only; norms and biases are not decayed
-    beta1: float = 0.9
-    beta2: float = 0.99                     # 0.99 rather than 0.999: small batches, few tokens per step
-    grad_clip: float = 1.0                  # max global grad norm; 0 disables clipping (the norm is still logged)
-    dtype: str = "auto"                     # auto | float32 | bfloat16 | float16 (autocast for matmuls)
-    compile: bool = False                   # torch.compile: pays a one-off compile for faster steps
-    device: str = "auto"                    # auto (cuda when present, else cpu) | cpu | cuda | cuda:N
-    threads: int = 0                        # torch intra-op threads; 0 leaves torch's default
-    seed: int = 1337                        # one seed for init, batches and dropout: same seed, same run
-    eval_interval: int = 250                # steps between val-loss estimates
-    eval_iters: int = 200                   # batches per loss estimate (fixed batches: comparable over time)
-    eval_at_start: bool = True              # the untrained loss (about ln vocab) anchors the curve; a
-                                            # sweep that needs only the final loss skips it
-    checkpoint_interval: int = 250          # steps between checkpoints; 0 saves only at the end
-    keep_checkpoints: int = 5               # newest checkpoints kept; 0 keeps all
-    milestones: int = 0                     # also keep this many checkpoints spread over the run (the
-                                            # pages' checkpoint scrubber shows the model learning); 0: none
-    sample_interval: int = 0                # steps between printed samples; 0 disables
-    sample_tokens: int = 200                # length of those samples
-    divergence_factor: float = 3.0          # stop when loss > this x ln(vocab) (uniform guessing) or non-finite
-    resume: bool = False                    # continue the run in out_dir; without it an existing run is refused
-
-    def __post_init__(self):
-        positive = ("batch_size", "grad_accum_steps", "max_steps", "eval_iters", "sample_tokens",
-                    "bpe_vocab_size")
-        for name in positive:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("warmup_steps", "eval_interval", "checkpoint_interval", "keep_checkpoints",
-                     "sample_interval", "threads", "milestones"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
-        for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "divergence_factor", "beta1",
-                     "beta2", "val_fraction"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-        for name in ("out_dir", "corpus", "tokenizer", "dtype", "device"):
-            if isinstance(getattr(self, name), os.PathLike):
-                setattr(self, name, os.fspath(getattr(self, name)))
-            if not isinstance(getattr(self, name), str):
-                raise ValueError(f"{name} must be text, got {getattr(self, name)!r}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ValueError(f"beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-# Fields a resumed run may change: they do not alter the math of the steps already taken.
-RESUMABLE_OVERRIDES = {"out_dir", "data_dir", "max_steps", "lr_decay_steps", "compile", "device",
-                       "threads", "eval_interval", "eval_at_start", "checkpoint_interval", "keep_checkpoints",
-                       "sample_interval", "sample_tokens", "resume", "milestones"}
-
+from core.checks import PlaygroundError
+from core.config import RESUMABLE_OVERRIDES, ModelConfig, TrainConfig
+from core.data import Corpus, TokenDataset, load_corpus, prepare_dataset
+from core.files import write_atomic
+from core.model import GPT
+from core.tokenizer import META_FILE, Tokenizer, byte_tokenizer, load_tokenizer, train_bpe
 
 # ---------------------------------------------------------------------------------------------------
 # Records yielded by train()
+
+@dataclass
+class Phase:
+    """What the run is doing before (and between) training steps, for a watcher: the first minute of a
+    run is data and a first evaluation, not steps."""
+    name: str                   # loading corpus | training tokenizer | tokenizing | building model |
+                                # evaluating | training
+    step: int                   # optimizer steps taken so far
+    elapsed: float              # seconds since this process started the run
+
 
 @dataclass
 class RunStarted:
@@ -135,6 +72,15 @@ class RunStarted:
     model_config: dict
     train_config: dict
     tokenizer: str
+    threads: int                # torch intra-op threads at the start (0 in train_config: measured soon)
+
+
+@dataclass
+class ThreadsChosen:
+    """The torch thread count the run settled on, and the step times (ms, median) that decided it."""
+    step: int
+    threads: int
+    ms_per_step: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -156,6 +102,7 @@ class EvalResult:
     val_perplexity: float       # exp(val_loss)
     val_bits_per_byte: float    # val_loss / ln 2 / bytes-per-token: compares byte and BPE models
     elapsed: float
+    seconds: float = 0.0        # what this evaluation itself took
 
 
 @dataclass
@@ -179,25 +126,24 @@ class RunFinished:
     checkpoint: str
 
 
-TrainEvent = Union[RunStarted, TrainStep, EvalResult, Sample, CheckpointSaved, RunFinished]
+TrainEvent = Union[Phase, RunStarted, ThreadsChosen, TrainStep, EvalResult, Sample, CheckpointSaved, RunFinished]
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(PlaygroundError):
     """The loss became non-finite or exploded; the last good checkpoint is kept untouched."""
 
 
-class RunExists(RuntimeError):
+class RunExists(PlaygroundError):
     """out_dir already holds a run and resume was not asked for."""
 
 
 # ---------------------------------------------------------------------------------------------------
-
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA GPU; use --device cpu")
+        raise PlaygroundError(f"device {name!r} asked for, but torch sees no CUDA GPU; use --device cpu")
     return dev
 
 
@@ -345,217 +291,345 @@ def resolve_resume(cfg: TrainConfig, model_cfg: ModelConfig,
 
 def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
           overrides: set[str] | None = None, command: str | None = None) -> Iterator[TrainEvent]:
-    """Run (or resume) training, yielding a record per step and per eval, sample and checkpoint.
+    """Run (or resume) training, yielding a record per phase, step, eval, sample and checkpoint.
 
     `command` (the CLI passes its own command line) is recorded in run.json, and so in exported cards.
     Stopping early is `gen.close()`: the run saves a checkpoint at the step it stopped on, so a later
     `resume` continues from there. Raises TrainingDiverged, RunExists, CorpusError, TokenizerError,
-    ValueError with messages that say what to change.
+    ConfigError (all PlaygroundErrors) with messages that say what to change.
     """
     cfg, model_cfg, resume_ckpt = resolve_resume(cfg, model_cfg or ModelConfig(), overrides)
     d, device = _init_distributed(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.out_dir)
+    log = _RunLog.open(run_dir, resume_ckpt.step if resume_ckpt else None, d.master)
+    clock = time.perf_counter()
 
-    # -- data and tokenizer (the master prepares, the others then hit the cache) ---------------------
-    corpus = load_corpus(cfg.corpus, cfg.data_dir)
-    if resume_ckpt is not None or (run_dir / TOKENIZER_DIR / "tokenizer.json").is_file():
-        tokenizer = load_tokenizer(run_dir / TOKENIZER_DIR)
-    else:  # every rank trains the same (deterministic) BPE; only the master saves it
-        n_train = int(len(corpus.text) * (1 - cfg.val_fraction))
-        tokenizer = build_tokenizer(cfg, corpus.text[:n_train], corpus.sha256)
+    def phase(name: str, step: int = 0) -> Phase:
+        return log.write(Phase(name, step, time.perf_counter() - clock))
+
+    try:
+        yield phase("loading corpus")
+        corpus = load_corpus(cfg.corpus, cfg.data_dir)
+        fresh_bpe = resume_ckpt is None and cfg.tokenizer == "bpe" and not (run_dir / TOKENIZER_DIR / META_FILE).is_file()
+        if fresh_bpe:
+            yield phase("training tokenizer")
+        tokenizer = _run_tokenizer(cfg, run_dir, corpus, resume_ckpt)
+        yield phase("tokenizing")
+        dataset = _prepare_data(corpus, tokenizer, cfg, d)
+        model_cfg = _fit_vocabulary(model_cfg, tokenizer, resume_ckpt)
+        dataset.check_block_size(model_cfg.block_size)
+        yield phase("building model")
+        trainer = _Trainer(cfg, model_cfg, d, device, run_dir, dataset, tokenizer, corpus.sha256, log, resume_ckpt)
+        if d.master:
+            _write_run_file(run_dir, cfg, model_cfg, tokenizer, corpus, dataset, trainer.raw_model, command,
+                            resumed=resume_ckpt is not None)
+        yield trainer.started()
+        yield from trainer.run(phase)
+    finally:
+        log.close()
+
+
+def _run_tokenizer(cfg: TrainConfig, run_dir: Path, corpus: Corpus, resume_ckpt) -> Tokenizer:
+    """The run's tokenizer: the saved one when resuming, else built from the training split. Every rank
+    builds the same (deterministic) BPE; only the master saves it."""
+    if resume_ckpt is not None or (run_dir / TOKENIZER_DIR / META_FILE).is_file():
+        return load_tokenizer(run_dir / TOKENIZER_DIR)
+    n_train = int(len(corpus.text) * (1 - cfg.val_fraction))
+    return build_tokenizer(cfg, corpus.text[:n_train], corpus.sha256)
+
+
+def _prepare_data(corpus: Corpus, tokenizer: Tokenizer, cfg: TrainConfig, d: _Dist) -> TokenDataset:
+    """Token files for both splits: the master writes the cache, the other ranks then read it."""
     if d.master:
         dataset = prepare_dataset(corpus, tokenizer, cfg.data_dir, cfg.val_fraction)
         _barrier(d)
     else:
         _barrier(d)
         dataset = prepare_dataset(corpus, tokenizer, cfg.data_dir, cfg.val_fraction)
-    if model_cfg.vocab_size != tokenizer.n_vocab:
+    return dataset
+
+
+def _fit_vocabulary(model_cfg: ModelConfig, tokenizer: Tokenizer, resume_ckpt) -> ModelConfig:
+    """A fresh model takes its vocabulary size from the tokenizer; a resumed one must already match."""
+    if model_cfg.vocab_size == tokenizer.n_vocab:
+        return model_cfg
+    if resume_ckpt is not None:
+        raise PlaygroundError(f"the checkpoint's vocab_size {model_cfg.vocab_size} does not match its "
+                              f"tokenizer ({tokenizer.n_vocab}); the run directory is inconsistent")
+    return dataclasses.replace(model_cfg, vocab_size=tokenizer.n_vocab)
+
+
+def _write_run_file(run_dir: Path, cfg: TrainConfig, model_cfg: ModelConfig, tokenizer: Tokenizer,
+                    corpus: Corpus, dataset: TokenDataset, model: GPT, command: str | None, resumed: bool) -> None:
+    """run.json: everything needed to understand (and resume) the run without loading a checkpoint."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resumed:
+        tokenizer.save(run_dir / TOKENIZER_DIR)
+    write_atomic(run_dir / RUN_FILE, json.dumps({
+        "train_config": cfg.to_dict(), "model_config": model_cfg.to_dict(),
+        "tokenizer": tokenizer.name, "corpus": corpus.source, "corpus_sha256": corpus.sha256,
+        "parameters": model.count_parameters(),
+        "val_bytes_per_token": dataset.val_bytes_per_token,
+        "command": previous_command(run_dir, command) if resumed else command,
+    }, indent=2).encode())
+
+
+class _Trainer:
+    """The state of a run in progress (model, optimizer, data, RNGs, counters) and its moves:
+    one optimizer step, an evaluation, a sample, a checkpoint."""
+
+    def __init__(self, cfg: TrainConfig, model_cfg: ModelConfig, d: _Dist, device: torch.device, run_dir: Path,
+                 dataset: TokenDataset, tokenizer: Tokenizer, corpus_sha256: str, log: "_RunLog", resume_ckpt):
+        self.cfg, self.model_cfg, self.d, self.device = cfg, model_cfg, d, device
+        self.corpus_sha256 = corpus_sha256
+        self.run_dir, self.dataset, self.tokenizer, self.log = run_dir, dataset, tokenizer, log
+        self.resumed_from = resume_ckpt.step if resume_ckpt is not None else None
+        torch.manual_seed(cfg.seed)
+        self.raw_model = GPT(model_cfg)
+        self.step, self.tokens_seen, self.elapsed_before = 0, 0, 0.0
+        self.batch_rng = np.random.default_rng([cfg.seed, d.rank])
         if resume_ckpt is not None:
-            raise ValueError(f"the checkpoint's vocab_size {model_cfg.vocab_size} does not match its "
-                             f"tokenizer ({tokenizer.n_vocab}); the run directory is inconsistent")
-        model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.n_vocab)
-    dataset.check_block_size(model_cfg.block_size)
+            ckpt_io.restore_model(self.raw_model, resume_ckpt)
+        self.raw_model.to(device)
+        self.optimizer = make_optimizer(self.raw_model, cfg, device)
+        if resume_ckpt is not None:
+            self._restore(resume_ckpt)
+        self.dtype = pick_dtype(cfg.dtype, device)
+        self.autocast = (torch.autocast(device.type, dtype=self.dtype) if self.dtype != torch.float32
+                         else contextlib.nullcontext())
+        self.scaler = torch.amp.GradScaler(device.type, enabled=(self.dtype == torch.float16))
+        self.model = self.raw_model
+        if cfg.compile:
+            self.model = torch.compile(self.model)
+        if d.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            self.model = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.tokens_per_step = cfg.batch_size * model_cfg.block_size * cfg.grad_accum_steps * d.world_size
+        self.max_loss = cfg.divergence_factor * math.log(model_cfg.vocab_size)
+        self.threads = ThreadChooser(cfg, device, d)
+        self.t_start = time.perf_counter()
 
-    # -- model, optimizer, state ---------------------------------------------------------------------
-    torch.manual_seed(cfg.seed)
-    model = GPT(model_cfg)
-    step, tokens_seen, elapsed_before = 0, 0, 0.0
-    batch_rng = np.random.default_rng([cfg.seed, d.rank])
-    if resume_ckpt is not None:
-        ckpt_io.restore_model(model, resume_ckpt)
-    model.to(device)
-    optimizer = make_optimizer(model, cfg, device)
-    if resume_ckpt is not None:
-        ckpt_io.restore_optimizer(optimizer, resume_ckpt)
-        state = resume_ckpt.meta["state"]
-        step, tokens_seen, elapsed_before = state["step"], state["tokens_seen"], state["elapsed"]
-        rng_states = resume_ckpt.meta.get("rng_numpy", [])
-        if len(rng_states) == d.world_size:
-            batch_rng.bit_generator.state = rng_states[d.rank]
-            torch.set_rng_state(resume_ckpt.tensors[f"rng.torch.{d.rank}"])
-            if device.type == "cuda" and f"rng.cuda.{d.rank}" in resume_ckpt.tensors:
-                torch.cuda.set_rng_state(resume_ckpt.tensors[f"rng.cuda.{d.rank}"], device)
+    def _restore(self, ckpt) -> None:
+        ckpt_io.restore_optimizer(self.optimizer, ckpt)
+        state = ckpt.meta["state"]
+        self.step, self.tokens_seen, self.elapsed_before = state["step"], state["tokens_seen"], state["elapsed"]
+        rng_states = ckpt.meta.get("rng_numpy", [])
+        if len(rng_states) == self.d.world_size:
+            self.batch_rng.bit_generator.state = rng_states[self.d.rank]
+            torch.set_rng_state(ckpt.tensors[f"rng.torch.{self.d.rank}"])
+            if self.device.type == "cuda" and f"rng.cuda.{self.d.rank}" in ckpt.tensors:
+                torch.cuda.set_rng_state(ckpt.tensors[f"rng.cuda.{self.d.rank}"], self.device)
         else:  # a different number of processes: continue, but not bit-identically
-            batch_rng = np.random.default_rng([cfg.seed, d.rank, step])
-    dtype = pick_dtype(cfg.dtype, device)
-    autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32
-                else contextlib.nullcontext())
-    scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
-    raw_model = model
-    if cfg.compile:
-        model = torch.compile(model)
-    if d.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+            self.batch_rng = np.random.default_rng([self.cfg.seed, self.d.rank, self.step])
 
-    tokens_per_step = cfg.batch_size * model_cfg.block_size * cfg.grad_accum_steps * d.world_size
-    max_loss = cfg.divergence_factor * math.log(model_cfg.vocab_size)
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.t_start
 
-    def to_device(a: np.ndarray) -> torch.Tensor:
+    def started(self) -> RunStarted:
+        return RunStarted(str(self.run_dir), str(self.device), str(self.dtype).replace("torch.", ""),
+                          self.d.world_size, self.raw_model.count_parameters(), self.raw_model.flops_per_token(),
+                          self.tokens_per_step, len(self.dataset.train), len(self.dataset.val),
+                          self.dataset.val_bytes_per_token, self.resumed_from, self.model_cfg.to_dict(),
+                          self.cfg.to_dict(), self.tokenizer.name, torch.get_num_threads())
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def run(self, phase) -> Iterator[TrainEvent]:
+        cfg = self.cfg
+        self.t_start = time.perf_counter()
+        last_saved = self.step if self.resumed_from is not None else -1
+        last_eval = None
+        if self.step == 0 and cfg.eval_interval and cfg.eval_at_start:
+            yield phase("evaluating", self.step)
+            last_eval = yield from self._logged(self.evaluate())
+        yield phase("training", self.step)
+        self.model.train()
+        try:
+            while self.step < cfg.max_steps:
+                with self.threads.timing(self.step):
+                    rec = self.train_step()
+                yield self.log.write(rec)
+                chosen = self.threads.decided()
+                if chosen is not None:
+                    yield self.log.write(chosen)
+                at_end = self.step == cfg.max_steps
+                if cfg.eval_interval and (self.step % cfg.eval_interval == 0 or at_end):
+                    yield phase("evaluating", self.step)
+                    last_eval = yield from self._logged(self.evaluate())
+                    yield phase("training", self.step)
+                if cfg.sample_interval and self.step % cfg.sample_interval == 0 and self.d.master:
+                    yield from self._logged(Sample(self.step, self.sample()))
+                if at_end or (cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0):
+                    path = self.save(last_eval if last_eval and last_eval.step == self.step else None)
+                    last_saved = self.step
+                    yield CheckpointSaved(self.step, str(path))
+        except GeneratorExit:
+            # The consumer stopped the run (Stop button, Ctrl-C in the CLI): keep what was trained.
+            # Under DDP every rank must take part in a save, and a close reaches one rank only.
+            if self.step != last_saved and not self.d.enabled:
+                self.save()
+            raise
+        yield RunFinished(self.step, self.tokens_seen, self.elapsed(),
+                          last_eval if last_eval and last_eval.step == self.step else None,
+                          str(ckpt_io.checkpoint_path(self.run_dir, self.step)))
+
+    def _logged(self, rec):
+        yield self.log.write(rec)
+        return rec
+
+    def train_step(self) -> TrainStep:
+        """One optimizer step (its micro-batches, clipping, the divergence guard); fp16 overflow steps are
+        skipped by the scaler and taken again."""
+        cfg, d = self.cfg, self.d
+        while True:
+            t0 = time.perf_counter()
+            lr = lr_at(self.step, cfg)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = 0.0
+            for micro in range(cfg.grad_accum_steps):
+                x, y = self.dataset.get_batch("train", cfg.batch_size, self.model_cfg.block_size, self.batch_rng)
+                if d.enabled:  # all-reduce gradients only on the last micro-batch
+                    self.model.require_backward_grad_sync = micro == cfg.grad_accum_steps - 1
+                with self.autocast:
+                    loss = self.model(self._to_device(x), self._to_device(y)).loss / cfg.grad_accum_steps
+                self.scaler.scale(loss).backward()
+                loss_sum += loss.item()
+            self.scaler.unscale_(self.optimizer)
+            # The grad norm is the same on every rank (gradients are all-reduced), so every rank
+            # takes the same decision below; a NaN loss on any rank makes it NaN everywhere.
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(
+                self.raw_model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
+            loss_mean = _all_mean(loss_sum, d) if d.enabled else loss_sum
+            if not math.isfinite(grad_norm) or not math.isfinite(loss_mean) or loss_mean > self.max_loss:
+                if self.scaler.is_enabled() and not math.isfinite(grad_norm):
+                    # fp16 overflow: the scaler skips this step and lowers its scale; not divergence
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    continue
+                self._diverged(loss_mean, grad_norm, lr)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            self.tokens_seen += self.tokens_per_step
+            dt = time.perf_counter() - t0
+            return TrainStep(self.step, loss_mean, lr, self.tokens_seen, self.tokens_per_step / dt, grad_norm,
+                             self.elapsed())
+
+    def _diverged(self, loss: float, grad_norm: float, lr: float) -> None:
+        good = ckpt_io.latest_checkpoint(self.run_dir)
+        where = (f"the last good checkpoint (step {good.step}) is kept at {good.path}; resume "
+                 f"from it with a lower learning rate" if good else
+                 "no checkpoint had been saved yet; start again with a lower learning rate")
+        raise TrainingDiverged(
+            f"training diverged at step {self.step + 1}: loss {loss:.4g} (limit {self.max_loss:.3g}, "
+            f"{self.cfg.divergence_factor} x ln vocab), grad norm {grad_norm:.4g}, learning rate "
+            f"{lr:.3g}. {where}.")
+
+    def _to_device(self, a: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(a)
-        return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+        return t.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else t
 
     @torch.no_grad()
-    def evaluate() -> EvalResult:
-        raw_model.eval()
+    def evaluate(self) -> EvalResult:
+        """Mean loss over the same fixed batches of both splits (see _eval_batches)."""
+        t0 = time.perf_counter()
+        self.raw_model.eval()
         losses = {}
         for split in ("train", "val"):
             total = 0.0
-            for x, y in _eval_batches(dataset, cfg, model_cfg.block_size, d.rank, split):
-                with autocast:
-                    total += raw_model(to_device(x), to_device(y)).loss.item()
-            losses[split] = _all_mean(total / cfg.eval_iters, d)
-        raw_model.train()
+            for x, y in _eval_batches(self.dataset, self.cfg, self.model_cfg.block_size, self.d.rank, split):
+                with self.autocast:
+                    total += self.raw_model(self._to_device(x), self._to_device(y)).loss.item()
+            losses[split] = _all_mean(total / self.cfg.eval_iters, self.d)
+        self.raw_model.train()
         val = losses["val"]
-        return EvalResult(step, losses["train"], val, math.exp(min(val, 700)),
-                          val / math.log(2) / dataset.val_bytes_per_token,
-                          elapsed_before + time.perf_counter() - t_start)
+        return EvalResult(self.step, losses["train"], val, math.exp(min(val, 700)),
+                          val / math.log(2) / self.dataset.val_bytes_per_token, self.elapsed(),
+                          time.perf_counter() - t0)
 
-    def save(final_eval: EvalResult | None = None) -> Path:
-        rng_numpy = _gather(batch_rng.bit_generator.state, d)
+    def sample(self) -> str:
+        return _sample_text(self.raw_model, self.tokenizer, self.cfg.sample_tokens, self.device)
+
+    def save(self, final_eval: EvalResult | None = None) -> Path:
+        """A checkpoint with everything a bit-for-bit resume needs (every rank's RNG states included)."""
+        d = self.d
+        rng_numpy = _gather(self.batch_rng.bit_generator.state, d)
         rng_torch = _gather(torch.get_rng_state(), d)
-        rng_cuda = _gather(torch.cuda.get_rng_state(device), d) if device.type == "cuda" else []
-        path = ckpt_io.checkpoint_path(run_dir, step)
+        rng_cuda = _gather(torch.cuda.get_rng_state(self.device), d) if self.device.type == "cuda" else []
+        path = ckpt_io.checkpoint_path(self.run_dir, self.step)
         if d.master:
-            meta = {"train_config": cfg.to_dict(),
-                    "state": {"step": step, "tokens_seen": tokens_seen,
-                              "elapsed": elapsed_before + time.perf_counter() - t_start},
+            meta = {"train_config": self.cfg.to_dict(),
+                    "state": {"step": self.step, "tokens_seen": self.tokens_seen, "elapsed": self.elapsed()},
                     "rng_numpy": rng_numpy,
-                    "tokenizer": tokenizer.name,
-                    "corpus_sha256": corpus.sha256}
+                    "tokenizer": self.tokenizer.name,
+                    "corpus_sha256": self.corpus_sha256}
             if final_eval is not None:
                 meta["eval"] = dataclasses.asdict(final_eval)
             extra = {f"rng.torch.{r}": s for r, s in enumerate(rng_torch)}
             extra.update({f"rng.cuda.{r}": s for r, s in enumerate(rng_cuda)})
-            ckpt_io.save_checkpoint(path, raw_model, optimizer, meta, extra)
-            ckpt_io.prune_checkpoints(run_dir, cfg.keep_checkpoints, milestone_steps(cfg))
+            ckpt_io.save_checkpoint(path, self.raw_model, self.optimizer, meta, extra)
+            ckpt_io.prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints, milestone_steps(self.cfg))
         _barrier(d)
         return path
 
-    # -- run directory ---------------------------------------------------------------------------------
-    if d.master:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if resume_ckpt is None:
-            tokenizer.save(run_dir / TOKENIZER_DIR)
-        write_atomic(run_dir / RUN_FILE, json.dumps({
-            "train_config": cfg.to_dict(), "model_config": model_cfg.to_dict(),
-            "tokenizer": tokenizer.name, "corpus": corpus.source, "corpus_sha256": corpus.sha256,
-            "parameters": raw_model.count_parameters(),
-            "val_bytes_per_token": dataset.val_bytes_per_token,
-            "command": command if resume_ckpt is None else previous_command(run_dir, command),
-        }, indent=2).encode())
-        _truncate_log(run_dir / LOG_FILE, step)
-    log = _RunLog(run_dir / LOG_FILE if d.master else None)
 
-    t_start = time.perf_counter()
-    started = RunStarted(str(run_dir), str(device), str(dtype).replace("torch.", ""), d.world_size,
-                         raw_model.count_parameters(), raw_model.flops_per_token(), tokens_per_step,
-                         len(dataset.train), len(dataset.val), dataset.val_bytes_per_token,
-                         resume_ckpt.step if resume_ckpt else None, model_cfg.to_dict(), cfg.to_dict(),
-                         tokenizer.name)
-    yield started
+class ThreadChooser:
+    """torch's thread count, measured on the run's own first steps when the config leaves it open
+    (threads = 0): each candidate count takes a few real training steps in turn (interleaved, so a
+    neighbour's load hits them alike) and the faster median wins. On a busy 2-core machine 1 thread ran
+    5-14x faster than 2; on an idle one 2 can win; only a measurement on the machine tells."""
 
-    last_saved = step if resume_ckpt is not None else -1
-    last_eval = None
-    if step == 0 and cfg.eval_interval and cfg.eval_at_start:
-        last_eval = evaluate()
-        log.write(last_eval)
-        yield last_eval
-    model.train()
-    try:
-        while step < cfg.max_steps:
-            t0 = time.perf_counter()
-            lr = lr_at(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = 0.0
-            for micro in range(cfg.grad_accum_steps):
-                x, y = dataset.get_batch("train", cfg.batch_size, model_cfg.block_size, batch_rng)
-                if d.enabled:  # all-reduce gradients only on the last micro-batch
-                    model.require_backward_grad_sync = micro == cfg.grad_accum_steps - 1
-                with autocast:
-                    loss = model(to_device(x), to_device(y)).loss / cfg.grad_accum_steps
-                scaler.scale(loss).backward()
-                loss_sum += loss.item()
-            scaler.unscale_(optimizer)
-            # The grad norm is the same on every rank (gradients are all-reduced), so every rank
-            # takes the same decision below; a NaN loss on any rank makes it NaN everywhere.
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(
-                raw_model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
-            loss_mean = _all_mean(loss_sum, d) if d.enabled else loss_sum
-            if not math.isfinite(grad_norm) or not math.isfinite(loss_mean) or loss_mean > max_loss:
-                if scaler.is_enabled() and not math.isfinite(grad_norm):
-                    # fp16 overflow: the scaler skips this step and lowers its scale; not divergence
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    continue
-                good = ckpt_io.latest_checkpoint(run_dir)
-                where = (f"the last good checkpoint (step {good.step}) is kept at {good.path}; resume "
-                         f"from it with a lower learning rate" if good else
-                         "no checkpoint had been saved yet; start again with a lower learning rate")
-                raise TrainingDiverged(
-                    f"training diverged at step {step + 1}: loss {loss_mean:.4g} (limit {max_loss:.3g}, "
-                    f"{cfg.divergence_factor} x ln vocab), grad norm {grad_norm:.4g}, learning rate "
-                    f"{lr:.3g}. {where}.")
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            tokens_seen += tokens_per_step
-            dt = time.perf_counter() - t0
-            rec = TrainStep(step, loss_mean, lr, tokens_seen, tokens_per_step / dt, grad_norm,
-                            elapsed_before + time.perf_counter() - t_start)
-            log.write(rec)
-            yield rec
-            if cfg.eval_interval and (step % cfg.eval_interval == 0 or step == cfg.max_steps):
-                last_eval = evaluate()
-                log.write(last_eval)
-                yield last_eval
-            if cfg.sample_interval and step % cfg.sample_interval == 0 and d.master:
-                sample = Sample(step, _sample_text(raw_model, tokenizer, cfg.sample_tokens, device))
-                log.write(sample)
-                yield sample
-            if step == cfg.max_steps or (cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0):
-                path = save(last_eval if last_eval and last_eval.step == step else None)
-                last_saved = step
-                yield CheckpointSaved(step, str(path))
-    except GeneratorExit:
-        # The consumer stopped the run (Stop button, Ctrl-C in the CLI): keep what was trained.
-        # Under DDP every rank must take part in a save, and a close reaches one rank only.
-        if step != last_saved and not d.enabled:
-            save()
-        raise
-    finally:
-        log.close()
-    yield RunFinished(step, tokens_seen, elapsed_before + time.perf_counter() - t_start,
-                      last_eval if last_eval and last_eval.step == step else None,
-                      str(ckpt_io.checkpoint_path(run_dir, step)))
+    PROBE_STEPS = 3             # timed steps per candidate (after one untimed warm-up step each)
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, d: _Dist):
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.candidates: list[int] = []
+        if cfg.threads == 0 and device.type == "cpu":
+            if d.enabled:
+                torch.set_num_threads(max(1, cpus // d.world_size))
+            else:
+                self.candidates = sorted({1, max(1, cpus // 2), cpus})
+        if len(self.candidates) < 2:
+            self.candidates = []
+        rounds = 1 + self.PROBE_STEPS
+        self.schedule = [c for _ in range(rounds) for c in self.candidates]
+        self.times: dict[int, list[float]] = {c: [] for c in self.candidates}
+        self.chosen: ThreadsChosen | None = None
+        self._start_step: int | None = None
+
+    @contextlib.contextmanager
+    def timing(self, step: int):
+        if self._start_step is None:
+            self._start_step = step
+        i = step - self._start_step
+        if self.chosen is not None or i >= len(self.schedule):
+            yield
+            return
+        n = self.schedule[i]
+        torch.set_num_threads(n)
+        t0 = time.perf_counter()
+        yield
+        if i >= len(self.candidates):          # the first round warms each count up
+            self.times[n].append(time.perf_counter() - t0)
+
+    def decided(self) -> ThreadsChosen | None:
+        """The choice, once, right after the last probing step; None before and after."""
+        if self.chosen is not None or not self.candidates or \
+                any(len(v) < self.PROBE_STEPS for v in self.times.values()):
+            return None
+        medians = {n: 1000 * statistics.median(v) for n, v in self.times.items()}
+        best = min(medians, key=medians.get)
+        torch.set_num_threads(best)
+        self.chosen = ThreadsChosen(self._start_step + len(self.schedule), best, medians)
+        return self.chosen
 
 
 def milestone_steps(cfg: TrainConfig) -> set[int]:
+
     """The checkpoint steps kept for the scrubber: about `milestones` of them, evenly spread."""
     if not cfg.milestones or not cfg.checkpoint_interval:
         return set()
@@ -589,15 +663,44 @@ def _sample_text(model: GPT, tokenizer: Tokenizer, n_tokens: int, device: torch.
 
 
 class _RunLog:
-    """Append-only JSON lines of every step and eval, for curves drawn after the fact."""
+    """Append-only JSON lines of every record (the master's), for watchers and for curves drawn after the
+    fact. Opening it for a fresh run empties it; for a resume it drops the lines past the checkpoint:
+    those steps are trained again. A fresh run whose folder does not exist yet (the CLI's) keeps its
+    first records in memory until the folder is made, so a run that fails while reading its data
+    leaves nothing behind; a job's folder exists from the start, so its watcher sees every phase."""
 
-    def __init__(self, path: Path | None):
-        self.f = open(path, "a", encoding="utf-8") if path else None
+    def __init__(self, path: Path | None, fresh: bool):
+        self.path, self.fresh, self.f, self.pending = path, fresh, None, []
+        if path is not None and path.parent.is_dir():
+            self._open()
 
-    def write(self, rec) -> None:
-        if self.f:
-            self.f.write(json.dumps({"type": type(rec).__name__, **dataclasses.asdict(rec)}) + "\n")
+    @classmethod
+    def open(cls, run_dir: Path, resume_step: int | None, master: bool) -> "_RunLog":
+        if not master:
+            return cls(None, False)
+        if resume_step is not None:
+            _truncate_log(run_dir / LOG_FILE, resume_step)
+        return cls(run_dir / LOG_FILE, fresh=resume_step is None)
+
+    def _open(self) -> None:
+        self.f = open(self.path, "w" if self.fresh else "a", encoding="utf-8")
+        for line in self.pending:
+            self.f.write(line)
+        self.f.flush()
+        self.pending = []
+
+    def write(self, rec):
+        if self.path is None:
+            return rec
+        line = json.dumps({"type": type(rec).__name__, **dataclasses.asdict(rec)}) + "\n"
+        if self.f is None and self.path.parent.is_dir():
+            self._open()
+        if self.f is None:
+            self.pending.append(line)
+        else:
+            self.f.write(line)
             self.f.flush()
+        return rec
 
     def close(self) -> None:
         if self.f:
@@ -606,7 +709,7 @@ class _RunLog:
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """On resume, drop log lines past the checkpoint: those steps are trained again."""
+    """Drop log lines past `step` (a resume trains those steps again), and lines cut by a kill."""
     if not path.is_file():
         return
     keep = []
@@ -623,34 +726,16 @@ def _truncate_log(path: Path, step: int) -> None:
 # ---------------------------------------------------------------------------------------------------
 # CLI
 
-def _add_dataclass_args(parser: argparse.ArgumentParser, cls, title: str) -> None:
-    group = parser.add_argument_group(title)
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default
-        # SUPPRESS: only flags the user typed appear in the namespace (they override a resumed run)
-        kw = dict(default=argparse.SUPPRESS, dest=f"{cls.__name__}.{f.name}")
-        if isinstance(default, bool):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction,
-                               help=f"(default: {default})", **kw)
-        else:
-            typ = {int: int, float: float}.get(type(default), str)
-            if f.name in ("lr_decay_steps",):
-                typ = int
-            group.add_argument(flag, type=typ, help=f"(default: {default})", **kw)
-
-
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, ModelConfig, set[str]]:
     p = argparse.ArgumentParser(
         prog="python -m core.train",
         description="Train a small GPT. Every TrainConfig and ModelConfig field is a flag; "
                     "run under torchrun for several processes (DDP).")
-    _add_dataclass_args(p, TrainConfig, "training")
-    _add_dataclass_args(p, ModelConfig, "model")
-    ns = vars(p.parse_args(argv))
-    train_kw = {k.split(".", 1)[1]: v for k, v in ns.items() if k.startswith("TrainConfig.")}
-    model_kw = {k.split(".", 1)[1]: v for k, v in ns.items() if k.startswith("ModelConfig.")}
-    return TrainConfig(**train_kw), ModelConfig(**model_kw), set(train_kw)
+    cli.add_dataclass_args(p, TrainConfig, "training")
+    cli.add_dataclass_args(p, ModelConfig, "model")
+    ns = p.parse_args(argv)
+    train_kw = cli.dataclass_kwargs(ns, TrainConfig)
+    return TrainConfig(**train_kw), ModelConfig(**cli.dataclass_kwargs(ns, ModelConfig)), set(train_kw)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -658,24 +743,24 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg, model_cfg, given = parse_args(argv)
-    except ValueError as e:
+    except PlaygroundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    stop = {"asked": False}
-
-    def on_signal(signum, frame):
-        stop["asked"] = True   # finish the step in flight, checkpoint, exit
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-
+    stop = cli.StopFlag()
     master = int(os.environ.get("RANK", "0")) == 0
     bar = None
-    import shlex
     command = "python -m core.train " + shlex.join(sys.argv[1:] if argv is None else argv)
     gen = train(cfg, model_cfg, overrides=given, command=command)
+
+    def write(text: str) -> None:
+        if master:
+            (bar.write if bar else print)(text)
+
     try:
         for rec in gen:
-            if isinstance(rec, RunStarted):
+            if isinstance(rec, Phase) and rec.name not in ("training", "evaluating"):
+                write(f"{rec.name}…")
+            elif isinstance(rec, RunStarted):
                 if master:
                     resumed = f", resumed from step {rec.resumed_from}" if rec.resumed_from is not None else ""
                     print(f"run {rec.run_dir}: {rec.parameters['total']:,} parameters "
@@ -683,34 +768,32 @@ def main(argv: list[str] | None = None) -> int:
                           f"{rec.device} {rec.dtype}, {rec.world_size} process(es){resumed}", flush=True)
                     bar = tqdm(total=rec.train_config["max_steps"], initial=rec.resumed_from or 0,
                                unit="step", dynamic_ncols=True, disable=None)
+            elif isinstance(rec, ThreadsChosen):
+                write(f"torch threads: {rec.threads} (ms per step by thread count: "
+                      + ", ".join(f"{n}: {ms:.1f}" for n, ms in rec.ms_per_step.items()) + ")")
             elif isinstance(rec, TrainStep):
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{rec.loss:.4f}", lr=f"{rec.lr:.2e}", tok_s=f"{rec.tokens_per_s:,.0f}")
-            elif isinstance(rec, EvalResult) and master:
-                (bar.write if bar else print)(
-                    f"step {rec.step}: train {rec.train_loss:.4f}, val {rec.val_loss:.4f} "
-                    f"(ppl {rec.val_perplexity:.2f}, {rec.val_bits_per_byte:.4f} bits/byte)")
-            elif isinstance(rec, Sample) and master:
-                (bar.write if bar else print)(f"--- sample at step {rec.step} ---\n{rec.text}\n---")
+            elif isinstance(rec, EvalResult):
+                write(f"step {rec.step}: train {rec.train_loss:.4f}, val {rec.val_loss:.4f} "
+                      f"(ppl {rec.val_perplexity:.2f}, {rec.val_bits_per_byte:.4f} bits/byte)")
+            elif isinstance(rec, Sample):
+                write(f"--- sample at step {rec.step} ---\n{rec.text}\n---")
             elif isinstance(rec, RunFinished) and master:
                 if bar:
                     bar.close()
                 print(f"done: {rec.step} steps, {rec.tokens_seen:,} tokens, {rec.elapsed:.1f} s; "
                       f"checkpoint {rec.checkpoint}")
-            if stop["asked"]:
+            if stop.asked:
                 gen.close()
                 if master:
                     print("\nstopped: checkpoint saved; continue with --resume", file=sys.stderr)
                 return 130
-    except (TrainingDiverged, RunExists, CorpusError, TokenizerError, ckpt_io.CheckpointError,
-            OSError, ValueError) as e:
+    except (PlaygroundError, OSError) as e:
         if bar:
             bar.close()
-        if is_disk_full(e):
-            e = disk_full_message(e, "continue with --resume: the checkpoints already written are intact")
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return cli.report_error(e, "continue with --resume: the checkpoints already written are intact")
     finally:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             import torch.distributed as dist

@@ -6,10 +6,10 @@ import numpy as np
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from core.checks import PlaygroundError
 from core.generate import GenerationConfig, complete
-from core.runtime import ModelError
 from core.sampling import SamplerConfig
-from playground.shared import figure, open_page, tokens_html, url_value, visible
+from playground.shared import figure, open_page, tokens_html, url_int, url_text, visible
 
 model, lim = open_page("Attention",
                        "Row i of a head's map: how much token i draws from each earlier token (rows sum to 1; the "
@@ -31,7 +31,7 @@ def grid_layout(n_layer: int, n_head: int) -> dict:
 
 
 if "attn_text" not in st.session_state:
-    st.session_state["attn_text"] = url_value("text", "KING:\nWhat news from the")
+    st.session_state["attn_text"] = url_text("text", "KING:\nWhat news from the", lim.max_prompt_chars)
 
 
 def add_token() -> None:
@@ -41,7 +41,7 @@ def add_token() -> None:
         c = complete(model, text, GenerationConfig(max_new_tokens=1, sampler=SamplerConfig(temperature=0),
                                                    top_n=0), lim)
         st.session_state["attn_text"] = text + c.text
-    except (ValueError, ModelError) as e:
+    except PlaygroundError as e:
         st.session_state["attn_error"] = str(e)
 
 
@@ -67,8 +67,8 @@ grid = figure([dict(type="heatmap", z=maps[l][0, h], coloraxis="coloraxis", xaxi
 st.plotly_chart(grid, width="stretch", key="attn_grid")
 
 c1, c2 = st.columns(2)
-layer = c1.selectbox("Layer", list(range(L)), index=min(L - 1, max(0, url_value("layer", 0, int))), key="attn_layer")
-head = c2.selectbox("Head", list(range(H)), index=min(H - 1, max(0, url_value("head", 0, int))), key="attn_head")
+layer = c1.selectbox("Layer", list(range(L)), index=url_int("layer", 0, 0, L - 1), key="attn_layer")
+head = c2.selectbox("Head", list(range(H)), index=url_int("head", 0, 0, H - 1), key="attn_head")
 st.query_params["layer"], st.query_params["head"] = str(layer), str(head)
 big = figure([dict(type="heatmap", z=maps[layer][0, head], x=labels, y=labels, colorscale="Viridis", zmin=0, zmax=1)],
              yaxis=dict(autorange="reversed"), height=max(400, 14 * T + 150), margin=dict(t=40, b=10),

@@ -4,33 +4,12 @@ import time
 
 import streamlit as st
 
+from core.checks import PlaygroundError
 from core.generate import GenerationConfig
-from core.sampling import SamplerConfig, entropy_by_temperature
+from core.sampling import KNOBS, SamplerConfig, entropy_by_temperature
 from core.trace import Trace
-from playground.shared import figure, open_page, prob_colour, tokens_html, url_value, visible
-
-KNOBS = {   # (label, min, max, step, default, one-line explanation)
-    "temperature": ("Temperature", 0.0, 3.0, 0.05, 1.0,
-                    "Divides the logits: below 1 sharpens the distribution, above 1 flattens it; 0 always "
-                    "takes the most likely token (greedy)."),
-    "top_k": ("Top-k", 0, 200, 1, 0, "Keeps only the k most likely tokens. 0 keeps them all."),
-    "top_p": ("Top-p (nucleus)", 0.01, 1.0, 0.01, 1.0,
-              "Keeps the most likely tokens until their probabilities add up to p: a fixed share of the "
-              "probability mass, however many tokens that takes. 1 keeps all."),
-    "min_p": ("Min-p", 0.0, 1.0, 0.01, 0.0,
-              "Keeps tokens at least this fraction as likely as the single most likely one: a bar relative "
-              "to the model's confidence, unlike top-p's fixed mass. 0 keeps all."),
-    "typical_p": ("Typical-p", 0.01, 1.0, 0.01, 1.0,
-                  "Keeps the tokens whose surprise is closest to the distribution's average surprise "
-                  "(its entropy) until their mass reaches p. 1 keeps all."),
-    "repetition_penalty": ("Repetition penalty", 0.5, 2.0, 0.05, 1.0,
-                           "Above 1, every token already in the text (prompt included) becomes less likely, "
-                           "once, however often it appeared. 1 is off."),
-    "frequency_penalty": ("Frequency penalty", -2.0, 2.0, 0.1, 0.0,
-                          "Subtracts this from a token's logit for every time it was already generated."),
-    "presence_penalty": ("Presence penalty", -2.0, 2.0, 0.1, 0.0,
-                         "Subtracts this from a token's logit once if it was generated at all."),
-}
+from playground.shared import (figure, knob_slider, open_page, prob_colour, tokens_html, url_float, url_int, url_text,
+                               visible)
 
 model, lim = open_page("Generate, step by step",
                        "Each step: the model scores every token, the sampler stages reshape those scores, one token "
@@ -39,55 +18,60 @@ model, lim = open_page("Generate, step by step",
 with st.sidebar:
     st.subheader("Sampler")
     values = {}
-    for key, (label, lo, hi, step, default, explain) in KNOBS.items():
-        cast = int if isinstance(default, int) else float
-        start = min(hi, max(lo, url_value(key, default, cast)))
-        values[key] = st.slider(label, lo, hi, start, step, help=explain, key=f"knob_{key}")
-        if values[key] != default:
+    for key, knob in KNOBS.items():
+        lo, hi, _ = knob.slider
+        start = (url_int if knob.integer else url_float)(key, knob.default, lo, hi)
+        values[key] = knob_slider(st, key, f"knob_{key}", start)
+        if values[key] != knob.default:
             st.query_params[key] = str(values[key])
         elif key in st.query_params:
             del st.query_params[key]
-    seed = st.number_input("Seed", 0, 2**31 - 1, url_value("seed", 0, int), help="Same seed, same choices: a "
+    seed = st.number_input("Seed", 0, 2**31 - 1, url_int("seed", 0, 0, 2**31 - 1), help="Same seed, same choices: a "
                            "shared link replays exactly.", key="seed")
     st.query_params["seed"] = str(seed)
 
 sampler = SamplerConfig(**values)
 config = GenerationConfig(max_new_tokens=lim.max_new_tokens, sampler=sampler, seed=int(seed), top_n=10)
-prompt = st.text_area("Prompt", url_value("prompt", "ROMEO:\n"), max_chars=lim.max_prompt_chars, key="prompt")
+prompt = st.text_area("Prompt", url_text("prompt", "ROMEO:\n", lim.max_prompt_chars), max_chars=lim.max_prompt_chars, key="prompt")
 st.query_params["prompt"] = prompt
 path = str(model.directory)
 
 
 def current_trace() -> Trace | None:
-    """The visitor's trace for this model and prompt, restored from the session or a shared link."""
+    """The visitor's live trace (its KV cache and records kept in the session, so a click costs one decode
+    step), or one restored from the session's saved state or a shared link, or a new one."""
+    live = st.session_state.get("trace_live")
+    if live is not None and live.source is model and live.prompt == prompt:
+        live.config = config
+        return live
     saved = st.session_state.get("trace")
+    trace = None
     if saved and saved["model"] == path and saved["state"]["prompt"] == prompt:
         trace = Trace.from_dict(model, saved["state"])
     elif "t" in st.query_params and not saved:
         try:
             trace = Trace.from_url(model, st.query_params["t"])
-        except ValueError as e:
+        except PlaygroundError as e:
             st.warning(str(e))
-            trace = None
         if trace is not None and trace.prompt != prompt:
             trace = None
-    else:
-        trace = None
     if trace is None:
         if not prompt:
             return None
         trace = Trace(model, prompt, config)
     trace.config = config
+    st.session_state["trace_live"] = trace
     return trace
 
 
 def save(trace: Trace) -> None:
+    st.session_state["trace_live"] = trace
     st.session_state["trace"] = {"model": path, "state": trace.to_dict()}
     st.query_params["t"] = trace.to_url()
 
 
 def act(action: str, arg=None) -> None:
-    """Button callbacks: one move on the trace, then saved (runs before the page reruns)."""
+    """Button callbacks: one move on the live trace, then saved (runs before the page reruns)."""
     st.session_state["click_started"] = time.perf_counter()
     trace = current_trace()
     if trace is None:

@@ -5,15 +5,16 @@ goes deeper. The numbers come from `core` (explain, runtime, sampling, generate,
 import math
 
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
 
 from core import catalog, explain, scaling
+from core.checks import PlaygroundError
 from core.generate import GenerationConfig, beam_search, complete
 from core.runtime import ModelError
 from core.sampling import SamplerConfig, entropy, entropy_by_temperature, run_pipeline, softmax
-from core.tokenizer import TokenizerError, char_frequencies
-from playground.shared import model_by_name, model_names, open_page, scaling_report, tokens_html, url_value, visible
+from core.tokenizer import TokenizerError, char_frequencies, readable
+from playground.shared import (figure, knob_slider, model_by_name, model_names, open_page, scaling_report, tokens_html,
+                               url_choice, url_text, visible)
 
 SECTIONS = {
     "tokens": "1 · Tokenization",
@@ -37,14 +38,13 @@ model, lim = open_page(None)
 cfg = model.config
 st.title("Learn: how this model works")
 st.caption(f"Every number below is computed now, by **{model.name}** ({model.card['parameters']['total']:,} "
-           f"parameters, {cfg['n_layer']} layers × {cfg['n_head']} heads, width {cfg['n_embd']}, "
-           f"{cfg.get('pos_encoding', 'learned')} positions). Pick another model in the sidebar and the numbers change.")
+           f"parameters, {cfg.n_layer} layers × {cfg.n_head} heads, width {cfg.n_embd}, "
+           f"{cfg.pos_encoding} positions). Pick another model in the sidebar and the numbers change.")
 keys = list(SECTIONS)
-wanted = url_value("section", "tokens")
-section = st.radio("Section", keys, index=keys.index(wanted) if wanted in keys else 0, horizontal=True,
+section = st.radio("Section", keys, index=keys.index(url_choice("section", "tokens", keys)), horizontal=True,
                    format_func=SECTIONS.get, key="section", label_visibility="collapsed")
 st.query_params["section"] = section
-prompt = st.text_area("Your text (every section uses it)", url_value("text", "The king said to his friend:\nWhat"),
+prompt = st.text_area("Your text (every section uses it)", url_text("text", "The king said to his friend:\nWhat", min(lim.max_prompt_chars, 400)),
                       height=68, max_chars=min(lim.max_prompt_chars, 400), key="learn_text")
 st.query_params["text"] = prompt
 if not prompt:
@@ -70,8 +70,8 @@ if section == "tokens":
                 "frequent adjacent pair into a new token, so common pieces of the training text become single "
                 "tokens. A tokenizer applies its merges in the order it learned them.")
     freq = char_frequencies(prompt, top=20)
-    fig = go.Figure(go.Bar(x=[visible(c) for c, _ in freq], y=[n for _, n in freq]))
-    fig.update_layout(height=220, margin=dict(t=10, b=10), yaxis_title="count")
+    fig = figure([dict(type="bar", x=[visible(c) for c, _ in freq], y=[n for _, n in freq])], ytitle="count",
+                 height=220, margin=dict(t=10, b=10))
     st.markdown("Character counts in your text: a few characters carry most of it, which is why merging "
                 "frequent pairs shortens text so much.")
     st.plotly_chart(fig, width="stretch", key="learn_freq")
@@ -82,7 +82,7 @@ if section == "tokens":
                              index=pieces.index(longest), key="learn_piece", format_func=visible)
         steps = model.tokenizer.replay_merges(piece)
         for i, parts in enumerate(steps):
-            st.markdown(f"step {i}: " + tokens_html([(p.decode("utf-8", "replace"), f"{len(p)} bytes", None)
+            st.markdown(f"step {i}: " + tokens_html([(readable(p), f"{len(p)} bytes", None)
                                                      for p in parts]), unsafe_allow_html=True)
     else:
         st.info(f"{model.name} uses a byte tokenizer: no merges to replay. Pick a BPE model in the sidebar "
@@ -95,9 +95,14 @@ if section == "tokens":
     sizes = st.multiselect("Try this: vocabulary sizes", [256, 280, 320, 400, 500, 700, 1000],
                            default=[256, 280, 320, 400, 500], key="learn_vocab")
     try:
-        points = explain.vocabulary_tradeoff(corpus, sizes, int(cfg["n_embd"]))
-        st.dataframe([{"vocabulary": p.vocab_size, "tokens": p.tokens, "bytes per token": round(p.bytes_per_token, 2),
+        points = explain.vocabulary_tradeoff(corpus, sizes, cfg.n_embd)
+        st.dataframe([{"vocabulary": p.vocab_size, "tokens": p.tokens,
+                       "bytes per token": None if p.not_reached else round(p.bytes_per_token, 2),
                        "embedding parameters": p.embedding_parameters} for p in points], hide_index=True)
+        missed = [p for p in points if p.not_reached]
+        if missed:
+            st.info(f"Not reached on this text: {', '.join(str(p.vocab_size - 1) for p in missed)} ({missed[0].not_reached}). "
+                    f"Give a longer text to train larger vocabularies.")
     except TokenizerError as e:
         st.info(str(e))
     st.page_link("playground/tokenizer.py", label="Go deeper: the Tokenizer page", icon="🔤")
@@ -124,14 +129,12 @@ elif section == "positions":
         if z is None:
             col.info(f"No learned position table: this model was trained with {views.used} positions.")
             continue
-        fig = go.Figure(go.Heatmap(z=z, colorscale="RdBu"))
-        fig.update_yaxes(autorange="reversed", title="position")
-        fig.update_layout(height=300, margin=dict(t=30, b=10),
-                          title=title + (" (this model)" if kind == views.used else ""))
+        fig = figure([dict(type="heatmap", z=z, colorscale="RdBu")], ytitle="position", yaxis=dict(autorange="reversed"),
+                     height=300, margin=dict(t=30, b=10),
+                     title=dict(text=title + (" (this model)" if kind == views.used else "")))
         col.plotly_chart(fig, width="stretch", key=f"learn_pos_{kind}")
-    fig = go.Figure(go.Heatmap(z=views.similarity, colorscale="Viridis"))
-    fig.update_yaxes(autorange="reversed")
-    fig.update_layout(height=320, margin=dict(t=30, b=10), title="How alike two positions look to this model")
+    fig = figure([dict(type="heatmap", z=views.similarity, colorscale="Viridis")], yaxis=dict(autorange="reversed"),
+                 height=320, margin=dict(t=30, b=10), title=dict(text="How alike two positions look to this model"))
     st.plotly_chart(fig, width="stretch", key="learn_pos_sim")
     st.subheader("Token embedding neighbours")
     choice = st.selectbox("Try this: a token of your text", list(range(len(ids))), format_func=lambda i: labels[i],
@@ -171,10 +174,10 @@ elif section == "attention":
               "softmax": round(float(w.probs[j]), 4)} for j in range(T)]
     st.markdown(f"**3. Scores, scaling by 1/√{w.q.size} = {w.scale:.3f}, the causal mask, softmax:**")
     st.dataframe(table, hide_index=True)
-    fig = go.Figure(go.Bar(x=labels, y=w.probs, name="softmax (this page)"))
-    fig.add_trace(go.Scatter(x=labels, y=w.graph_row, mode="markers", name="Attention page's row",
-                             marker=dict(symbol="x", size=10, color="#dc2626")))
-    fig.update_layout(height=260, margin=dict(t=10, b=10), yaxis_title="attention weight")
+    fig = figure([dict(type="bar", x=labels, y=w.probs, name="softmax (this page)"),
+                  dict(type="scatter", x=labels, y=w.graph_row, mode="markers", name="Attention page's row",
+                       marker=dict(symbol="x", size=10, color="#dc2626"))],
+                 ytitle="attention weight", height=260, margin=dict(t=10, b=10))
     st.plotly_chart(fig, width="stretch", key="learn_attn_row")
     diff = float(np.abs(w.probs - w.graph_row).max())
     st.caption(f"The row above is row {position} of the heatmap on the Attention page (layer {layer}, head {head}); "
@@ -194,23 +197,21 @@ elif section == "logits":
                 "probabilities; temperature T divides the logits first: T < 1 sharpens, T > 1 flattens, and "
                 "T → 0 is greedy (always the most likely token).")
     logits, _ = model.next_logits(ids)
-    t = st.slider("Try this: temperature", 0.05, 2.0, 1.0, 0.05, key="learn_temp")
-    k = st.slider("top-k (0 = off)", 0, 50, 0, key="learn_topk")
+    t = knob_slider(st, "temperature", "learn_temp", lo=0.05, hi=2.0)
+    k = knob_slider(st, "top_k", "learn_topk", hi=50)
     result = run_pipeline(logits, SamplerConfig(temperature=t, top_k=k), history=ids)
     probs = result.final.probs
     top = np.argsort(-probs)[:12]
-    fig = go.Figure()
-    fig.add_trace(go.Bar(x=[visible(model.tokenizer.decode([int(i)])) for i in top], y=softmax(logits)[top],
-                         name="softmax(z), T = 1"))
-    fig.add_trace(go.Bar(x=[visible(model.tokenizer.decode([int(i)])) for i in top], y=probs[top],
-                         name=f"after T = {t}" + (f", top-k {k}" if k else "")))
-    fig.update_layout(height=300, margin=dict(t=10, b=10), barmode="group", yaxis_title="probability")
+    names = [visible(model.tokenizer.decode([int(i)])) for i in top]
+    fig = figure([dict(type="bar", x=names, y=softmax(logits)[top], name="softmax(z), T = 1"),
+                  dict(type="bar", x=names, y=probs[top], name=f"after T = {t}" + (f", top-k {k}" if k else ""))],
+                 ytitle="probability", height=300, margin=dict(t=10, b=10), barmode="group")
     st.plotly_chart(fig, width="stretch", key="learn_probs")
     temps = np.linspace(0.1, 2.0, 40)
     ent = entropy_by_temperature(logits, temps)
-    fig = go.Figure(go.Scatter(x=temps, y=ent, mode="lines"))
-    fig.add_vline(x=t, line_dash="dot")
-    fig.update_layout(height=240, margin=dict(t=10, b=10), xaxis_title="temperature", yaxis_title="entropy (nats)")
+    fig = figure([dict(type="scatter", x=temps, y=ent, mode="lines")], xtitle="temperature", ytitle="entropy (nats)",
+                 shapes=[dict(type="line", x0=t, x1=t, yref="paper", y0=0, y1=1, line=dict(dash="dot"))],
+                 height=240, margin=dict(t=10, b=10))
     st.plotly_chart(fig, width="stretch", key="learn_entropy")
     st.caption(f"Entropy now {entropy(np.log(np.maximum(probs, 1e-300))):.3f} nats (at most ln V = "
                f"{math.log(model.vocab_size):.3f} for a uniform guess); {result.final.kept} tokens still possible.")
@@ -227,7 +228,7 @@ elif section == "logits":
         ], hide_index=True)
         st.caption("Beam search keeps the 4 best partial texts by total log-probability; it usually finds a more "
                    "likely text than greedy, and a blander one than sampling.")
-    except (ValueError, ModelError) as e:
+    except PlaygroundError as e:
         st.info(str(e))
     st.page_link("playground/generate.py", label="Go deeper: every sampler stage, step by step, on the Generate page",
                  icon="🎲")
@@ -280,7 +281,7 @@ elif section == "scaling":
                 "for their data.")
     sweeps = catalog.list_sweeps()
     if sweeps:
-        report, problem = scaling_report(sweeps[0].path)
+        report, problem = scaling_report(sweeps[0].path)     # stored fits only: this page never fits
         if report and report.chinchilla:
             law = report.chinchilla
             st.markdown(f"Fitted on the project's own sweep ({len(report.records)} runs on tiny shakespeare): "
@@ -293,6 +294,9 @@ elif section == "scaling":
                         f"{model.card['training'].get('tokens_seen') or 0:,} tokens.")
         elif problem or report:
             st.info(problem or "; ".join(report.problems.values()))
+            if problem:
+                st.button("Look again", key="learn_scaling_refresh",
+                          help="Reads the stored fits again (a background fit stores them when it is done).")
     st.page_link("playground/scaling.py", label="Go deeper: fits, IsoFLOP curves and the frontier on the Scaling page",
                  icon="📈")
 

@@ -2,15 +2,14 @@
 
 import math
 
-import plotly.graph_objects as go
 import streamlit as st
 
 from core.runtime import ModelError
-from playground.shared import open_page, prob_colour, tokens_html, url_value
+from playground.shared import figure, open_page, prob_colour, tokens_html, url_text
 
 model, lim = open_page(None)
 card = model.card
-cfg = card["model_config"]
+cfg = model.config
 st.title(f"Model: {model.name}")
 
 c = st.columns(4)
@@ -19,12 +18,12 @@ c[0].metric("parameters", f"{card['parameters']['total']:,}",
 c[1].metric("val loss", f"{card['val_loss']:.3f}" if card.get("val_loss") else "n/a", help="nats per token")
 c[2].metric("bits per byte", f"{card['val_bits_per_byte']:.3f}" if card.get("val_bits_per_byte") else "n/a",
             help="comparable across tokenizers: the loss spread over the bytes of the text")
-c[3].metric("context", f"{cfg['block_size']} tokens")
+c[3].metric("context", f"{cfg.block_size} tokens")
 
 left, right = st.columns(2)
 with left:
     st.subheader("Architecture")
-    st.dataframe([{"setting": k, "value": str(v)} for k, v in cfg.items()], hide_index=True)
+    st.dataframe([{"setting": k, "value": str(v)} for k, v in cfg.to_dict().items()], hide_index=True)
     st.caption(f"Tokenizer `{card['tokenizer']['name']}` ({card['tokenizer']['kind']}, "
                f"{card['tokenizer']['n_vocab']:,} ids) · {card['flops_per_token'] / 1e6:.2f} MFLOP per training token")
 with right:
@@ -32,10 +31,10 @@ with right:
     training = card.get("training", {})
     curve = training.get("curve") or []
     if curve:
-        fig = go.Figure()
-        fig.add_trace(go.Scatter(x=[p["step"] for p in curve], y=[p["train_loss"] for p in curve], name="train"))
-        fig.add_trace(go.Scatter(x=[p["step"] for p in curve], y=[p["val_loss"] for p in curve], name="val"))
-        fig.update_layout(height=300, xaxis_title="step", yaxis_title="loss (nats/token)", margin=dict(t=20, b=20))
+        steps = [p["step"] for p in curve]
+        fig = figure([dict(type="scatter", x=steps, y=[p["train_loss"] for p in curve], name="train"),
+                      dict(type="scatter", x=steps, y=[p["val_loss"] for p in curve], name="val")],
+                     xtitle="step", ytitle="loss (nats/token)", height=300, margin=dict(t=20, b=20))
         st.plotly_chart(fig, width="stretch", key="curve")
     st.caption(f"{training.get('step', '?')} steps, {training.get('tokens_seen') or 0:,} tokens · corpus sha256 "
                f"`{(training.get('corpus_sha256') or '?')[:16]}…`")
@@ -51,7 +50,7 @@ st.dataframe([{"variant": name, "file": v["file"], "MB": round(v["bytes"] / 1e6,
               for name, v in card["variants"].items()], hide_index=True)
 
 st.subheader("Score a text")
-text = st.text_area("Text", url_value("score", "The night is long, and the morning will come."),
+text = st.text_area("Text", url_text("score", "The night is long, and the morning will come.", lim.max_prompt_chars),
                     max_chars=lim.max_prompt_chars, key="score_text")
 st.query_params["score"] = text
 try:

@@ -10,28 +10,30 @@ from __future__ import annotations
 
 import functools
 import html
-import os
-import threading
+import math
+import re
+import secrets
+import time
 from pathlib import Path
+from typing import Sequence
 
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import catalog
-from core.generate import Limits
+from core import catalog, scaling
+from core.limits import Limits, hosted
 from core.runtime import Model, ModelError
+from core.sampling import KNOBS
 
 DEFAULT_MODEL = "shakespeare-char"
-HOSTED = os.environ.get("LLM_PLAYGROUND_HOSTED", "") == "1"
+HOSTED = hosted()
+OWNER_COOKIE = "llmpg_owner"
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{32,64}$")
 
 
 def limits() -> Limits:
+    """The ceilings in force for this server (a hosted demo's are lower)."""
     return Limits.hosted() if HOSTED else Limits()
-
-
-def job_limits():
-    from core.jobs import JobLimits
-    return JobLimits.hosted() if HOSTED else JobLimits()
 
 
 @functools.lru_cache(maxsize=1)
@@ -43,8 +45,24 @@ def _board():
 def job_board():
     """The server's training jobs, shared by every session (one board per process)."""
     board = _board()
-    board.limits = job_limits()
+    board.limits = limits()
     return board
+
+
+def visitor_token() -> str:
+    """This visitor's secret: the training jobs they start belong to it. Kept in a cookie, so a reload
+    (a new Streamlit session) or a second tab of the same browser is still the same visitor; another
+    visitor never sees it (the board stores only its hash)."""
+    token = st.session_state.get("owner")
+    if token:
+        return token
+    cookie = st.context.cookies.get(OWNER_COOKIE, "") if st.context.cookies else ""
+    token = cookie if _TOKEN_RE.match(cookie or "") else secrets.token_urlsafe(32)
+    st.session_state["owner"] = token
+    if token != cookie:
+        st.html(f"<script>document.cookie = '{OWNER_COOKIE}={token}; path=/; max-age=31536000; "
+                f"SameSite=Strict';</script>", unsafe_allow_javascript=True)
+    return token
 
 
 @functools.lru_cache(maxsize=8)
@@ -69,9 +87,9 @@ def pick_model(checkpoints: bool = False) -> Model | None:
     if not names:
         st.sidebar.warning("No exported model in `exported/`. Train and export one (see Home).")
         return None
-    wanted = st.query_params.get("model", DEFAULT_MODEL)
-    index = names.index(wanted) if wanted in names else (names.index(DEFAULT_MODEL) if DEFAULT_MODEL in names else 0)
-    name = st.sidebar.selectbox("Model", names, index=index, key="model",
+    with st.sidebar:
+        wanted = url_choice("model", DEFAULT_MODEL if DEFAULT_MODEL in names else names[0], names)
+    name = st.sidebar.selectbox("Model", names, index=names.index(wanted), key="model",
                                 help="Exported models in `exported/`; each page uses the one chosen here.")
     st.query_params["model"] = name
     try:
@@ -108,15 +126,97 @@ def open_page(title: str | None, caption: str | None = None, checkpoints: bool =
     return model, limits()
 
 
-def url_value(key: str, default, cast=str):
-    """A value from the URL's query string (for shared links), or the default if absent or malformed."""
+# -- values read from a link: every one is checked, and a bad one is replaced with a note that says so.
+# A shared address is input like any other (hostile or just stale): a value out of a widget's range would
+# otherwise crash the page with Streamlit's own error.
+
+def url_notice(key: str, raw: str, used) -> None:
+    shown = raw if len(raw) <= 40 else raw[:40] + "…"
+    st.warning(f"This link's `{key}` value {shown!r} cannot be used here; {used}.", icon="🔗")
+
+
+def url_text(key: str, default: str, max_chars: int) -> str:
+    """Text from the URL, cut to max_chars (with a note) when longer."""
+    raw = st.query_params.get(key)
+    if raw is None:
+        return default
+    if len(raw) > max_chars:
+        url_notice(key, raw, f"it has {len(raw):,} characters and this server takes at most {max_chars:,}, so "
+                             f"only the first {max_chars:,} are used")
+        return raw[:max_chars]
+    return raw
+
+
+def url_int(key: str, default: int, low: int, high: int) -> int:
+    """An integer from the URL, within [low, high]; a malformed one gives the default, an out-of-range one
+    the nearest bound."""
     raw = st.query_params.get(key)
     if raw is None:
         return default
     try:
-        return cast(raw)
-    except (TypeError, ValueError):
+        value = int(raw.strip())
+    except ValueError:
+        url_notice(key, raw, f"it is not a whole number, so {default} is used")
         return default
+    if not low <= value <= high:
+        used = min(high, max(low, value))
+        url_notice(key, raw, f"it must be between {low:,} and {high:,}, so {used:,} is used")
+        return used
+    return value
+
+
+def url_float(key: str, default: float, low: float, high: float) -> float:
+    """A finite number from the URL, within [low, high] (clamped, with a note)."""
+    raw = st.query_params.get(key)
+    if raw is None:
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        url_notice(key, raw, f"it is not a finite number, so {default:g} is used")
+        return default
+    if not low <= value <= high:
+        used = min(high, max(low, value))
+        url_notice(key, raw, f"it must be between {low:g} and {high:g}, so {used:g} is used")
+        return used
+    return value
+
+
+def url_choice(key: str, default: str, options: Sequence[str]) -> str:
+    """One of `options` from the URL, or the default (with a note) when the link names another."""
+    raw = st.query_params.get(key)
+    if raw is None or raw in options:
+        return default if raw is None else raw
+    url_notice(key, raw, f"it is not one of the choices here, so {default!r} is used")
+    return default
+
+
+def url_choices(key: str, default: Sequence[str], options: Sequence[str], max_items: int, sep: str = ",") -> list[str]:
+    """Several of `options` from the URL (comma-separated): unknown ones and any past max_items are left
+    out, with a note."""
+    raw = st.query_params.get(key)
+    if raw is None:
+        return list(default)[:max_items]
+    wanted = [w for w in raw.split(sep) if w]
+    known = list(dict.fromkeys(w for w in wanted if w in options))
+    if len(known) < len(wanted):
+        url_notice(key, raw, "names that are not choices here are left out")
+    if len(known) > max_items:
+        url_notice(key, raw, f"this server takes at most {max_items} at once, so the first {max_items} are used")
+        known = known[:max_items]
+    return known
+
+
+def knob_slider(container, name: str, key: str, value=None, lo=None, hi=None):
+    """A sampler knob's slider, with the range, step and explanation of `core.sampling.KNOBS` (one table for
+    validation, the CLI and every page); `value` defaults to the knob's "off" value."""
+    knob = KNOBS[name]
+    low, high, step = knob.slider
+    low, high = low if lo is None else lo, high if hi is None else hi
+    value = knob.default if value is None else value
+    return container.slider(knob.label, low, high, min(high, max(low, value)), step, help=knob.explain, key=key)
 
 
 def visible(text: str) -> str:
@@ -138,10 +238,14 @@ def tokens_html(pieces: list[tuple[str, str, str | None]]) -> str:
     return '<div style="line-height:2.0">' + "".join(chips) + "</div>"
 
 
-def figure(traces: list[dict], **layout) -> go.Figure:
-    """A plotly figure from plain trace and layout dicts, without plotly's per-property validation
-    (st.plotly_chart validates once more anyway): 3-5x cheaper to build, which a page that redraws its
-    charts on every click of every visitor feels. Traces are dicts with a "type" ("bar", "heatmap"...)."""
+def figure(traces: list[dict], xtitle: str | None = None, ytitle: str | None = None, **layout) -> go.Figure:
+    """A plotly figure from plain trace and layout dicts: the pages' one way to build a figure. It skips
+    plotly's per-property validation (st.plotly_chart validates once more anyway): 3-5x cheaper to build,
+    which a page that redraws its charts on every click of every visitor feels. Traces are dicts with a
+    "type" ("bar", "heatmap"...); xtitle / ytitle name the axes."""
+    for axis, title in (("xaxis", xtitle), ("yaxis", ytitle)):
+        if title is not None:
+            layout[axis] = {**layout.get(axis, {}), "title": {"text": title}}
     return go.Figure(data=traces, layout=layout, _validate=False)
 
 
@@ -151,45 +255,73 @@ def prob_colour(p: float) -> str:
     return f"hsl({int(120 * p)}, 75%, 80%)"
 
 
-# -- scaling fits: a few seconds of bootstrap per sweep, so computed once per process and warmed at start
+# -- scaling fits: made by `python -m core.scaling fit` once per set of records and stored beside them (a
+# sweep does it when it finishes; the committed sweep's fits are committed), and only read here. When a
+# sweep's stored fits are stale or absent, a page shows its runs at once and, locally, core.scaling fits
+# them in a child process; nobody waits for a fit, and a hosted server never starts one.
 
-_fit_lock = threading.Lock()
+FIT_POLL_S = 2.0        # how often a page waiting for a background fit looks for its file
 
 
 @functools.lru_cache(maxsize=16)
-def _scaling_report(path: str, stamp: float, n_kind: str, n_bootstrap: int):
-    from core import scaling
+def _read_fits(path: str, stamp: tuple) -> tuple[scaling.StoredFits | None, str | None]:
     try:
-        records = scaling.load_records(path)
-        if not records:
-            return None, "this sweep has no finished run yet"
-        return scaling.analyse(records, n_kind, n_bootstrap=n_bootstrap), None
+        return scaling.load_fits(path), None
     except scaling.ScalingError as e:
         return None, str(e)
 
 
-def scaling_report(path, n_kind: str = "total", n_bootstrap: int = 200):
-    """(ScalingReport, None) or (None, message) for a sweep (a records file or a sweep directory); refitted
-    when a running sweep adds records. One fit at a time: a page waits for the warm-up's result."""
+def scaling_fits(path: str | Path) -> tuple[scaling.StoredFits | None, str | None]:
+    """(StoredFits, None) for a sweep (a records file or a sweep directory), read again only when its
+    records or its fits file change; (None, message) when its records cannot be read. Never fits."""
     p = Path(path)
-    files = list(p.glob("records/*.json")) if p.is_dir() else [p]
-    stamp = max((f.stat().st_mtime for f in files if f.exists()), default=0.0)
-    with _fit_lock:
-        return _scaling_report(str(p), stamp, n_kind, n_bootstrap)
+    return _read_fits(str(p), scaling.fits_stamp(p))
 
 
-_warmed = threading.Event()
+def _fits_message(stored: scaling.StoredFits) -> tuple[str, bool]:
+    """What to tell a reader whose sweep has no current fits, and whether it is an error; locally this
+    starts the background fit unless one runs for these records."""
+    if HOSTED:
+        return (f"{stored.explain()} This server does not fit sweeps (hosted mode): the fits are made where the "
+                f"sweep lives, with `{stored.command}`, and read from the file it stores."), False
+    try:
+        job = scaling.fit_in_background(stored)
+    except OSError as e:
+        return f"{stored.explain()} A background fit could not start ({e}); run `{stored.command}`.", True
+    failure = job.failure()
+    if failure:
+        return (f"{stored.explain()} The background fit failed: {failure}. Run `{stored.command}` to see "
+                f"why."), True
+    return (f"{stored.explain()} Fitting in the background (started {time.time() - job.started:.0f} s ago); "
+            f"the fits appear here when they are stored."), False
 
 
-def warm_caches() -> None:
-    """Fit the committed sweeps in the background once per process, so the Scaling and Learn pages open
-    on ready results."""
-    if _warmed.is_set():
-        return
-    _warmed.set()
+def fits_notice(stored: scaling.StoredFits) -> None:
+    """Say why a sweep has no fits to show yet and what happens next; locally, watch for the background
+    fit's file and redraw the page when it appears."""
+    if HOSTED:
+        st.info(_fits_message(stored)[0], icon="⏸️")
+    else:
+        _fit_watch(str(stored.sweep), stored.digest)
 
-    def work():
-        for sweep in catalog.list_sweeps():
-            if sweep.committed:
-                scaling_report(sweep.path)
-    threading.Thread(target=work, name="warm-scaling-fits", daemon=True).start()
+
+@st.fragment(run_every=FIT_POLL_S)
+def _fit_watch(sweep: str, digest: str) -> None:
+    stored, _ = scaling_fits(sweep)
+    if stored is None or stored.current or stored.digest != digest:
+        st.rerun()      # the fits arrived, or the records changed again: the whole page draws afresh
+    message, error = _fits_message(stored)
+    (st.error if error else st.info)(message, icon="⏳" if not error else None)
+
+
+def scaling_report(path: str | Path, n_kind: str = "total") -> tuple[scaling.ScalingReport | None, str | None]:
+    """(ScalingReport, None) from a sweep's stored fits when they are current; otherwise (None, what to tell
+    the reader), and locally a background fit is started for them. Never fits here, never waits."""
+    stored, problem = scaling_fits(path)
+    if stored is None:
+        return None, problem
+    if not stored.records:
+        return None, "this sweep has no finished run yet"
+    if stored.current:
+        return stored.report(n_kind), None
+    return None, _fits_message(stored)[0]

@@ -2,17 +2,17 @@
 
 import functools
 
-import plotly.graph_objects as go
 import streamlit as st
 
 from core.runtime import ModelError
-from core.tokenizer import OPENAI_ENCODINGS, TokenizerError, byte_tokenizer, char_frequencies, openai_tokenizer
-from playground.shared import limits, model_by_name, model_names, tokens_html, url_value, visible
+from core.tokenizer import (OPENAI_ENCODINGS, TokenizerError, byte_tokenizer, char_frequencies, openai_tokenizer,
+                            readable)
+from playground.shared import figure, limits, model_by_name, model_names, tokens_html, url_text, visible
 
 st.title("Tokenizer")
 st.caption("A model never sees characters: it sees token ids. Compare how tokenizers cut the same text.")
 lim = limits()
-text = st.text_area("Text", url_value("text", "KING:\nThe tokenizer cuts this sentence into pieces, emoji too. 😀"),
+text = st.text_area("Text", url_text("text", "KING:\nThe tokenizer cuts this sentence into pieces, emoji too. 😀", lim.max_prompt_chars),
                     max_chars=lim.max_prompt_chars, key="tok_text")
 st.query_params["text"] = text
 
@@ -62,7 +62,7 @@ for col, name in zip(cols, picked):
             st.caption("(no text)")
             continue
         spans = tok.spans(text)
-        pieces = [(s.text if not s.is_partial else f"\\x{s.raw.hex()}",
+        pieces = [(readable(s.raw),
                    f"id {s.id} · bytes {s.raw!r} · chars {s.char_start}-{s.char_end}"
                    + (" · part of a character split across tokens" if s.is_partial else ""), None)
                   for s in spans]
@@ -85,7 +85,7 @@ if bpe_names:
                    + " | ".join(visible(p) for p in pieces) + ". Replaying the first.")
     if pieces:
         steps = tok.replay_merges(pieces[0])
-        rows = [{"step": i, "parts": " | ".join(visible(p.decode("utf-8", errors="replace")) for p in parts),
+        rows = [{"step": i, "parts": " | ".join(visible(readable(p)) for p in parts),
                  "tokens": len(parts)} for i, parts in enumerate(steps)]
         st.dataframe(rows, hide_index=True)
         st.caption("Start from single bytes; at each step merge the adjacent pair that was learned earliest "
@@ -96,8 +96,8 @@ else:
 st.subheader("Why BPE: character frequencies")
 if text:
     freq = char_frequencies(text, 40)
-    fig = go.Figure(go.Bar(x=[visible(c) for c, _ in freq], y=[n for _, n in freq]))
-    fig.update_layout(height=300, margin=dict(t=30, b=20), title="Most common characters in the text")
+    fig = figure([dict(type="bar", x=[visible(c) for c, _ in freq], y=[n for _, n in freq])], height=300,
+                 margin=dict(t=30, b=20), title=dict(text="Most common characters in the text"))
     st.plotly_chart(fig, width="stretch", key="freq_chart")
     st.caption("A few characters make up most of any text, and some pairs of them recur constantly: BPE "
                "gives the most frequent pairs their own token, so common words cost one token instead of many.")

@@ -1,39 +1,29 @@
-"""Train: train a small model on a corpus while you watch, then find it in every other page."""
+"""Train: train a small model on a corpus while you watch, then find it in every other page.
 
-import uuid
-from pathlib import Path
+The job (`core.jobs`) owns the run: it trains in its own process, is exported when it finishes, and
+outlives this tab; a reload (or another tab of the same browser) finds it again. This page asks for a
+run and watches it; others' runs are listed too, to watch, not to touch."""
 
-import plotly.graph_objects as go
+import time
+
 import streamlit as st
 
-from core import catalog
-from core.data import CorpusError, corpus_from_upload, data_dir, read_text_file
-from core.files import write_atomic
-from core.jobs import JobError
-from core.tokenizer import MIN_BPE_VOCAB, TokenizerError, byte_tokenizer, train_bpe
-from playground.shared import HOSTED, job_board, job_limits
+from core.data import CorpusError, read_text_file
+from core.jobs import PRESETS, RANGES, JobError, TrainingRequest, store_upload, training_unavailable
+from core.tokenizer import TokenizerError, byte_tokenizer, train_bpe
+from playground.shared import HOSTED, figure, job_board, visitor_token
 
 st.title("Train a model")
-try:
-    from core.model import ModelConfig, count_parameters, flops_per_token
-except ImportError:
-    st.info("Training needs torch, which this deployment does not install (it serves exported models "
-            "only). Run the playground locally with `requirements.txt` to train.")
+missing = training_unavailable()
+if missing:
+    st.info(missing)
     st.stop()
 
-board, limits = job_board(), job_limits()
-owner = st.session_state.setdefault("owner", uuid.uuid4().hex)
-board.heartbeat(owner)
+board, token = job_board(), visitor_token()
+limits = board.limits
+board.heartbeat(token)
 
-PRESETS = {   # name: (n_layer, n_head, n_embd, block_size)
-    "tiny: 2 layers, 64 wide": (2, 2, 64, 64),
-    "small: 4 layers, 128 wide (nanoGPT's CPU recipe)": (4, 4, 128, 64),
-    "medium: 6 layers, 192 wide": (6, 6, 192, 128),
-    "large: 6 layers, 384 wide": (6, 6, 384, 256),
-}
-# measured on this project's reference machine (2 vCPUs): ~80 GFLOP/s of training work
-SUSTAINED_FLOPS = 80e9
-
+# -- 1. corpus --------------------------------------------------------------------------------------
 st.subheader("1. Corpus")
 sources = ["tiny shakespeare (downloaded once, checksum-verified)", "upload a .txt file"]
 if not HOSTED:
@@ -46,10 +36,7 @@ elif source.startswith("upload"):
     up = st.file_uploader("A UTF-8 .txt file", type=["txt", "md"], key="train_upload")
     if up is not None:
         try:
-            corpus = corpus_from_upload(up.getvalue(), up.name)
-            path = data_dir() / "uploads" / f"{corpus.sha256[:16]}.txt"
-            if not path.exists():
-                write_atomic(path, up.getvalue())
+            path, corpus = store_upload(up.getvalue(), up.name)
             corpus_arg, corpus_text = str(path), corpus.text
             st.caption(f"{corpus.n_bytes:,} bytes, sha256 {corpus.sha256[:12]}…")
         except CorpusError as e:
@@ -59,130 +46,131 @@ else:
     if local:
         try:
             corpus = read_text_file(local)
-            corpus_arg, corpus_text = str(Path(local).resolve()), corpus.text
+            corpus_arg, corpus_text = local, corpus.text
             st.caption(f"{corpus.n_bytes:,} bytes, sha256 {corpus.sha256[:12]}…")
         except CorpusError as e:
             st.error(str(e))
 
+# -- 2. tokenizer -----------------------------------------------------------------------------------
 st.subheader("2. Tokenizer")
-tok_kind = st.radio("Tokenizer", ["byte (256 symbols)", "BPE trained on this corpus"], key="train_tok",
-                    horizontal=True)
-vocab = 1024
-if tok_kind.startswith("BPE"):
-    vocab = st.slider("BPE vocabulary size", MIN_BPE_VOCAB, 8192, 1024, key="train_vocab",
+tok_kind = st.radio("Tokenizer", ["byte", "bpe"], key="train_tok", horizontal=True,
+                    format_func={"byte": "byte (256 symbols)", "bpe": "BPE trained on this corpus"}.get)
+vocab = TrainingRequest.bpe_vocab_size
+if tok_kind == "bpe":
+    vocab = st.slider("BPE vocabulary size", *RANGES["bpe_vocab_size"], vocab, key="train_vocab",
                       help="More tokens: shorter sequences (more text per context) but a bigger embedding.")
     if corpus_text and st.button("Measure its compression on this corpus", key="train_measure"):
         try:
             sample = corpus_text[:300_000]
-            bpe = train_bpe([sample], vocab)
-            st.caption(f"{bpe.bytes_per_token(sample):.2f} bytes per token with BPE-{vocab}, vs "
-                       f"{byte_tokenizer().bytes_per_token(sample):.2f} with bytes")
+            st.caption(f"{train_bpe([sample], vocab).bytes_per_token(sample):.2f} bytes per token with "
+                       f"BPE-{vocab}, vs {byte_tokenizer().bytes_per_token(sample):.2f} with bytes")
         except TokenizerError as e:
             st.error(str(e))
 
+# -- 3. model and schedule --------------------------------------------------------------------------
 st.subheader("3. Model and schedule")
-preset = st.selectbox("Size", list(PRESETS), index=1, key="train_preset")
-n_layer, n_head, n_embd, block = PRESETS[preset]
+preset = st.selectbox("Size", list(PRESETS), index=1, key="train_preset", format_func=lambda k: PRESETS[k][0])
 c1, c2, c3 = st.columns(3)
-steps = c1.number_input("Steps", 10, limits.max_steps, min(1000, limits.max_steps), 10, key="train_steps")
-eval_every = c2.number_input("Evaluate every", 5, 1000, 100, 5, key="train_eval")
-sample_every = c3.number_input("Sample every", 0, 5000, 200, 10, key="train_sample")
+steps = c1.number_input("Steps", RANGES["steps"][0], min(RANGES["steps"][1], limits.max_steps),
+                        min(1000, limits.max_steps), 10, key="train_steps")
+eval_every = c2.number_input("Evaluate every", *RANGES["eval_every"], 100, 5, key="train_eval",
+                             help="Also how often a checkpoint is saved: a stop loses at most this many steps.")
+sample_every = c3.number_input("Sample every", *RANGES["sample_every"], 200, 10, key="train_sample")
 with st.expander("Advanced"):
     a1, a2, a3, a4 = st.columns(4)
-    lr = a1.number_input("Learning rate", 1e-5, 1e-1, 2e-3, format="%.4f", key="train_lr")
-    batch = a2.number_input("Batch size", 1, 64, 12, key="train_batch")
-    block = a3.number_input("Context (tokens)", 8, 512, block, key="train_block")
+    lr = a1.number_input("Learning rate", *RANGES["learning_rate"], 2e-3, format="%.4f", key="train_lr")
+    batch = a2.number_input("Batch size", *RANGES["batch_size"], 12, key="train_batch")
+    block = a3.number_input("Context (tokens)", *RANGES["block_size"], PRESETS[preset][4], key="train_block")
     pos = a4.selectbox("Positions", ["rope", "learned", "sinusoidal"], key="train_pos")
-    dropout = a1.slider("Dropout", 0.0, 0.5, 0.0, 0.05, key="train_dropout")
-vocab_size = 257 if tok_kind.startswith("byte") else vocab + 1
-try:
-    mcfg = ModelConfig(vocab_size=vocab_size, block_size=int(block), n_layer=n_layer, n_head=n_head,
-                       n_embd=n_embd, pos_encoding=pos, dropout=float(dropout))
-except ValueError as e:
-    st.error(str(e))
-    st.stop()
-params = count_parameters(mcfg)["total"]
-total_flops = flops_per_token(mcfg) * int(steps) * int(batch) * int(block)
-st.caption(f"{params:,} parameters · {int(steps) * int(batch) * int(block):,} training tokens · about "
-           f"{total_flops / SUSTAINED_FLOPS / 60:.1f} minutes on a 2-core machine like this project's reference")
+    dropout = a1.slider("Dropout", *RANGES["dropout"], 0.0, 0.05, key="train_dropout")
 name = st.text_input("Run name (also the exported model's name)", "my-model", key="train_name")
-
-args = ["--corpus", corpus_arg or "", "--tokenizer", "byte" if tok_kind.startswith("byte") else "bpe",
-        "--bpe-vocab-size", str(vocab), "--n-layer", str(n_layer), "--n-head", str(n_head),
-        "--n-embd", str(n_embd), "--block-size", str(int(block)), "--pos-encoding", pos,
-        "--dropout", str(float(dropout)), "--max-steps", str(int(steps)), "--learning-rate", str(float(lr)),
-        "--min-lr", str(float(lr) / 10), "--warmup-steps", str(min(100, int(steps) // 10)),
-        "--batch-size", str(int(batch)), "--eval-interval", str(int(eval_every)), "--eval-iters", "20",
-        "--sample-interval", str(int(sample_every)), "--checkpoint-interval", str(int(eval_every)),
-        "--milestones", "4", "--keep-checkpoints", "2",
-        "--threads", "1" if HOSTED else "2"]
-if st.button("Start training", type="primary", key="train_start", disabled=corpus_arg is None):
+request = TrainingRequest(name=name, corpus=corpus_arg or "", tokenizer=tok_kind, bpe_vocab_size=int(vocab),
+                          preset=preset, steps=int(steps), eval_every=int(eval_every), sample_every=int(sample_every),
+                          learning_rate=float(lr), batch_size=int(batch), block_size=int(block), pos_encoding=pos,
+                          dropout=float(dropout))
+try:
+    plan = board.plan(request) if corpus_arg else None
+except JobError as e:
+    plan = None
+    st.error(str(e))
+if plan is not None:
+    est = plan.estimate
+    st.caption(f"{plan.parameters:,} parameters · {plan.tokens:,} training tokens · about {est.seconds / 60:.1f} "
+               f"minutes here ({est.eval_seconds / max(est.seconds, 1e-9):.0%} of it evaluating), at "
+               f"{est.flops_per_s / 1e9:.0f} GFLOP/s {est.basis}")
+if st.button("Start training", type="primary", key="train_start", disabled=plan is None):
     try:
-        board.start(owner, name, args, params, int(steps))
-        st.session_state["train_job"] = name
+        board.start(token, request)
+        st.session_state["train_job"] = request.name
     except JobError as e:
         st.error(str(e))
+
+# -- the runs on this server ------------------------------------------------------------------------
+views = board.views(token)
+if views:
+    st.divider()
+    st.subheader("Runs on this server")
+    st.dataframe([{"run": v.name, "state": v.state if v.state != "running" else v.phase,
+                   "step": f"{v.step:,} / {v.max_steps:,}",
+                   "val loss": round(v.evals[-1]["val_loss"], 4) if v.evals else None,
+                   "started by": "you" if v.mine else "another visitor"} for v in views], hide_index=True)
+    names = [v.name for v in views]
+    if st.session_state.get("train_job") not in names:      # a new tab or a reload: the visitor's newest run
+        st.session_state["train_job"] = names[0] if views[0].mine else None
+    st.selectbox("Watch", names, key="train_job", placeholder="choose a run to watch",
+                 help="Your runs come first. You can watch anyone's run; only its owner can stop or export it.")
 
 
 def act(what: str, job_name: str) -> None:
     try:
-        getattr(board, what)(owner, job_name)
+        getattr(board, what)(token, job_name)
     except JobError as e:
         st.session_state["train_notice"] = str(e)
 
 
 @st.fragment(run_every=1.0)
 def live() -> None:
-    board.heartbeat(owner)
-    job = board.get(st.session_state.get("train_job", ""))
+    board.heartbeat(token)
+    job = board.view(token, st.session_state.get("train_job", ""))
     if job is None:
         return
-    state = job.poll(limits)
-    if state == "finished" and job.export_dir is None:
-        try:
-            job.export(Path(catalog.EXPORTED_DIR))     # on finish the model is exported automatically
-        except JobError as e:
-            job.message = str(e)
-        state = job.state
-    st.subheader(f"Run `{job.name}`: {state}")
+    st.subheader(f"Run `{job.name}`: {job.state}")
     if "train_notice" in st.session_state:
         st.warning(st.session_state.pop("train_notice"))
     if job.message:
-        (st.error if state == "failed" else st.info)(job.message)
-    records = job.records()
-    train_steps = [r for r in records if r["type"] == "TrainStep"]
-    evals = [r for r in records if r["type"] == "EvalResult"]
-    samples = [r for r in records if r["type"] == "Sample"]
-    done = train_steps[-1]["step"] if train_steps else 0
-    if train_steps:
-        last = train_steps[-1]
-        eta = (job.max_steps - done) * (last["elapsed"] / max(1, done))
-        st.progress(min(1.0, done / job.max_steps),
-                    text=f"step {done:,} / {job.max_steps:,} · {last['tokens_per_s']:,.0f} tokens/s · "
-                         f"ETA {eta:.0f} s")
+        (st.error if job.state == "failed" else st.info)(job.message)
+    if job.state in ("starting", "running") and job.phase != "training":
+        st.info(f"{job.phase}… ({time.time() - job.started:.0f} s since the start)", icon="⏳")
+    if job.last:
+        eta = job.eta_seconds
+        st.progress(min(1.0, job.step / job.max_steps),
+                    text=f"step {job.step:,} / {job.max_steps:,} · {job.last['tokens_per_s']:,.0f} tokens/s"
+                         + (f" · ETA {eta:.0f} s" if eta is not None and job.state == "running" else ""))
     b1, b2, b3 = st.columns(3)
-    b1.button("Stop", key="train_stop", on_click=act, args=("stop", job.name), disabled=state != "running")
-    b2.button("Resume", key="train_resume", on_click=act, args=("resume", job.name),
-              disabled=state not in ("stopped", "failed"))
-    b3.button("Export now", key="train_export", on_click=act, args=("export", job.name),
-              disabled=state not in ("stopped",) or job.export_dir is not None)
-    if train_steps or evals:
-        fig = go.Figure()
-        fig.add_trace(go.Scatter(x=[r["step"] for r in train_steps], y=[r["loss"] for r in train_steps],
-                                 name="train (batch)", line=dict(width=1)))
-        fig.add_trace(go.Scatter(x=[r["step"] for r in evals], y=[r["val_loss"] for r in evals],
-                                 name="val", mode="lines+markers"))
-        fig.update_layout(height=320, xaxis_title="step", yaxis_title="loss (nats/token)",
-                          margin=dict(t=20, b=20))
-        st.plotly_chart(fig, width="stretch", key=f"train_curve_{len(records)}")
-        if evals:
-            e = evals[-1]
-            st.caption(f"val loss {e['val_loss']:.3f} nats/token · perplexity {e['val_perplexity']:.2f} · "
-                       f"{e['val_bits_per_byte']:.3f} bits per byte (step {e['step']})")
-    if samples:
-        st.markdown(f"**Sample at step {samples[-1]['step']}**")
-        st.text(samples[-1]["text"])
-    if state == "exported":
+    b1.button("Stop", key="train_stop", on_click=act, args=("stop", job.name), disabled=not job.can_stop)
+    b2.button("Resume", key="train_resume", on_click=act, args=("resume", job.name), disabled=not job.can_resume)
+    b3.button("Export now", key="train_export", on_click=act, args=("export", job.name), disabled=not job.can_export)
+    if not job.mine:
+        st.caption("Another visitor started this run: you can watch it, not change it.")
+    if job.steps or job.evals:
+        curve = figure([dict(type="scatter", x=job.steps, y=job.losses, name="train (batch)", line=dict(width=1)),
+                        dict(type="scatter", x=[e["step"] for e in job.evals], y=[e["val_loss"] for e in job.evals],
+                             name="val", mode="lines+markers")],
+                       height=320, margin=dict(t=20, b=20), xaxis=dict(title=dict(text="step")),
+                       yaxis=dict(title=dict(text="loss (nats/token)")))
+        st.plotly_chart(curve, width="stretch", key=f"train_curve_{len(job.steps)}_{len(job.evals)}")
+    if job.evals:
+        e = job.evals[-1]
+        st.caption(f"val loss {e['val_loss']:.3f} nats/token · perplexity {e['val_perplexity']:.2f} · "
+                   f"{e['val_bits_per_byte']:.3f} bits per byte (step {e['step']}; that evaluation took "
+                   f"{e.get('seconds', 0):.1f} s)")
+    if job.threads:
+        st.caption(f"torch threads: {job.threads['threads']}, chosen by measuring the first steps (ms per step: "
+                   + ", ".join(f"{n} thread(s) {ms:.1f}" for n, ms in job.threads["ms_per_step"].items()) + ")")
+    if job.sample:
+        st.markdown(f"**Sample at step {job.sample['step']}**")
+        st.text(job.sample["text"])
+    if job.state == "exported":
         st.success(f"`{job.name}` is in the model picker of every page now.")
 
 

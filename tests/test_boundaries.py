@@ -7,9 +7,9 @@ from tests.conftest import run_without_torch
 ROOT = Path(__file__).resolve().parent.parent
 
 # Modules a hosted demo runs on onnxruntime alone; each must import with torch unimportable.
-TORCH_FREE = ["core.tokenizer", "core.data", "core.files", "core.catalog", "core.runtime", "core.sampling",
-              "core.generate", "core.scaling", "core.explain", "core.positions", "core.trace", "core.metrics",
-              "core.compare"]
+TORCH_FREE = ["core.config", "core.checks", "core.limits", "core.cli", "core.tokenizer", "core.data", "core.files",
+              "core.catalog", "core.runtime", "core.sampling", "core.generate", "core.scaling", "core.explain",
+              "core.positions", "core.trace", "core.metrics", "core.compare", "core.jobs"]
 
 def test_the_blocker_really_blocks():
     res = run_without_torch("import torch")
@@ -20,6 +20,17 @@ def test_inference_side_imports_without_torch():
     code = "\n".join(f"import {m}" for m in TORCH_FREE) + "\nassert 'torch' not in sys.modules\nprint('ok')"
     res = run_without_torch(code)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def test_the_train_page_says_training_needs_torch_without_importing_it():
+    code = ("from streamlit.testing.v1 import AppTest\n"
+            f"at = AppTest.from_file({str(ROOT / 'streamlit_app.py')!r}, default_timeout=60).run()\n"
+            "at.switch_page('playground/train.py')\nat.run()\n"
+            "assert not at.exception, at.exception\n"
+            "assert any('Training needs torch' in i.value for i in at.info), [i.value for i in at.info]\n"
+            "assert 'torch' not in sys.modules\nprint('ok')")
+    res = run_without_torch(code.replace("import sys", ""), timeout=300)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
 
 
 def test_home_page_renders_without_torch():

@@ -15,12 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from core import catalog
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason="Debian's chromium is not installed (apt-get install chromium)")
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
+CEILING_MS = 300_000        # a generous ceiling for what a busy 2-core machine may take; the waits are events
 
 
 def free_port() -> int:
@@ -136,8 +139,8 @@ def train_server(tmp_path_factory):
     base = tmp_path_factory.mktemp("train-server")
     shutil.copytree(ROOT / "exported" / "shakespeare-char", base / "exported" / "shakespeare-char")
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "LLM_PLAYGROUND_RUNS": str(base / "runs"),
-           "LLM_PLAYGROUND_EXPORTED": str(base / "exported")}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), catalog.RUNS_ENV: str(base / "runs"),
+           catalog.EXPORTED_ENV: str(base / "exported")}
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless",
                              "true", "--server.address", "127.0.0.1", "--server.port", str(port)],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -207,4 +210,70 @@ def test_bad_uploads_are_refused_with_a_message(train_server, browser, tmp_path)
         page.wait_for_selector(IDLE)
         assert page.get_by_role("button", name="Start training").is_disabled()
     shot(page, "train-bad-upload")
+    page.close()
+
+
+def test_a_reload_finds_the_run_again_and_another_visitor_only_watches(train_server, browser, corpus_file):
+    """The owner's token lives in a cookie: a reload (a new Streamlit session) still owns the run; another
+    browser context (another visitor, no cookie) sees it listed but cannot stop it."""
+    url, _ = train_server
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(f"{url}/train")
+    page.wait_for_selector(IDLE, timeout=CEILING_MS)
+    page.get_by_text("a local file").click()
+    page.wait_for_selector(IDLE)
+    path = page.get_by_label("Path to a UTF-8 text file")
+    path.fill(str(corpus_file))
+    path.press("Enter")
+    page.wait_for_function("document.body.innerText.includes('sha256')", timeout=CEILING_MS)
+    steps = page.get_by_label("Steps")
+    steps.fill("5000")
+    steps.press("Enter")
+    name = page.get_by_label("Run name (also the exported model's name)")
+    name.fill("reloaded-run")
+    name.press("Enter")
+    page.wait_for_selector(IDLE)
+    page.get_by_role("button", name="Start training").click()
+    page.wait_for_function("document.body.innerText.match(/step \\d+ \\/ /)", timeout=CEILING_MS)
+    page.reload()
+    page.wait_for_selector(IDLE, timeout=CEILING_MS)
+    page.wait_for_function("document.body.innerText.includes('reloaded-run: running')", timeout=CEILING_MS)
+    page.wait_for_function("document.body.innerText.match(/step \\d+ \\/ /)", timeout=CEILING_MS)
+    assert page.locator(".st-key-train_stop button").first.is_enabled()
+    shot(page, "train-after-reload")
+    stranger = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    stranger.goto(f"{url}/train")
+    stranger.wait_for_selector(IDLE, timeout=CEILING_MS)
+    stranger.wait_for_function("document.body.innerText.includes('reloaded-run')", timeout=CEILING_MS)
+    assert stranger.locator(".st-key-train_stop").count() == 0       # nothing of theirs is watched by default
+    stranger.locator(".st-key-train_job [data-testid='stSelectbox']").click()
+    stranger.get_by_role("option", name="reloaded-run").click()
+    stranger.wait_for_function("document.body.innerText.includes('Another visitor started this run')",
+                               timeout=CEILING_MS)
+    assert stranger.locator(".st-key-train_stop button").first.is_disabled()
+    shot(stranger, "train-watched-by-another-visitor")
+    page.locator(".st-key-train_stop button:visible").first.click()
+    page.wait_for_function("document.body.innerText.includes('reloaded-run: stopped')", timeout=CEILING_MS)
+    shot(page, "train-reloaded-then-stopped")
+    context.close()
+    stranger.context.close()
+
+
+PAGES = {"": "LLM Playground", "learn": "Learn", "tokenizer": "Tokenizer", "generate": "Generate",
+         "compare": "Compare", "attention": "Attention", "models": "Model", "train": "Train", "scaling": "Scaling"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_every_page_renders_in_light_and_dark(server, browser, scheme):
+    """Screenshots of every page in both colour schemes (artifacts/), and no page shows an exception."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, color_scheme=scheme)
+    for path, title in PAGES.items():
+        page.goto(f"{server}/{path}")
+        page.wait_for_selector("[data-testid='stAppViewContainer']", timeout=CEILING_MS)
+        page.wait_for_selector(IDLE, timeout=CEILING_MS)
+        page.wait_for_function(f"document.body.innerText.includes({title!r})", timeout=CEILING_MS)
+        assert page.locator("[data-testid='stException']").count() == 0, path
+        shot(page, f"page-{path or 'home'}-{scheme}")
     page.close()

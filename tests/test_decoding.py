@@ -1,15 +1,20 @@
-"""Decoding engine: sampler stages by hand, strategies on a numpy toy model, traces, metrics."""
+"""Decoding engine: sampler stages by hand, strategies on a numpy toy model, traces, metrics, and
+comparisons (core.compare, and the Compare page through AppTest on the committed models)."""
 
 import dataclasses
 import itertools
 import math
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from core import sampling
-from core.generate import (GenerationConfig, Limits, BeamResult, BeamStep, beam_search, best_of, complete,
-                           decode, sample_n)
+from core.compare import PRESETS, Comparison, Inputs, Strategy, compare, run
+from core.generate import (GenerationConfig, BeamResult, BeamStep, beam_search, best_of, complete, decode,
+                           sample_n)
+from core.limits import Limits
 from core.metrics import distinct_n, measure, repeated_ngram_rate
 from core.runtime import KVCache
 from core.sampling import SamplerConfig, run_pipeline
@@ -290,6 +295,60 @@ def test_beam_search_stops_early_at_eos():
     assert result.texts[0] == ""
 
 
+class TableSource(ToySource):
+    """A first-order model given as next-token probabilities per last token; token 0 is EOS."""
+
+    def __init__(self, probs):
+        super().__init__(vocab=len(probs), order=1)
+        self.t1 = np.log(np.asarray(probs, dtype=np.float64))
+        self.tokenizer = SimpleNamespace(eot_id=0, token_bytes=lambda t: b"EABC"[t:t + 1],
+                                         decode=lambda ids: bytes(b"EABC"[t] for t in ids).decode())
+
+
+# the bug report's model: [0] ends at once (log 0.5 = -0.693); [1, 3] scores (log 0.45 + log 0.66) / 2 = -0.607
+BUG_TABLE = [[0.25] * 4, [0.3, 0.02, 0.02, 0.66], [0.5, 0.45, 0.03, 0.02], [0.25] * 4]
+
+
+def test_a_finished_text_beats_a_better_scoring_unfinished_one():
+    records = list(beam_search(TableSource(BUG_TABLE), [2], width=2, max_new_tokens=50, length_penalty=1.0,
+                               early_stopping=True))
+    result, last = records[-1], records[-2]
+    # Hugging Face (generate(num_beams=2, early_stopping=True)) stops once [0] and [1, 0] have finished
+    assert [h.tokens for h in result.hypotheses] == [[0], [1, 0]]
+    assert [h.score for h in result.hypotheses] == pytest.approx([math.log(0.5), (math.log(0.45) + math.log(0.3)) / 2])
+    assert all(h.finished and h.end == "eos" for h in result.hypotheses) and result.finish_reason == "eos"
+    assert result.texts == ["", "A"]
+    unfinished = next(b for b in last.beams if not b.finished)
+    assert unfinished.tokens == [1, 3] and unfinished.score == pytest.approx(-0.607, abs=1e-3)
+    assert unfinished.score > result.hypotheses[0].score          # it outscores the answer, yet never competes
+
+
+def test_eos_below_the_top_width_candidates_does_not_finish():
+    table = [[0.25] * 4, [0.7, 0.1, 0.1, 0.1], [0.2, 0.7, 0.05, 0.05], [0.01, 0.5, 0.45, 0.04]]
+    steps = list(beam_search(TableSource(table), [3], width=2, max_new_tokens=4, length_penalty=0.0))[:-1]
+    assert [b.tokens for b in steps[0].beams] == [[1], [2]] and not any(b.finished for b in steps[0].beams)
+    # step 1 ranks [1, 0] (EOS), [2, 1], [2, 0] (EOS, third: it only backs up the live set), [1, 1]
+    assert [b.tokens for b in steps[1].beams if b.finished] == [[1, 0]]
+    assert [b.tokens for b in steps[1].beams if not b.finished] == [[2, 1], [1, 1]]
+
+
+@pytest.mark.parametrize("value", ["always", "True", 1, 0, None, "Never"])
+def test_early_stopping_takes_only_hugging_faces_values(value):
+    with pytest.raises(ValueError, match=r"early_stopping must be False, True or 'never'.*got"):
+        list(beam_search(ToySource(), [1], early_stopping=value))
+
+
+def test_the_context_caps_beam_search_like_a_max_length():
+    toy = ToySource(vocab=30, order=1, block_size=8)
+    result = list(beam_search(toy, [1, 2, 3], width=3, max_new_tokens=20, stop_at_eos=False))[-1]
+    assert result.finish_reason == "context" and all(len(h.tokens) == 5 for h in result.hypotheses)
+    exact = list(beam_search(toy, [1, 2, 3], width=3, max_new_tokens=5, stop_at_eos=False))[-1]
+    assert exact.finish_reason == "length" and [h.tokens for h in exact.hypotheses] == [h.tokens for h in result.hypotheses]
+    assert {h.end for h in result.hypotheses} == {"context"} and {h.end for h in exact.hypotheses} == {"length"}
+    with pytest.raises(ValueError, match="beam search needs room in the context of 8: shorten it"):
+        list(beam_search(toy, list(range(8)), width=2))
+
+
 def test_a_stop_string_split_across_tokens_is_honoured():
     letters = list(range(97, 123))
     toy = ToySource(vocab=257, order=1, seed=6, scale=1.0, boost=letters)
@@ -427,3 +486,137 @@ def test_measure_scores_under_the_model():
     assert m.length == 12 and m.ms_per_token == pytest.approx(1.0)
     with pytest.raises(ValueError, match="nothing was generated"):
         measure(toy, [1], [])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Comparisons
+
+def test_compare_gives_each_strategy_its_outcome_or_its_error():
+    toy = ToySource(vocab=257, order=1, seed=5, block_size=8)
+    beam2 = Strategy("beam 2", beam_width=2)
+    out = compare(toy, "abcdefgh", [PRESETS["greedy"], beam2, PRESETS["top-k 40"]], max_new_tokens=6)
+    assert [o.strategy.name for o in out] == ["greedy", "beam 2", "top-k 40"]
+    assert out[0].error is None and len(out[0].token_ids) == out[0].metrics.length > 0
+    assert "beam search needs room in the context of 8" in out[1].error and out[1].metrics is None
+    assert out[2].error is None and out[2].text == complete(toy, "abcdefgh", GenerationConfig(
+        max_new_tokens=6, sampler=SamplerConfig(top_k=40), top_n=0)).text
+    with pytest.raises(ValueError, match="early_stopping must be False, True or 'never'"):
+        compare(toy, "ab", [beam2], early_stopping="yes")
+    with pytest.raises(ValueError, match="compare at most 2 strategies at once, got 3: remove 1"):
+        compare(toy, "ab", [beam2] * 3, limits=Limits(max_strategies=2))
+
+
+def test_a_comparison_keeps_its_inputs_and_decoded_beam_labels():
+    toy = ToySource(vocab=257, order=1, seed=5, scale=0.5, block_size=32)
+    toy.t1[:, 256] += 3.0
+    inputs = Inputs("toy", "ab", (Strategy("beam 3", beam_width=3),), 0, 10, early_stopping=True)
+    result = run(toy, inputs)
+    assert isinstance(result, Comparison) and result.inputs == inputs
+    o = result.outcomes[0]
+    direct = list(beam_search(toy, "ab", 3, 10, early_stopping=True))
+    assert o.token_ids == direct[-1].hypotheses[0].tokens and o.finish_reason == direct[-1].finish_reason
+    assert [[b.tokens for b in s.beams] for s in o.beam_steps] == [[b.tokens for b in s.beams] for s in direct[:-1]]
+    assert o.beam_labels == [[toy.tokenizer.decode([b.tokens[-1]]) for b in s.beams] for s in o.beam_steps]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def compare_page(query: dict | None = None):
+    from streamlit.testing.v1 import AppTest
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60)
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
+    at.run()
+    at.switch_page("playground/compare.py")
+    return at.run()
+
+
+def shown_texts(at) -> list[str]:
+    return [t.value for t in at.text]
+
+
+@pytest.mark.parametrize("raw, used", [("-1", 0), ("99999999999", 2**31 - 1), ("seven", 0)])
+def test_compare_opens_a_link_with_a_bad_seed(raw, used):
+    at = compare_page({"seed": raw, "strategies": "greedy"})
+    assert not at.exception, at.exception
+    assert at.number_input(key="cmp_seed").value == used
+    assert any("`seed` value" in w.value for w in at.warning)
+
+
+@pytest.mark.parametrize("n", [7, 8])
+def test_compare_in_hosted_mode_opens_a_link_with_too_many_strategies(monkeypatch, n):
+    from playground import shared
+    monkeypatch.setattr(shared, "HOSTED", True)
+    at = compare_page({"strategies": ",".join(list(PRESETS)[:n])})
+    assert not at.exception, at.exception
+    assert at.multiselect(key="cmp_strategies").value == list(PRESETS)[:6]
+    assert any("at most 6 at once" in w.value for w in at.warning)
+    assert len(at.dataframe[0].value) == 6
+
+
+def test_compare_refuses_a_custom_strategy_past_the_limit_and_keeps_the_results():
+    at = compare_page({"strategies": "greedy"})
+    at.multiselect(key="cmp_strategies").set_value(list(PRESETS))
+    at.checkbox(key="cmp_custom").check()
+    next(b for b in at.button if b.label == "Run").click().run()
+    assert not at.exception, at.exception
+    assert any("at most 8 strategies" in w.value and "custom strategy counts" in w.value for w in at.warning)
+    assert list(at.dataframe[0].value["strategy"]) == ["greedy"]             # the last results, kept
+    assert any("previous settings" in w.value for w in at.warning)
+
+
+def test_compare_marks_results_stale_when_the_prompt_or_model_changes():
+    at = compare_page({"strategies": "greedy,beam 4"})
+    before = shown_texts(at)
+    assert len(before) == 2 and all(t.startswith("ROMEO:\n") for t in before)
+    at.text_area(key="cmp_prompt").set_value("JULIET:\n").run()
+    assert not at.exception
+    assert any("previous settings (the prompt changed" in w.value and "press Run" in w.value for w in at.warning)
+    assert shown_texts(at) == before                                        # their own prompt, not the new one
+    at.selectbox(key="model").set_value("shakespeare-bpe").run()
+    assert not at.exception
+    assert any("the model, the prompt changed" in w.value for w in at.warning)
+    assert shown_texts(at) == before                                        # decoded by the model that made them
+    next(b for b in at.button if b.label == "Run").click().run()
+    assert not at.exception and not any("previous settings" in w.value for w in at.warning)
+    assert all(t.startswith("JULIET:\n") for t in shown_texts(at))
+    assert at.session_state["cmp_result"].inputs.model.endswith("shakespeare-bpe")
+
+
+def test_compare_shows_a_strategy_that_cannot_run_in_its_own_column():
+    prompt = "ROMEO:\n" + "To be, or not to be, that is the question. " * 3         # past the 128-token context
+    at = compare_page({"prompt": prompt, "strategies": "greedy,beam 4"})
+    assert not at.exception, at.exception
+    assert any("beam search needs room in the context of 128" in e.value for e in at.error)
+    assert list(at.dataframe[0].value["strategy"]) == ["greedy"]
+    assert len(shown_texts(at)) == 1 and shown_texts(at)[0].startswith(prompt)
+
+
+def test_compare_early_stopping_is_chosen_named_and_shared():
+    at = compare_page({"strategies": "beam 4", "early_stopping": "never"})
+    assert not at.exception, at.exception
+    assert at.selectbox(key="cmp_es").value == "never" and at.query_params["early_stopping"] == "never"
+    assert at.session_state["cmp_result"].inputs.early_stopping == "never"
+    assert any("early_stopping='never'" in c.value for c in at.caption)
+    at.selectbox(key="cmp_es").set_value("true").run()
+    assert at.query_params["early_stopping"] == "true"
+    assert any("previous settings (the early-stopping rule changed" in w.value for w in at.warning)
+    bad = compare_page({"strategies": "greedy", "early_stopping": "maybe"})
+    assert not bad.exception and bad.selectbox(key="cmp_es").value == "false"
+    assert any("`early_stopping` value" in w.value for w in bad.warning)
+    assert any("early_stopping=False" in c.value for c in bad.caption)      # Hugging Face's default, said
+
+
+def test_compare_draws_its_trees_with_the_shared_figure_helper(monkeypatch):
+    from playground import shared
+    calls = []
+    real = shared.figure
+
+    def counting(traces, **layout):
+        calls.append(len(traces))
+        return real(traces, **layout)
+    monkeypatch.setattr(shared, "figure", counting)
+    at = compare_page({"strategies": "greedy,beam 4"})
+    assert not at.exception, at.exception
+    assert len(calls) == 1 and calls[0] > 1                                  # one tree, for beam 4

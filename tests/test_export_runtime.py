@@ -16,7 +16,7 @@ from core.checkpoint import load_model
 from core.export import ExportConfig, ExportError, export_model
 from core.generate import GenerationConfig, decode
 from core.generate import main as generate_main
-from core.model import NORMS, POS_ENCODINGS, ModelConfig
+from core.config import NORMS, POS_ENCODINGS, ModelConfig
 from core.runtime import ContextLimitError, Model, ModelError
 from core.sampling import SamplerConfig, log_softmax
 from core.train import TrainConfig, train

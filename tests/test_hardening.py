@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from core import catalog, scaling
 from core.data import CorpusError, corpus_from_upload
 from core.files import resolve_inside
-from core.generate import GenerationConfig, Limits, check_prompt, complete
+from core.generate import GenerationConfig, check_prompt, complete
+from core.limits import Limits
 from core.runtime import Model, ModelError
 from core.sampling import SamplerConfig, run_pipeline
 from core.tokenizer import byte_tokenizer, load_tokenizer
@@ -235,6 +236,40 @@ def test_hostile_links_never_crash_a_page(query, monkeypatch):
         at.switch_page(page)
         at.run()
         assert not at.exception, (page, query, at.exception)
+
+
+HOSTILE_VALUES = ["-1", "99999999999", "nan", "-inf", "", "1.5", "x" * 5000, "a,,b,greedy,beam 4" * 3, "../../"]
+
+
+def _app(query: dict, hosted: bool, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from playground import shared
+    monkeypatch.setattr(shared, "HOSTED", hosted)
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
+    for k, v in query.items():
+        at.query_params[k] = v
+    return at
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hosted", [False, True], ids=["local", "hosted"])
+@pytest.mark.parametrize("page", PAGES)
+def test_every_parameter_a_page_reads_survives_hostile_values(page, hosted, monkeypatch):
+    """The parameters are the page's own: the ones it writes back into the address when opened."""
+    at = _app({}, hosted, monkeypatch)
+    at.run()
+    at.switch_page(page)
+    at.run()
+    keys = set(at.query_params) | ({"t"} if page.endswith("generate.py") else set())
+    assert keys or page.endswith("home.py")
+    for value in HOSTILE_VALUES:
+        at = _app({k: value for k in keys}, hosted, monkeypatch)
+        at.run()
+        at.switch_page(page)
+        at.run()
+        assert not at.exception, (page, value[:40], at.exception)
+        assert at.title or page.endswith(("learn.py", "models.py")), page
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -103,6 +103,14 @@ def test_vocabulary_tradeoff_shortens_text_as_the_vocabulary_grows():
         explain.vocabulary_tradeoff("short", [256])
 
 
+def test_a_vocabulary_size_the_text_cannot_reach_is_listed_with_the_reason():
+    text = "abab cdcd " * 30
+    points = explain.vocabulary_tradeoff(text, [256, 258, 5000, 6000])
+    assert [p.vocab_size for p in points] == [257, 259, 5001, 6001]
+    assert [bool(p.not_reached) for p in points] == [False, False, True, True]
+    assert "only supports" in points[2].not_reached and points[2].tokens is None
+
+
 def test_an_old_export_without_attention_parts_gets_a_message(tmp_path, model, monkeypatch):
     from core.runtime import AttentionMaps
     monkeypatch.setattr(Model, "attention", lambda self, ids: AttentionMaps(np.zeros(1), [np.zeros(1)] * 4, []))

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from core.model import (GPT, NORMS, POS_ENCODINGS, ModelConfig, count_parameters, flops_per_token,
-                        sinusoidal_table)
+from core.config import NORMS, POS_ENCODINGS, ModelConfig, count_parameters, flops_per_token
+from core.model import GPT, sinusoidal_table
 
 VARIANTS = list(itertools.product(POS_ENCODINGS, NORMS))
 

@@ -1,5 +1,6 @@
 """Scaling fits on synthetic data from known laws, their messages on degenerate runs, the published
-constants, the sweep runner (kill and restart), and the Scaling page."""
+constants, stored fits (round trip, current / stale / absent, the committed sweep's), the sweep runner
+(kill and restart, fits written), and the Scaling page (reads stored fits, never fits in the server)."""
 
 import json
 import math
@@ -7,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,9 +17,23 @@ import pytest
 
 from core import catalog, scaling
 from core.scaling import ChinchillaLaw, RunRecord, ScalingError
+from playground import shared
 
 ROOT = Path(__file__).resolve().parent.parent
 TRUE = ChinchillaLaw(E=1.3, A=60.0, B=300.0, alpha=0.35, beta=0.40)
+PAGE_BOOTSTRAP = scaling.N_BOOTSTRAP     # what the stored fits are made with (the tests fit with fewer)
+
+
+@pytest.fixture(autouse=True)
+def few_resamples_and_no_real_background_fit(monkeypatch):
+    """Fits made here (a sweep's at its end) use few resamples; a page that would start a real child fit
+    fails the test instead, and no test sees another's background fits."""
+    monkeypatch.setattr(scaling, "N_BOOTSTRAP", 5)
+    monkeypatch.setattr(scaling, "_fitting", {})
+
+    def refuse(sweep, log):
+        raise AssertionError(f"a test started a real background fit of {sweep}")
+    monkeypatch.setattr(scaling, "_start_fit", refuse)
 
 
 def record(n, d, loss, budget=None, name=None, fpt=None):
@@ -203,6 +219,138 @@ def dataclass_replace(r, **kw):
 
 
 # ---------------------------------------------------------------------------------------------------
+# Stored fits
+
+def rich_records():
+    """Every fit possible: five IsoFLOP budgets (the largest held out) and a few grid runs."""
+    return isoflop_records(budgets=(1e12, 3e12, 1e13, 3e13, 1e14), noise=0.003) + grid_records()[::3]
+
+
+def user_sweep(runs: Path, records, name: str = "mine") -> Path:
+    """A sweep directory as core.sweep leaves it: one JSON per run under records/."""
+    out = runs / "sweeps" / name
+    (out / "records").mkdir(parents=True)
+    for r in records:
+        (out / "records" / f"{r.name}.json").write_text(json.dumps(r.to_dict(), indent=2))
+    return out
+
+
+def test_a_stored_report_is_the_fresh_one(tmp_path):
+    """What a page reads from the fits file equals the report a fit in the page would have made: the same
+    laws and bootstrap draws, intervals, bands, IsoFLOP profiles, held-out check and FLOPs per token."""
+    recs = rich_records()
+    sweep = user_sweep(tmp_path, recs)
+    made = scaling.fit_sweep(sweep, n_bootstrap=12)
+    stored = scaling.load_fits(sweep)
+    assert made.status == stored.status == "current" and stored.path == sweep / "fits.json"
+    assert stored.digest == scaling.records_digest(recs) == scaling.records_digest(recs[::-1])
+    xs = np.geomspace(1e3, 1e8, 40)
+    for kind in scaling.N_KINDS:
+        fresh = scaling.analyse(scaling.canonical_records(recs), kind, n_bootstrap=12)
+        got = stored.report(kind)
+        assert not fresh.problems, fresh.problems
+        assert got.law_n == fresh.law_n and got.law_d == fresh.law_d and got.law_c == fresh.law_c
+        assert got.chinchilla == fresh.chinchilla and len(got.chinchilla.samples) == 12
+        assert got.isoflop == fresh.isoflop and got.held_out == fresh.held_out
+        assert got.flops_per_token == fresh.flops_per_token and got == fresh
+        for law in ("law_n", "law_d", "law_c"):
+            window = (1.0, 5.0)
+            for a, b in zip(getattr(got, law).band(xs, within=window), getattr(fresh, law).band(xs, within=window)):
+                assert np.array_equal(a, b)
+        assert got.chinchilla.loss_interval(1e15) == fresh.chinchilla.loss_interval(1e15)
+        assert got.frontier([1e13, 1e15]) == fresh.frontier([1e13, 1e15])
+        # a report on its own carries its records
+        assert scaling.ScalingReport.from_dict(json.loads(json.dumps(fresh.to_dict()))) == fresh
+
+
+def test_stale_and_absent_fits_are_told_apart(tmp_path):
+    recs = grid_records()[:8]
+    sweep = user_sweep(tmp_path, recs)
+    assert scaling.load_fits(sweep).status == "absent"
+    scaling.fit_sweep(sweep, n_bootstrap=0)
+    assert scaling.load_fits(sweep).current
+    changed = dataclass_replace(recs[3], val_loss=recs[3].val_loss * 1.01)
+    (sweep / "records" / f"{recs[3].name}.json").write_text(json.dumps(changed.to_dict()))
+    stale = scaling.load_fits(sweep)
+    assert stale.status == "stale" and not stale.reports and "other runs" in stale.explain()
+    assert stale.command == f"python -m core.scaling fit {sweep}"
+    assert changed in stale.records                                  # the records now, for the page's points
+    (sweep / "records" / f"{recs[3].name}.json").write_text(json.dumps(recs[3].to_dict()))
+    assert scaling.load_fits(sweep).current                          # the same records again: current again
+    (sweep / "fits.json").write_text('{"format": 1, "rec')
+    damaged = scaling.load_fits(sweep)
+    assert damaged.status == "absent" and "cannot be read" in damaged.note
+    # a committed sweep: sweeps/NAME.json -> sweeps/NAME.fits.json, which is not a sweep itself
+    committed = tmp_path / "committed" / "x.json"
+    committed.parent.mkdir()
+    committed.write_text(json.dumps({"records": [r.to_dict() for r in recs]}))
+    assert scaling.fit_sweep(committed, n_bootstrap=0).path == committed.with_name("x.fits.json")
+    assert scaling.load_fits(committed).current and catalog.is_fits_file(committed.with_name("x.fits.json"))
+    assert catalog.fits_path(sweep / "records.json") == sweep / "fits.json"
+    with pytest.raises(ScalingError, match="no finished run"):
+        scaling.fit_sweep(user_sweep(tmp_path, [], name="empty"))
+
+
+def test_the_fit_command_stores_current_fits_and_check_says_so(tmp_path):
+    sweep = user_sweep(tmp_path, grid_records()[:8])
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "core.scaling", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+    res = cli("check", str(sweep))
+    assert res.returncode == 1 and "absent" in res.stdout and "python -m core.scaling fit" in res.stdout
+    res = cli("fit", str(sweep), "--bootstrap", "3")
+    assert res.returncode == 0, res.stderr
+    assert "fitted 8 runs" in res.stdout and "L(N, D) = " in res.stdout and "fits.json" in res.stdout
+    stored = scaling.load_fits(sweep)
+    assert stored.current and stored.n_bootstrap == 3
+    assert cli("check", str(sweep)).returncode == 0
+    res = cli("fit", str(tmp_path / "nowhere.json"))
+    assert res.returncode == 1 and "cannot read sweep records" in res.stderr
+
+
+def committed_sweep() -> Path:
+    files = sorted(p for p in (ROOT / "sweeps").glob("*.json") if not catalog.is_fits_file(p))
+    assert files, "the project's own sweep is committed under sweeps/"
+    return files[0]
+
+
+def test_the_committed_fits_are_those_of_the_committed_records():
+    """Reads only. Fails when someone changes the committed records without refitting:
+    run `python -m core.scaling fit sweeps/NAME.json` and commit the .fits.json beside them."""
+    stored = scaling.load_fits(committed_sweep())
+    assert stored.status == "current", f"{stored.explain()} Run `{stored.command}` and commit its file."
+    assert stored.path.name == committed_sweep().stem + ".fits.json"
+    assert stored.n_bootstrap == PAGE_BOOTSTRAP and stored.path.stat().st_size < 2_000_000
+    for kind in scaling.N_KINDS:
+        report = stored.report(kind)
+        assert not report.problems, report.problems
+        assert len(report.chinchilla.samples) > 0.9 * PAGE_BOOTSTRAP and report.law_n.samples
+
+
+def test_the_committed_fits_match_a_fresh_fit():
+    """The stored point estimates are what the fitting code gives on these records today (the bootstrap
+    does not move them, so a fit without it is enough)."""
+    stored = scaling.load_fits(committed_sweep())
+    for kind in scaling.N_KINDS:
+        got, fresh = stored.report(kind), scaling.analyse(stored.records, kind, n_bootstrap=0)
+        close = dict(rel=1e-5)
+        for name in ("law_n", "law_d", "law_c"):
+            a, b = getattr(got, name), getattr(fresh, name)
+            assert (a.E, a.A, a.alpha) == pytest.approx((b.E, b.A, b.alpha), **close), (kind, name)
+        for a, b in ((got.chinchilla, fresh.chinchilla), (got.held_out.law, fresh.held_out.law)):
+            assert (a.E, a.A, a.B, a.alpha, a.beta) == pytest.approx((b.E, b.A, b.B, b.alpha, b.beta), **close)
+        predicted = [row[4] for row in got.held_out.held_out]
+        assert predicted == pytest.approx([row[4] for row in fresh.held_out.held_out], **close)
+        assert (got.isoflop.a, got.isoflop.b, got.isoflop.kN, got.isoflop.kD) == pytest.approx(
+            (fresh.isoflop.a, fresh.isoflop.b, fresh.isoflop.kN, fresh.isoflop.kD), **close)
+        n_opts = [p.n_opt for p in got.isoflop.profiles]
+        assert n_opts == pytest.approx([p.n_opt for p in fresh.isoflop.profiles], **close)
+        assert got.flops_per_token == fresh.flops_per_token and got.problems == fresh.problems
+
+
+# ---------------------------------------------------------------------------------------------------
 # The sweep runner
 
 def sweep_args(out, corpus_file, data_dir):
@@ -236,6 +384,7 @@ def test_sweep_killed_and_restarted_loses_nothing_finished(tmp_path, corpus_file
     assert main(sweep_args(clean, corpus_file, data_dir)) == 0
     expected = {r.name: r for r in scaling.load_records(clean)}
     assert len(expected) >= 5
+    assert scaling.load_fits(clean).current             # a finished sweep stores its fits
 
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -253,7 +402,9 @@ def test_sweep_killed_and_restarted_loses_nothing_finished(tmp_path, corpus_file
     proc.wait()
     before = {p.name for p in (killed / "records").glob("*.json")}
     assert 2 <= len(before) < len(expected)
+    assert scaling.load_fits(killed).status == "absent"   # a kill leaves no fits; the page or the CLI makes them
     assert main(sweep_args(killed, corpus_file, data_dir)) == 0
+    assert scaling.load_fits(killed).current
     got = {r.name: r for r in scaling.load_records(killed)}
     assert set(got) == set(expected)
     for name, r in got.items():
@@ -282,14 +433,27 @@ def test_sweep_refuses_another_recipe_and_changes_nothing(tmp_path, corpus_file,
     assert not leftover.parent.exists()
 
 
+def test_a_sweep_stopped_with_records_stores_their_fits(tmp_path, corpus_file, data_dir):
+    from core.sweep import RunRecorded, main, parse_args, run_sweep
+    out = tmp_path / "s"
+    assert main(sweep_args(out, corpus_file, data_dir) + ["--plan"]) == 0
+    assert not catalog.fits_path(out).exists()            # a plan trains and fits nothing
+    cfg, _ = parse_args(sweep_args(out, corpus_file, data_dir))
+    gen = run_sweep(cfg)
+    recorded = 0
+    for ev in gen:
+        if isinstance(ev, RunRecorded):
+            recorded += 1
+            if recorded == 2:
+                break
+    assert not catalog.fits_path(out).exists()            # fitted when the sweep stops, not after every run
+    gen.close()
+    stored = scaling.load_fits(out)
+    assert stored.current and len(stored.records) == 2
+
+
 # ---------------------------------------------------------------------------------------------------
 # The committed sweep and the page
-
-def committed_sweep() -> Path:
-    files = sorted((ROOT / "sweeps").glob("*.json"))
-    assert files, "the project's own sweep is committed under sweeps/"
-    return files[0]
-
 
 def test_committed_sweep_supports_every_fit():
     recs = scaling.load_records(committed_sweep())
@@ -297,7 +461,126 @@ def test_committed_sweep_supports_every_fit():
     assert not report.problems, report.problems
     assert report.chinchilla.alpha > 0 and report.chinchilla.beta > 0
     assert report.held_out.mean_rel_error < 0.1
-    assert catalog.list_sweeps()[0].committed
+    first = catalog.list_sweeps()[0]
+    assert first.committed and first.path == committed_sweep()     # its fits file is not offered as a sweep
+
+
+def page_text(at) -> str:
+    return " ".join(e.value for kind in (at.info, at.markdown, at.caption, at.error, at.warning) for e in kind)
+
+
+def open_scaling_page(sweep: str | None = None):
+    from streamlit.testing.v1 import AppTest
+    at = AppTest.from_file(str(ROOT / "playground" / "scaling.py"), default_timeout=60)
+    if sweep:
+        at.query_params["sweep"] = sweep
+    return at.run()
+
+
+def stale_user_sweep(tmp_path, monkeypatch) -> Path:
+    """A sweep of the user's whose fits were made before one of its runs changed."""
+    runs = tmp_path / "runs"
+    recs = grid_records()[:8]
+    sweep = user_sweep(runs, recs)
+    scaling.fit_sweep(sweep, n_bootstrap=0)
+    changed = dataclass_replace(recs[0], val_loss=recs[0].val_loss * 1.02)
+    (sweep / "records" / f"{recs[0].name}.json").write_text(json.dumps(changed.to_dict()))
+    monkeypatch.setattr(catalog, "RUNS_DIR", runs)
+    assert scaling.load_fits(sweep).status == "stale"
+    return sweep
+
+
+def test_the_scaling_page_opens_the_committed_sweep_without_fitting(tmp_path, monkeypatch):
+    """Every fit is read from the committed fits file: with every fitting function broken, the Scaling
+    page (both ways of counting N) and the Learn page's scaling section still show the fits."""
+    from streamlit.testing.v1 import AppTest
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("a page fitted in the server")
+    for name in ("analyse", "fit_sweep", "ensure_fits", "fit_chinchilla", "fit_power_law", "fit_isoflop",
+                 "held_out_check"):
+        monkeypatch.setattr(scaling, name, no_fit)
+    monkeypatch.setattr(catalog, "RUNS_DIR", tmp_path / "runs")      # none of this machine's own sweeps
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60)
+    at.run()
+    at.switch_page("playground/scaling.py")
+    at.run()
+    assert not at.exception, at.exception
+    text = page_text(at)
+    assert "a = " in text and "Mean absolute error" in text and "background" not in text
+    at.radio(key="n_kind").set_value("non_embedding").run()
+    assert not at.exception, at.exception
+    assert "L(N (non-embedding))" in page_text(at) and "Mean absolute error" in page_text(at)
+    at.switch_page("playground/learn.py")
+    at.run()
+    at.radio(key="section").set_value("scaling").run()
+    assert not at.exception, at.exception
+    assert any("N_opt ∝ C^" in m.value for m in at.markdown)
+
+
+def test_hosted_mode_never_fits_a_stale_sweep_and_says_how(tmp_path, monkeypatch):
+    sweep = stale_user_sweep(tmp_path, monkeypatch)
+    monkeypatch.setattr(shared, "HOSTED", True)
+    at = open_scaling_page("mine (yours)")
+    assert not at.exception, at.exception
+    text = page_text(at)
+    assert "hosted mode" in text and f"python -m core.scaling fit {sweep}" in text
+    assert len(at.get("plotly_chart")) == 3                         # the runs' points, at once
+    report, message = shared.scaling_report(sweep)                  # what the Learn page reads
+    assert report is None and f"python -m core.scaling fit {sweep}" in message
+    assert scaling._fitting == {}                                   # nothing started (_start_fit would raise)
+
+
+class FakeFit:
+    """Stands in for the child process: still running until terminated."""
+
+    def __init__(self):
+        self.terminated = False
+
+    def poll(self):
+        return -15 if self.terminated else None
+
+    def terminate(self):
+        self.terminated = True
+
+
+def test_a_stale_sweep_is_fitted_once_in_the_background_however_many_ask(tmp_path, monkeypatch):
+    sweep = stale_user_sweep(tmp_path, monkeypatch)
+    started = []
+
+    def slow_start(path, log):
+        time.sleep(0.2)         # the other requests arrive while this one spawns
+        started.append(Path(path))
+        return FakeFit()
+    monkeypatch.setattr(scaling, "_start_fit", slow_start)
+    monkeypatch.setattr(shared, "HOSTED", False)
+    stored, _ = shared.scaling_fits(sweep)
+    jobs, barrier = [], threading.Barrier(4)
+
+    def ask():
+        barrier.wait()
+        jobs.append(scaling.fit_in_background(stored))
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert started == [sweep] and len(jobs) == 4 and all(j is jobs[0] for j in jobs)
+    # two visitors open the page meanwhile: each sees the runs and the note at once, and no second fit starts
+    for _ in range(2):
+        t0 = time.perf_counter()
+        at = open_scaling_page("mine (yours)")
+        assert not at.exception, at.exception
+        assert "Fitting in the background (started" in page_text(at)
+        assert len(at.get("plotly_chart")) == 3 and time.perf_counter() - t0 < 30
+    assert len(started) == 1
+    # the records change again: the fit of the old ones is stopped, and one for the new ones starts
+    recs = scaling.load_records(sweep)
+    (sweep / "records" / f"{recs[1].name}.json").write_text(json.dumps(
+        dataclass_replace(recs[1], val_loss=recs[1].val_loss * 0.99).to_dict()))
+    newer, _ = shared.scaling_fits(sweep)
+    assert newer.digest != stored.digest and scaling.fit_in_background(newer) is not jobs[0]
+    assert jobs[0].process.terminated and len(started) == 2
 
 
 def test_scaling_page_renders_committed_results_and_a_users_degenerate_sweep(tmp_path, monkeypatch):
@@ -307,6 +590,7 @@ def test_scaling_page_renders_committed_results_and_a_users_degenerate_sweep(tmp
     mine.mkdir(parents=True)
     for r in grid_records()[:3]:
         (mine / f"{r.name}.json").write_text(json.dumps(r.to_dict()))
+    scaling.fit_sweep(mine.parent, n_bootstrap=0)
     monkeypatch.setattr(catalog, "RUNS_DIR", runs)
     at = AppTest.from_file(str(ROOT / "playground" / "scaling.py"), default_timeout=120)
     at.run()

@@ -16,9 +16,10 @@ import torch
 
 from core import checkpoint as ckpt_io
 from core.data import CorpusError
-from core.model import GPT, ModelConfig
+from core.config import ModelConfig
+from core.model import GPT
 from core.catalog import read_log
-from core.train import (CheckpointSaved, EvalResult, RunExists, RunFinished, RunStarted, TrainConfig,
+from core.train import (CheckpointSaved, EvalResult, Phase, RunExists, RunFinished, RunStarted, TrainConfig,
                         TrainingDiverged, TrainStep, lr_at, train)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +55,9 @@ def file_digest(path) -> str:
 
 def test_a_run_yields_its_records_and_learns(tmp_path, corpus_file, data_dir):
     recs = list(train(tiny_cfg(tmp_path / "run", corpus_file, data_dir, max_steps=60, keep_checkpoints=2), TINY))
-    started = recs[0]
+    first = next(i for i, r in enumerate(recs) if not isinstance(r, Phase))
+    assert [r.name for r in recs[:first]] == ["loading corpus", "tokenizing", "building model"]
+    started = recs[first]
     assert isinstance(started, RunStarted) and started.resumed_from is None
     assert started.parameters["total"] == sum(p.numel() for p in GPT(dataclasses.replace(TINY, vocab_size=257)).parameters())
     steps = [r for r in recs if isinstance(r, TrainStep)]
@@ -214,7 +217,8 @@ def test_bpe_run_and_gradient_accumulation(tmp_path, corpus_file, data_dir):
     cfg = tiny_cfg(tmp_path / "run", corpus_file, data_dir, tokenizer="bpe", bpe_vocab_size=300,
                    grad_accum_steps=2, max_steps=10)
     recs = list(train(cfg, TINY))
-    started = recs[0]
+    assert [r.name for r in recs[:4]] == ["loading corpus", "training tokenizer", "tokenizing", "building model"]
+    started = recs[4]
     assert started.model_config["vocab_size"] == 301 and started.tokenizer == "bpe300"
     assert started.tokens_per_step == 4 * 16 * 2
     final = [r for r in recs if isinstance(r, EvalResult)][-1]

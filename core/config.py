@@ -1,0 +1,167 @@
+"""Config: what a model is and how a run trains it, as plain dataclasses that never import torch.
+
+Holds `ModelConfig` (a GPT's shape and design choices) with the sizes that follow from it alone
+(`count_parameters`, `flops_per_token`), and `TrainConfig` (a training run's settings, every field a
+flag of `python -m core.train`) with `RESUMABLE_OVERRIDES`, the fields a resumed run may change.
+They live apart from the torch code that uses them because the inference side reads them too: the
+runtime opens a model card into a `ModelConfig`, the Train page sizes a model before any torch is
+loaded, a sweep plans its runs, and a hosted demo installs no torch at all.
+
+Deliberately not here: the modules (`core.model`), the training loop (`core.train`), and the
+checks' idiom (`core.checks`, which every field below goes through).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, fields
+
+from core import checks
+from core.checks import ConfigError
+
+POS_ENCODINGS = ("learned", "sinusoidal", "rope")
+NORMS = ("layernorm", "rmsnorm")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 257       # the tokenizer's n_vocab (byte tokenizer: 256 bytes + <|endoftext|>)
+    block_size: int = 64        # context length: the longest sequence the model attends over
+    n_layer: int = 4            # transformer blocks; depth buys composition of features
+    n_head: int = 4             # attention heads per block; n_embd must divide evenly among them
+    n_embd: int = 128           # residual stream width
+    dropout: float = 0.0        # 0 for small data/short runs (nanoGPT's CPU recipe); 0.1-0.2 to fight overfitting
+    bias: bool = True           # biases in Linear and LayerNorm, as GPT-2; False is slightly faster
+    pos_encoding: str = "learned"   # learned (GPT-2) | sinusoidal (Vaswani 2017) | rope (Su 2021)
+    norm: str = "layernorm"     # layernorm (GPT-2) | rmsnorm (cheaper, LLaMA)
+    tie_embeddings: bool = True     # share wte with lm_head: fewer parameters, and GPT-2 does it
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            checks.integer(name, getattr(self, name), 1)
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        checks.choice("pos_encoding", self.pos_encoding, POS_ENCODINGS)
+        checks.choice("norm", self.norm, NORMS)
+        if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ConfigError(f"rope needs an even head size, got n_embd/n_head = {self.n_embd // self.n_head}")
+        checks.number("dropout", self.dropout, 0.0, 1.0, high_open=True)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+def count_parameters(config: ModelConfig) -> dict[str, int]:
+    """Parameter counts from the config alone (equal to counting a built model's tensors).
+
+    total: every distinct parameter (a tied head counted once). embedding: the token table wte, the
+    learned positions wpe and an untied lm_head (vocabulary and position matrices). non_embedding: the
+    rest; Kaplan et al. (2020) fit their laws on this N."""
+    C, V, L = config.n_embd, config.vocab_size, config.n_layer
+    b = 1 if config.bias else 0
+    norm = C * (2 if config.norm == "layernorm" and config.bias else 1)
+    attn = C * 3 * C + b * 3 * C + C * C + b * C
+    mlp = C * 4 * C + b * 4 * C + 4 * C * C + b * C
+    non_embedding = L * (2 * norm + attn + mlp) + norm
+    embedding = V * C
+    if config.pos_encoding == "learned":
+        embedding += config.block_size * C
+    if not config.tie_embeddings:
+        embedding += V * C
+    return {"total": non_embedding + embedding, "embedding": embedding, "non_embedding": non_embedding}
+
+
+def flops_per_token(config: ModelConfig, seq_len: int | None = None, training: bool = True) -> float:
+    """FLOPs to process one token at context length seq_len (default block_size).
+
+    Forward = 2 per multiply-add of every matmul weight (the non-embedding matrices and the output
+    head, tied or not: the lookup of wte costs nothing, its use as lm_head does) plus attention's
+    q·k and p·v, 2 * 2 * n_layer * seq_len * n_embd. Training (forward + backward) is three times
+    the forward: 6N + 12 * n_layer * seq_len * n_embd (Kaplan et al. 2020; PaLM's appendix B).
+    """
+    T = config.block_size if seq_len is None else seq_len
+    matmul_params = count_parameters(config)["non_embedding"] + config.vocab_size * config.n_embd
+    forward = 2 * matmul_params + 4 * config.n_layer * T * config.n_embd
+    return 3 * forward if training else forward
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/shakespeare-byte"   # run directory: checkpoints, tokenizer, log, run.json
+    corpus: str = "tinyshakespeare"         # a named corpus (core.data.CORPORA) or a local text file
+    data_dir: str | None = None             # corpus/token cache; None: $LLM_PLAYGROUND_DATA or ~/.cache
+    tokenizer: str = "byte"                 # byte | bpe (trained on the train split) | a saved tokenizer dir
+    bpe_vocab_size: int = 4096              # ordinary tokens of a trained BPE (256 bytes + merges)
+    val_fraction: float = 0.1               # tail of the text held out (nanoGPT's split for comparable losses)
+    batch_size: int = 12                    # sequences per micro-batch
+    grad_accum_steps: int = 1               # micro-batches per optimizer step: a larger batch in fixed memory
+    max_steps: int = 2000                   # optimizer steps in the whole run
+    learning_rate: float = 1e-3             # peak learning rate after warmup
+    min_lr: float = 1e-4                    # floor of the cosine decay (~peak/10, per Chinchilla)
+    warmup_steps: int = 100                 # linear warmup: Adam's moments are noisy at first
+    lr_decay_steps: int | None = None       # end of the cosine; None means max_steps
+    weight_decay: float = 0.1               # applied to matrices only; norms and biases are not decayed
+    beta1: float = 0.9
+    beta2: float = 0.99                     # 0.99 rather than 0.999: small batches, few tokens per step
+    grad_clip: float = 1.0                  # max global grad norm; 0 disables clipping (the norm is still logged)
+    dtype: str = "auto"                     # auto | float32 | bfloat16 | float16 (autocast for matmuls)
+    compile: bool = False                   # torch.compile: pays a one-off compile for faster steps
+    device: str = "auto"                    # auto (cuda when present, else cpu) | cpu | cuda | cuda:N
+    threads: int = 0                        # torch intra-op threads; 0 measures (see core.train.choose_threads):
+                                            # on a busy 2-core machine 1 thread ran 5-14x faster than 2
+    seed: int = 1337                        # one seed for init, batches and dropout: same seed, same run
+    eval_interval: int = 250                # steps between val-loss estimates
+    eval_iters: int = 200                   # batches per loss estimate (fixed batches: comparable over time)
+    eval_at_start: bool = True              # the untrained loss (about ln vocab) anchors the curve; a
+                                            # sweep that needs only the final loss skips it
+    checkpoint_interval: int = 250          # steps between checkpoints; 0 saves only at the end
+    keep_checkpoints: int = 5               # newest checkpoints kept; 0 keeps all
+    milestones: int = 0                     # also keep this many checkpoints spread over the run (the
+                                            # pages' checkpoint scrubber shows the model learning); 0: none
+    sample_interval: int = 0                # steps between printed samples; 0 disables
+    sample_tokens: int = 200                # length of those samples
+    divergence_factor: float = 3.0          # stop when loss > this x ln(vocab) (uniform guessing) or non-finite
+    resume: bool = False                    # continue the run in out_dir; without it an existing run is refused
+
+    def __post_init__(self):
+        for name in ("batch_size", "grad_accum_steps", "max_steps", "eval_iters", "sample_tokens",
+                     "bpe_vocab_size"):
+            checks.integer(name, getattr(self, name), 1)
+        for name in ("warmup_steps", "eval_interval", "checkpoint_interval", "keep_checkpoints",
+                     "sample_interval", "threads", "milestones"):
+            checks.integer(name, getattr(self, name), 0)
+        if self.lr_decay_steps is not None:
+            checks.integer("lr_decay_steps", self.lr_decay_steps, 1)
+        for name in ("min_lr", "weight_decay", "grad_clip", "divergence_factor"):
+            checks.number(name, getattr(self, name), 0.0)
+        checks.number("learning_rate", self.learning_rate, 0.0, low_open=True)
+        checks.number("beta1", self.beta1, 0.0, 1.0, high_open=True)
+        checks.number("beta2", self.beta2, 0.0, 1.0, high_open=True)
+        checks.number("val_fraction", self.val_fraction, 0.0, 1.0, low_open=True, high_open=True)
+        for name in ("out_dir", "corpus", "tokenizer", "dtype", "device"):
+            setattr(self, name, checks.text(name, getattr(self, name)))
+        if self.data_dir is not None:
+            self.data_dir = checks.text("data_dir", self.data_dir)
+        checks.choice("dtype", self.dtype, DTYPES)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Fields a resumed run may change: they do not alter the math of the steps already taken.
+RESUMABLE_OVERRIDES = {"out_dir", "data_dir", "max_steps", "lr_decay_steps", "compile", "device",
+                       "threads", "eval_interval", "eval_at_start", "checkpoint_interval", "keep_checkpoints",
+                       "sample_interval", "sample_tokens", "resume", "milestones"}

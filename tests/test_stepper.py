@@ -1,0 +1,108 @@
+"""The Generate stepper's live trace: each click costs one decode step, never a pass over the whole text,
+and what it shows equals what a trace rebuilt from scratch (a reload, a shared link) shows."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.generate import GenerationConfig
+from core.sampling import SamplerConfig
+from core.trace import Trace
+from tests.test_decoding import ToySource, ROOT
+
+APP = str(ROOT / "streamlit_app.py")
+
+
+class Counting(ToySource):
+    """Counts model calls and the positions each call computes."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.positions = 0
+
+    def step(self, ids, cache=None):
+        self.positions += np.asarray(ids).reshape(-1).size
+        return super().step(ids, cache)
+
+
+def records(trace: Trace) -> list:
+    return [dataclasses.asdict(s) for s in trace.steps()]
+
+
+def test_a_click_is_one_decode_step():
+    toy = Counting(vocab=40, order=2, seed=1, block_size=512)
+    t = Trace(toy, "ab", GenerationConfig(seed=4, sampler=SamplerConfig(temperature=0.9, top_k=20)))
+    t.view()
+    for n in range(1, 201):
+        calls, positions = toy.calls, toy.positions
+        t.step()
+        steps, dist = t.view()                       # what the page draws after the click
+        assert len(steps) == n
+        assert toy.calls - calls == 1 and toy.positions - positions == 1, n
+    calls = toy.calls
+    t.back()
+    t.view()
+    t.forward()
+    t.view()
+    assert toy.calls - calls == 2                    # back: one prefill of the prefix; forward: one step
+
+
+def test_the_live_trace_shows_what_a_rebuilt_one_shows():
+    toy = ToySource(vocab=257, order=1, seed=2, scale=1.0)     # byte ids: the prompt's too, for the penalties
+    t = Trace(toy, "hi", GenerationConfig(seed=9, sampler=SamplerConfig(temperature=1.1, repetition_penalty=1.3,
+                                                                      frequency_penalty=0.5)))
+    t.run(12)
+    t.back()
+    t.back()
+    t.force(3)
+    t.run(5)
+    t.switch("main")
+    t.back()
+    t.run(2)
+    rebuilt = Trace.from_dict(toy, t.to_dict())
+    assert records(t) == records(rebuilt)
+    assert np.array_equal(t.distribution().final.probs, rebuilt.distribution().final.probs)
+    t.config = dataclasses.replace(t.config, sampler=SamplerConfig(temperature=0.5))   # a knob changes
+    rebuilt.config = t.config
+    assert records(t) == records(Trace.from_dict(toy, t.to_dict())) == records(rebuilt)
+    assert [s.forced for s in t.steps()] == [s.forced for s in rebuilt.steps()]
+
+
+def test_the_window_slides_the_same_live_and_rebuilt():
+    toy = ToySource(vocab=30, order=2, seed=3, block_size=8)
+    t = Trace(toy, "abc", GenerationConfig(seed=1))
+    t.run(20)
+    assert any(s.window_slid for s in t.steps())
+    assert records(t) == records(Trace.from_dict(toy, t.to_dict()))
+
+
+@pytest.mark.parametrize("tokens", [10, 200])
+def test_the_page_keeps_the_trace_and_clicks_step_once(tokens, monkeypatch):
+    """On the page: after `tokens` tokens, a click runs the model once (the counts come from the real
+    model's runtime)."""
+    from core import runtime
+    calls = {"n": 0, "positions": 0}
+    real = runtime.Model.step
+
+    def counting(self, ids, cache=None):
+        calls["n"] += 1
+        calls["positions"] += np.asarray(ids).size
+        return real(self, ids, cache)
+    monkeypatch.setattr(runtime.Model, "step", counting)
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.switch_page("playground/generate.py")
+    at.run()
+    at.number_input(key="run_n").set_value(min(tokens, 100)).run()
+
+    def generated() -> int:
+        return len(at.session_state["trace"]["state"]["branches"][0]["tokens"]) if "trace" in at.session_state else 0
+    while generated() < tokens:
+        next(b for b in at.button if b.label.startswith("Run")).click().run()
+    assert not at.exception
+    calls["n"] = calls["positions"] = 0
+    next(b for b in at.button if b.label == "Sample one").click().run()
+    assert not at.exception
+    assert generated() == tokens + 1
+    assert calls == {"n": 1, "positions": 1}
