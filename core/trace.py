@@ -7,6 +7,10 @@ already continues forks a new branch (the old one is kept); `fork()` and `switch
 Each step draws its randomness from (seed, absolute position), so replaying a trace, or restoring it
 from JSON or a URL string, continues exactly as the original would have.
 
+A live trace keeps the KV cache at its cursor and a record per token in view, built as the cache
+advances: a step costs one decode step, a move back one prefill of the shared prefix, and nothing
+already computed is computed again (a page keeps the live trace in the visitor's session).
+
 Deliberately not here: the model (any `core.generate` source), the stages' math (`core.sampling`),
 rendering (the pages).
 """
@@ -22,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from core import sampling
+from core import checks, sampling
 from core.generate import Context, GenerationConfig, GenerationError, LogitsSource, Step, make_step, next_choice
 from core.sampling import PipelineResult, SamplerConfig
 
@@ -155,16 +159,13 @@ class Trace:
         return token
 
     def run(self, n: int, greedy: bool = False) -> list[int]:
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.config.max_new_tokens:
-            raise GenerationError(f"n must be an integer in [1, {self.config.max_new_tokens}], got {n!r}")
+        checks.integer("n", n, 1, self.config.max_new_tokens, GenerationError)
         return [self.step(greedy) for _ in range(n)]
 
     def force(self, token_id: int) -> None:
         """Take `token_id` next, whatever the sampler would say (a click on a candidate)."""
-        if isinstance(token_id, bool) or not isinstance(token_id, (int, np.integer)) \
-                or not 0 <= token_id < self.source.vocab_size:
-            raise GenerationError(f"token id must be an integer in [0, {self.source.vocab_size - 1}], got {token_id!r}")
-        self._take(int(token_id), forced=True)
+        token_id = checks.integer("token id", token_id, 0, self.source.vocab_size - 1, GenerationError)
+        self._take(token_id, forced=True)
 
     def _take(self, token: int, forced: bool) -> None:
         b = self.branch

@@ -149,37 +149,30 @@ def url_text(key: str, default: str, max_chars: int) -> str:
 
 def url_int(key: str, default: int, low: int, high: int) -> int:
     """An integer from the URL, within [low, high]; a malformed one gives the default, an out-of-range one
-    the nearest bound."""
-    raw = st.query_params.get(key)
-    if raw is None:
-        return default
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        url_notice(key, raw, f"it is not a whole number, so {default} is used")
-        return default
-    if not low <= value <= high:
-        used = min(high, max(low, value))
-        url_notice(key, raw, f"it must be between {low:,} and {high:,}, so {used:,} is used")
-        return used
-    return value
+    the nearest bound (with a note)."""
+    return _url_number(key, default, low, high, int, "a whole number", "{:,}")
 
 
 def url_float(key: str, default: float, low: float, high: float) -> float:
-    """A finite number from the URL, within [low, high] (clamped, with a note)."""
+    """A finite number from the URL, within [low, high]; as `url_int`."""
+    return _url_number(key, default, low, high, float, "a finite number", "{:g}")
+
+
+def _url_number(key: str, default, low, high, parse, kind: str, fmt: str):
     raw = st.query_params.get(key)
     if raw is None:
         return default
     try:
-        value = float(raw.strip())
+        value = parse(raw.strip())
     except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        url_notice(key, raw, f"it is not a finite number, so {default:g} is used")
+        value = None
+    if value is None or not math.isfinite(value):
+        url_notice(key, raw, f"it is not {kind}, so {fmt.format(default)} is used")
         return default
     if not low <= value <= high:
         used = min(high, max(low, value))
-        url_notice(key, raw, f"it must be between {low:g} and {high:g}, so {used:g} is used")
+        url_notice(key, raw, f"it must be between {fmt.format(low)} and {fmt.format(high)}, so {fmt.format(used)} "
+                             f"is used")
         return used
     return value
 

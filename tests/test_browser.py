@@ -20,8 +20,8 @@ from core import catalog
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                reason="Debian's chromium is not installed (apt-get install chromium)")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason="Debian's chromium is not installed (apt-get install chromium)")]
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 CEILING_MS = 300_000        # a generous ceiling for what a busy 2-core machine may take; the waits are events
 
@@ -76,8 +76,14 @@ def open_page(browser, url):
 
 
 def shot(page, name):
+    """The whole page: Streamlit scrolls inside its main block, so the viewport is stretched to it first."""
     ARTIFACTS.mkdir(exist_ok=True)
+    size = page.viewport_size
+    height = page.evaluate("Math.max(...[...document.querySelectorAll('[data-testid=stMain], "
+                           "[data-testid=stSidebarContent]')].map(e => e.scrollHeight), 0)")
+    page.set_viewport_size({"width": size["width"], "height": max(size["height"], min(int(height) + 40, 12000))})
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    page.set_viewport_size(size)
 
 
 def generated_count(page) -> int:
@@ -245,9 +251,9 @@ def test_a_reload_finds_the_run_again_and_another_visitor_only_watches(train_ser
     stranger = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
     stranger.goto(f"{url}/train")
     stranger.wait_for_selector(IDLE, timeout=CEILING_MS)
-    stranger.wait_for_function("document.body.innerText.includes('reloaded-run')", timeout=CEILING_MS)
+    stranger.wait_for_selector(".st-key-train_job", timeout=CEILING_MS)   # the server's runs are listed to them
     assert stranger.locator(".st-key-train_stop").count() == 0       # nothing of theirs is watched by default
-    stranger.locator(".st-key-train_job [data-testid='stSelectbox']").click()
+    stranger.locator(".st-key-train_job input").click()
     stranger.get_by_role("option", name="reloaded-run").click()
     stranger.wait_for_function("document.body.innerText.includes('Another visitor started this run')",
                                timeout=CEILING_MS)

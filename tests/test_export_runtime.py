@@ -48,6 +48,7 @@ def exported(tmp_path_factory, corpus_file, data_dir) -> Path:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pos, norm", [(p, n) for p in POS_ENCODINGS for n in NORMS])
 def test_export_parity_for_every_encoding_and_norm(tmp_path, corpus_file, data_dir, pos, norm):
     run = make_run(tmp_path / "run", corpus_file, data_dir,
@@ -235,6 +236,7 @@ def test_a_symlink_out_of_the_model_directory_is_refused(exported, tmp_path):
         Model(d)
 
 
+@pytest.mark.slow
 def test_export_refuses_a_non_empty_target_and_a_failed_parity_leaves_nothing(exported, tmp_path):
     run = exported.parent / "run"
     with pytest.raises(ExportError, match="not empty"):

@@ -62,6 +62,7 @@ def bpe_model():
 # ---------------------------------------------------------------------------------------------------
 # Text
 
+@pytest.mark.slow
 @settings(max_examples=300)
 @given(NASTY_TEXT)
 def test_tokenizers_round_trip_any_text(text):
@@ -79,6 +80,7 @@ def _has_surrogates(text):
     return any(0xD800 <= ord(c) <= 0xDFFF for c in text)
 
 
+@pytest.mark.slow
 @settings(max_examples=60)
 @given(NASTY_TEXT)
 def test_prompts_are_checked_and_scored_or_refused(model, text):
@@ -330,25 +332,32 @@ def test_the_hosted_config_limits_uploads_and_messages():
 
 
 def test_one_visitor_cannot_stop_or_resume_anothers_training(tmp_path, corpus_file):
-    from core.jobs import JobBoard, JobError
-    board = JobBoard(tmp_path / "runs")
-    job = board.start("alice", "alices-run", ["--corpus", str(corpus_file), "--max-steps", "2000",
-                                               "--n-layer", "1", "--n-embd", "16", "--n-head", "1",
-                                               "--block-size", "16", "--eval-interval", "0"], 10_000, 2000)
+    from core.jobs import JobBoard, JobError, TrainingRequest
+    board = JobBoard(tmp_path / "runs", exported_dir=tmp_path / "exported")
+    alice, mallory = "a" * 43, "m" * 43
+    request = TrainingRequest(name="alices-run", corpus=str(corpus_file), preset="tiny", steps=2000, block_size=16)
+    board.start(alice, request)
+    job = board.jobs["alices-run"]
     try:
         with pytest.raises(JobError, match="another visitor"):
-            board.stop("mallory", "alices-run")
+            board.stop(mallory, "alices-run")
         with pytest.raises(JobError, match="another visitor"):
-            board.export("mallory", "alices-run", tmp_path / "exported")
+            board.export(mallory, "alices-run")
+        with pytest.raises(JobError, match="another visitor"):
+            board.resume(mallory, "alices-run")
         assert job.process.poll() is None
+        assert not board.view(mallory, "alices-run").can_stop and board.view(alice, "alices-run").can_stop
         for name in ("../alices-run", "/tmp/x", "a" * 41, "", "..", "a/b", "a\x00b"):
             with pytest.raises(JobError, match="not allowed"):
-                board.start("mallory", name, [], 1, 1)
+                board.start(mallory, TrainingRequest(name=name, corpus=str(corpus_file)))
+        assert alice not in (tmp_path / "runs" / "alices-run" / "job.json").read_text()   # only its hash is kept
     finally:
-        board.stop("alice", "alices-run")
+        board.close()
+        job.stop("test over")
         job.process.wait(60)
 
 
+@pytest.mark.slow
 def test_a_visitors_clear_cache_message_leaves_other_sessions_working():
     """Over the real websocket: one session sends clear_cache (any browser can); another keeps stepping
     its generation with its state intact, and nothing is reloaded (no st.cache_* is in use)."""
@@ -389,6 +398,7 @@ sys.exit(main({args!r}))
 """
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_saving_gives_a_message_and_keeps_the_previous_checkpoint(tmp_path, corpus_file, data_dir):
     from core import checkpoint as ckpt_io
     run = tmp_path / "run"

@@ -145,6 +145,7 @@ def test_clearing_streamlit_caches_keeps_shared_models():
     assert shared.model_by_name("shakespeare-char") is model
 
 
+@pytest.mark.slow
 def test_pages_run_without_torch():
     res = run_without_torch(f"""
 import tiktoken
@@ -161,3 +162,27 @@ assert "torch" not in sys.modules
 print("ok")
 """)
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
+
+
+def test_merge_replay_shows_split_characters_as_their_bytes():
+    """A CJK character is three UTF-8 bytes: before the merges join them, the replay shows `\\xe4`-style
+    bytes, as the token view does, never U+FFFD."""
+    at = page("playground/tokenizer.py")
+    at.text_area(key="tok_text").set_value("中文").run()
+    at.multiselect(key="tok_pick").set_value(["shakespeare-bpe (model)"]).run()
+    at.text_input(key="merge_word").set_value("中").run()
+    replay = at.dataframe[0].value
+    assert "\\xe4" in replay["parts"].iloc[0] and not any("\ufffd" in p for p in replay["parts"])
+    chips = " ".join(m.value for m in at.markdown)
+    assert "\\xe4" in chips and "\ufffd" not in chips
+
+
+@pytest.mark.parametrize("path, key", [("playground/generate.py", "prompt"), ("playground/compare.py", "prompt"),
+                                       ("playground/tokenizer.py", "text"), ("playground/models.py", "score")])
+def test_a_linked_text_over_the_hosted_limit_is_cut_with_a_note(path, key, monkeypatch):
+    monkeypatch.setattr(shared, "HOSTED", True)
+    at = page(path, {key: "x" * 5000})
+    assert not at.exception
+    notes = [w.value for w in at.warning if "this server takes at most 2,000" in w.value]
+    assert notes and f"`{key}`" in notes[0]
+    assert all(len(t.value) <= 2000 for t in at.text_area)

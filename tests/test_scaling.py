@@ -235,6 +235,7 @@ def user_sweep(runs: Path, records, name: str = "mine") -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_a_stored_report_is_the_fresh_one(tmp_path):
     """What a page reads from the fits file equals the report a fit in the page would have made: the same
     laws and bootstrap draws, intervals, bands, IsoFLOP profiles, held-out check and FLOPs per token."""
@@ -291,6 +292,7 @@ def test_stale_and_absent_fits_are_told_apart(tmp_path):
         scaling.fit_sweep(user_sweep(tmp_path, [], name="empty"))
 
 
+@pytest.mark.slow
 def test_the_fit_command_stores_current_fits_and_check_says_so(tmp_path):
     sweep = user_sweep(tmp_path, grid_records()[:8])
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -376,6 +378,7 @@ def test_sweep_plan_leaves_out_runs_with_reasons(corpus_file, data_dir):
         SweepConfig(budgets=(), tokens=())
 
 
+@pytest.mark.slow
 def test_sweep_killed_and_restarted_loses_nothing_finished(tmp_path, corpus_file, data_dir):
     """kill -9 mid-sweep, then the same command: finished runs are skipped, the run in progress resumes,
     and every record equals the one an uninterrupted sweep writes."""
@@ -414,6 +417,7 @@ def test_sweep_killed_and_restarted_loses_nothing_finished(tmp_path, corpus_file
     assert len(collected["records"]) == len(expected) and collected["recipe"]["block_size"] == 32
 
 
+@pytest.mark.slow
 def test_sweep_refuses_another_recipe_and_changes_nothing(tmp_path, corpus_file, data_dir, capsys):
     from core.sweep import main
     out = tmp_path / "s"
@@ -433,6 +437,7 @@ def test_sweep_refuses_another_recipe_and_changes_nothing(tmp_path, corpus_file,
     assert not leftover.parent.exists()
 
 
+@pytest.mark.slow
 def test_a_sweep_stopped_with_records_stores_their_fits(tmp_path, corpus_file, data_dir):
     from core.sweep import RunRecorded, main, parse_args, run_sweep
     out = tmp_path / "s"

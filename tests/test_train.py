@@ -100,6 +100,7 @@ def test_stop_then_resume_continues_identically(tmp_path, corpus_file, data_dir)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, corpus_file, data_dir):
     extra = ["--max-steps", "600", "--checkpoint-interval", "25", "--eval-interval", "0", "--dropout", "0.1"]
     ref = cli(*cli_args(tmp_path / "ref", corpus_file, data_dir, *extra), timeout=300)
@@ -146,6 +147,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_a_write_killed_midway_leaves_the_last_good_checkpoint_loadable(tmp_path):
     run = tmp_path / "run"
     rng = random.Random(1)
@@ -178,6 +180,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, corpus
     assert resumed[0].resumed_from == 10
 
 
+@pytest.mark.slow
 def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, corpus_file, data_dir):
     # the learning rate ramps from 2e-3 to 20 over 10,000 steps: fine at first, then it blows up
     cfg = tiny_cfg(tmp_path / "run", corpus_file, data_dir, max_steps=10_000, warmup_steps=10_000,
@@ -227,6 +230,7 @@ def test_bpe_run_and_gradient_accumulation(tmp_path, corpus_file, data_dir):
     assert (tmp_path / "run" / "tokenizer" / "tokenizer.tiktoken").is_file()
 
 
+@pytest.mark.slow
 def test_cli_rejects_bad_values_with_the_field_name(tmp_path):
     res = cli("--batch-size", "0", "--out-dir", str(tmp_path / "x"))
     assert res.returncode == 2 and "batch_size must be a positive integer, got 0" in res.stderr
@@ -237,6 +241,7 @@ def test_cli_rejects_bad_values_with_the_field_name(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_on_cpu(tmp_path, corpus_file, data_dir):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 

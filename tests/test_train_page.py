@@ -17,6 +17,7 @@ from playground import shared
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "streamlit_app.py")
+pytestmark = pytest.mark.slow     # real training jobs: end to end
 CEILING = 900           # seconds: a run of a few dozen steps, on a machine that may be very busy
 ME, OTHER = "m" * 43, "o" * 43      # visitor tokens (what the cookie would hold)
 
