@@ -152,8 +152,9 @@ def report(title: str, data: dict, trees: list[Path]) -> None:
                              f"({len(ms)} clicks)" if ms else f"{tree.name}: no data")
             ratio = ""
             if len(trees) == 2 and all(data.get((str(t), model, tokens)) for t in trees):
-                a, b = (statistics.median(data[(str(t), model, tokens)]) for t in trees)
-                ratio = f"  -> {b / a:.1f}x faster" if a < b else f"  -> {a / b:.2f}x slower"
+                before, after = (statistics.median(data[(str(t), model, tokens)]) for t in trees)
+                ratio = (f"  -> {trees[1].name} {before / after:.1f}x faster" if after < before
+                         else f"  -> {trees[1].name} {after / before:.2f}x slower")
             print(f"  {model}, after {tokens} tokens: " + " | ".join(cells) + ratio)
 
 

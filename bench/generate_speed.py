@@ -221,8 +221,8 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()
+    from core.config import ModelConfig
     from core.data import load_corpus
-    from core.model import ModelConfig
     from core.tokenizer import byte_tokenizer, train_bpe
 
     floor1, floor2 = trivial_graph_floor(1), trivial_graph_floor(args.threads)

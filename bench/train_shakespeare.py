@@ -63,8 +63,8 @@ def main() -> None:
     set_threads(args.threads)
 
     from core.checkpoint import load_model
+    from core.config import ModelConfig
     from core.data import load_corpus, prepare_dataset
-    from core.model import ModelConfig
     from core.tokenizer import byte_tokenizer
     from core.train import EvalResult, RunStarted, TrainConfig, TrainStep, train
 

@@ -43,8 +43,8 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()
 
+    from core.config import ModelConfig
     from core.data import load_corpus, prepare_dataset
-    from core.model import ModelConfig
     from core.tokenizer import byte_tokenizer
     from core.train import RunStarted, TrainConfig, TrainStep, train
 

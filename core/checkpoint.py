@@ -25,7 +25,8 @@ from safetensors.torch import save as save_safetensors_bytes
 from core.catalog import CHECKPOINT_DIR, checkpoint_file, checkpoint_steps
 from core.checks import PlaygroundError
 from core.files import is_disk_full, write_atomic
-from core.model import GPT, ModelConfig
+from core.config import ModelConfig
+from core.model import GPT
 
 FORMAT = "llm-playground-checkpoint/1"
 

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -575,8 +576,8 @@ class JobBoard:
             for job in list(self.jobs.values()):
                 try:
                     job.advance(self.limits, self.exported_dir, self.runs_dir)
-                except OSError as e:          # a full disk, a removed folder: say so, keep supervising
-                    job.message = catalog.scrub_paths(f"{type(e).__name__}: {e}")
+                except Exception as e:        # a full disk, a removed folder...: say so on the job, and the
+                    job.message = catalog.scrub_paths(f"{type(e).__name__}: {e}")   # supervisor goes on
 
     def close(self) -> None:
         """Stop supervising (the jobs' processes go on; tests and shutdown use this)."""
@@ -602,7 +603,11 @@ class JobBoard:
                                f"(nothing was changed)")
             run_dir.mkdir(parents=True)
             job = TrainingJob(request.name, _owner_hash(token), run_dir, p.train, p.model)
-            job.launch(resume=False)
+            try:
+                job.launch(resume=False)
+            except OSError:
+                shutil.rmtree(run_dir, ignore_errors=True)     # nothing started: the name stays free
+                raise
             self.jobs[job.name] = job
             return job.view(job.owner)
 

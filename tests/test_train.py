@@ -131,7 +131,8 @@ WRITER = """
 import sys, torch
 sys.path.insert(0, {root!r})
 from core import checkpoint as ckpt_io
-from core.model import GPT, ModelConfig
+from core.config import ModelConfig
+from core.model import GPT
 model = GPT(ModelConfig())   # 0.83M parameters: 10 MB a file with the optimizer's moments
 opt = torch.optim.AdamW(model.parameters())
 model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long)).loss.backward(); opt.step()
