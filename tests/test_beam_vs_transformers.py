@@ -14,12 +14,11 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
+import transformers      # the peer is a pinned test requirement: its absence is a failure, not a skip
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-from core.generate import BeamStep, beam_search          # noqa: E402
-from core.runtime import KVCache                          # noqa: E402
+from core.generate import BeamStep, beam_search
+from core.runtime import KVCache
 
 LENGTH_PENALTIES = (-1.0, 0.0, 1.0, 2.0)
 EARLY_STOPPING = (False, True, "never")
