@@ -16,11 +16,19 @@ import os
 from dataclasses import dataclass
 
 HOSTED_ENV = "LLM_PLAYGROUND_HOSTED"
+MODELS_ENV = "LLM_PLAYGROUND_MODELS"    # comma-separated exported model names a server offers (unset: all)
 
 
 def hosted() -> bool:
     """True when this process serves a shared demo (the environment says so)."""
     return os.environ.get(HOSTED_ENV, "") == "1"
+
+
+def allowed_models() -> frozenset[str] | None:
+    """The exported models this server offers, when its deployment lists them (a hosted demo shows a fixed
+    list, e.g. the default models and the pretrained ones imported when its image was built); None: all."""
+    names = {n.strip() for n in os.environ.get(MODELS_ENV, "").split(",") if n.strip()}
+    return frozenset(names) or None
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,8 @@ class Limits:
     max_prompt_chars: int = 20_000
     max_top_n: int = 50
     max_strategies: int = 8             # strategies in one comparison
+    max_attention_tokens: int = 256     # tokens whose attention maps a page draws at once (every layer's
+                                        # T x T maps: at 12 x 12 heads, 256 tokens are 38 MB)
     # -- training jobs started from the browser
     max_running: int = 2                # jobs training at once on this server
     max_parameters: int = 20_000_000
@@ -48,7 +58,7 @@ class Limits:
         small and short, on one thread (the server keeps the other core), stopped a minute after its tab
         closes."""
         return cls(max_new_tokens=256, max_beam_width=8, max_samples=4, max_stop_strings=4,
-                   max_prompt_chars=2_000, max_top_n=20, max_strategies=6,
+                   max_prompt_chars=2_000, max_top_n=20, max_strategies=6, max_attention_tokens=128,
                    max_running=1, max_parameters=2_000_000, max_steps=2_000, max_wall_seconds=600.0,
                    heartbeat_seconds=60.0, train_threads=1)
 

@@ -16,15 +16,19 @@ model, lim = open_page("Attention",
                        "upper triangle is masked: no token sees the future).", checkpoints=True)
 
 
-@functools.lru_cache(maxsize=8)
-def grid_layout(n_layer: int, n_head: int) -> dict:
-    """The layout of the layers x heads grid (axes, titles, one colour scale), built once per shape."""
+LAYERS_PER_VIEW, HEADS_PER_VIEW = 4, 8      # a grid larger than this (GPT-2 has 12 x 12) is shown a block at a time
+
+
+@functools.lru_cache(maxsize=32)
+def grid_layout(layers: tuple[int, ...], heads: tuple[int, ...]) -> dict:
+    """The layout of a layers x heads grid (axes, titles, one colour scale), built once per block."""
+    n_layer, n_head = len(layers), len(heads)
     g = make_subplots(rows=n_layer, cols=n_head, horizontal_spacing=0.02, vertical_spacing=0.04,
-                      subplot_titles=[f"L{l} H{h}" for l in range(n_layer) for h in range(n_head)])
+                      subplot_titles=[f"L{l} H{h}" for l in layers for h in heads])
     g.update_xaxes(showticklabels=False)
     g.update_yaxes(showticklabels=False, autorange="reversed")
     g.update_layout(height=170 * n_layer + 60, coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1),
-                    margin=dict(t=40, b=10, l=10, r=10), title="Every layer (rows) and head (columns)")
+                    margin=dict(t=40, b=10, l=10, r=10), title="Layers (rows) and heads (columns)")
     layout = g.to_dict()["layout"]
     layout.pop("template", None)        # the default template: sent by st.plotly_chart's theme anyway
     return layout
@@ -54,16 +58,37 @@ ids = model.tokenizer.encode(text)
 if not ids:
     st.info("Type some text.")
     st.stop()
-if len(ids) > model.block_size:
-    st.info(f"The text has {len(ids)} tokens; the model's context is {model.block_size}, so the last "
-            f"{model.block_size} are shown.")
-    ids = ids[-model.block_size:]
+shown = min(model.block_size, lim.max_attention_tokens)
+if len(ids) > shown:
+    why = "the model's context" if shown == model.block_size else "what this page shows at once"
+    st.info(f"The text has {len(ids)} tokens; {why} is {shown}, so the last {shown} are shown.")
+    ids = ids[-shown:]
 maps = model.attention(ids).probs                       # per layer (1, H, T, T)
 L, H, T = len(maps), maps[0].shape[1], len(ids)
 labels = [f"{i}:{visible(model.tokenizer.decode([t]))}" for i, t in enumerate(ids)]
 
-grid = figure([dict(type="heatmap", z=maps[l][0, h], coloraxis="coloraxis", xaxis=f"x{l * H + h + 1}",
-                    yaxis=f"y{l * H + h + 1}") for l in range(L) for h in range(H)], **grid_layout(L, H))
+
+def blocks(n: int, per: int) -> list[tuple[int, ...]]:
+    return [tuple(range(i, min(n, i + per))) for i in range(0, n, per)]
+
+
+def block_name(b: tuple[int, ...]) -> str:
+    return f"{b[0]}-{b[-1]}" if len(b) > 1 else str(b[0])
+
+
+layer_blocks, head_blocks = blocks(L, LAYERS_PER_VIEW), blocks(H, HEADS_PER_VIEW)
+g1, g2 = st.columns(2)
+lb = g1.selectbox(f"Layers in the grid (of {L})", range(len(layer_blocks)), format_func=lambda i: block_name(layer_blocks[i]),
+                  index=url_int("layers", 0, 0, len(layer_blocks) - 1), key="attn_layers",
+                  disabled=len(layer_blocks) == 1)
+hb = g2.selectbox(f"Heads in the grid (of {H})", range(len(head_blocks)), format_func=lambda i: block_name(head_blocks[i]),
+                  index=url_int("heads", 0, 0, len(head_blocks) - 1), key="attn_heads",
+                  disabled=len(head_blocks) == 1)
+st.query_params["layers"], st.query_params["heads"] = str(lb), str(hb)
+layers, heads = layer_blocks[lb], head_blocks[hb]
+cells = [(l, h) for l in layers for h in heads]
+grid = figure([dict(type="heatmap", z=maps[l][0, h], coloraxis="coloraxis", xaxis=f"x{i + 1}", yaxis=f"y{i + 1}")
+               for i, (l, h) in enumerate(cells)], **grid_layout(layers, heads))
 st.plotly_chart(grid, width="stretch", key="attn_grid")
 
 c1, c2 = st.columns(2)

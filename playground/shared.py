@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import catalog, scaling
-from core.limits import Limits, hosted
+from core.limits import Limits, allowed_models, hosted
 from core.runtime import Model, ModelError
 from core.sampling import KNOBS
 
@@ -71,7 +71,9 @@ def open_model(path: str) -> Model:
 
 
 def model_names() -> list[str]:
-    return [m.name for m in catalog.list_exported_models()]
+    """The exported models this server offers (all of them, or its deployment's list)."""
+    allowed = allowed_models()
+    return [m.name for m in catalog.list_exported_models() if allowed is None or m.name in allowed]
 
 
 def model_by_name(name: str) -> Model:

@@ -186,3 +186,11 @@ def test_a_linked_text_over_the_hosted_limit_is_cut_with_a_note(path, key, monke
     notes = [w.value for w in at.warning if "this server takes at most 2,000" in w.value]
     assert notes and f"`{key}`" in notes[0]
     assert all(len(t.value) <= 2000 for t in at.text_area)
+
+
+def test_a_deployment_can_offer_a_fixed_list_of_models(monkeypatch):
+    monkeypatch.setenv("LLM_PLAYGROUND_MODELS", "shakespeare-bpe")
+    at = page("playground/generate.py", {"model": "shakespeare-char"})      # a link to a model not offered
+    assert not at.exception
+    assert list(at.selectbox(key="model").options) == ["shakespeare-bpe"]
+    assert any("`model`" in w.value for w in at.sidebar.warning)
