@@ -178,7 +178,8 @@ def list_exported_models(exported_dir: str | os.PathLike | None = None) -> list[
     if not d.is_dir():
         return []
     out = []
-    for model in sorted(p for p in d.iterdir() if (p / CARD_FILE).is_file()):
+    # dot-names are an export being built (renamed into place once complete): never offered
+    for model in sorted(p for p in d.iterdir() if not p.name.startswith(".") and (p / CARD_FILE).is_file()):
         try:
             card = json.loads((model / CARD_FILE).read_text(encoding="utf-8"))
         except ValueError:

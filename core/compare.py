@@ -116,7 +116,7 @@ def _run_one(source: LogitsSource, ids: list[int], s: Strategy, max_new_tokens: 
         result: BeamResult = records[-1]
         steps = [r for r in records if isinstance(r, BeamStep)]
         tokens, text, reason = result.hypotheses[0].tokens, result.texts[0], result.finish_reason
-        labels = [[source.tokenizer.decode([b.tokens[-1]]) for b in step.beams] for step in steps]
+        labels = [[source.tokenizer.token_text(b.tokens[-1]) for b in step.beams] for step in steps]
     else:
         c = complete(source, ids, GenerationConfig(max_new_tokens=max_new_tokens, sampler=s.sampler, seed=seed,
                                                    top_n=0), limits)

@@ -21,6 +21,7 @@ from core.checks import ConfigError
 
 POS_ENCODINGS = ("learned", "sinusoidal", "rope")
 NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "gelu_tanh", "swiglu")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -32,10 +33,18 @@ class ModelConfig:
     n_head: int = 4             # attention heads per block; n_embd must divide evenly among them
     n_embd: int = 128           # residual stream width
     dropout: float = 0.0        # 0 for small data/short runs (nanoGPT's CPU recipe); 0.1-0.2 to fight overfitting
-    bias: bool = True           # biases in Linear and LayerNorm, as GPT-2; False is slightly faster
+    bias: bool = True           # biases in Linear and LayerNorm, as GPT-2 (q/k/v: qkv_bias); False is slightly faster
     pos_encoding: str = "learned"   # learned (GPT-2) | sinusoidal (Vaswani 2017) | rope (Su 2021)
     norm: str = "layernorm"     # layernorm (GPT-2) | rmsnorm (cheaper, LLaMA)
     tie_embeddings: bool = True     # share wte with lm_head: fewer parameters, and GPT-2 does it
+    mlp: str = "gelu"           # gelu (exact erf; nanoGPT) | gelu_tanh (GPT-2's "gelu_new") | swiglu (LLaMA,
+                                # Qwen: silu(gate) * up, one more matrix for a better loss at equal compute)
+    mlp_hidden: int = 0         # the MLP's inner width; 0 = 4 x n_embd (GPT-2's ratio; LLaMA-family models set theirs)
+    n_kv_head: int = 0          # key/value heads (grouped-query attention): 0 = n_head; fewer shrink the KV cache,
+                                # each shared by n_head / n_kv_head query heads
+    rope_theta: float = 10000.0     # RoPE's base: a larger one turns the slowest pairs more slowly, for long contexts
+    norm_eps: float = 1e-5      # added under every norm's square root; a checkpoint fixes its own (LLaMA, Qwen: 1e-6)
+    qkv_bias: bool | None = None    # biases on the q/k/v projection; None follows `bias` (Qwen2: on, with bias off)
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -47,10 +56,35 @@ class ModelConfig:
         if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2:
             raise ConfigError(f"rope needs an even head size, got n_embd/n_head = {self.n_embd // self.n_head}")
         checks.number("dropout", self.dropout, 0.0, 1.0, high_open=True)
+        checks.choice("mlp", self.mlp, MLPS)
+        checks.integer("mlp_hidden", self.mlp_hidden, 0)
+        checks.integer("n_kv_head", self.n_kv_head, 0, self.n_head)
+        if self.n_head % self.kv_heads:
+            raise ConfigError(f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head}): each "
+                              f"key/value head serves the same number of query heads")
+        checks.number("rope_theta", self.rope_theta, 0.0, low_open=True)
+        checks.number("norm_eps", self.norm_eps, 0.0, 1.0, low_open=True)
+        for name in ("bias", "tie_embeddings") + (("qkv_bias",) if self.qkv_bias is not None else ()):
+            checks.choice(name, getattr(self, name), (True, False))
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads in use (n_kv_head, or n_head when it is 0): the KV cache's second dimension."""
+        return self.n_kv_head or self.n_head
+
+    @property
+    def mlp_width(self) -> int:
+        """The MLP's inner width in use (mlp_hidden, or 4 x n_embd when it is 0)."""
+        return self.mlp_hidden or 4 * self.n_embd
+
+    @property
+    def has_qkv_bias(self) -> bool:
+        """Whether c_attn (q, k and v) has biases: qkv_bias, or `bias` when it is None."""
+        return self.bias if self.qkv_bias is None else self.qkv_bias
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,11 +104,13 @@ def count_parameters(config: ModelConfig) -> dict[str, int]:
     total: every distinct parameter (a tied head counted once). embedding: the token table wte, the
     learned positions wpe and an untied lm_head (vocabulary and position matrices). non_embedding: the
     rest; Kaplan et al. (2020) fit their laws on this N."""
-    C, V, L = config.n_embd, config.vocab_size, config.n_layer
-    b = 1 if config.bias else 0
+    C, V, L, H = config.n_embd, config.vocab_size, config.n_layer, config.mlp_width
+    b, bq = int(config.bias), int(config.has_qkv_bias)
     norm = C * (2 if config.norm == "layernorm" and config.bias else 1)
-    attn = C * 3 * C + b * 3 * C + C * C + b * C
-    mlp = C * 4 * C + b * 4 * C + 4 * C * C + b * C
+    qkv = C + 2 * config.kv_heads * config.head_dim          # q for every head, k and v for the kv heads
+    attn = C * qkv + bq * qkv + C * C + b * C
+    fc = 2 * H if config.mlp == "swiglu" else H               # swiglu's c_fc holds gate and up side by side
+    mlp = C * fc + b * fc + H * C + b * C
     non_embedding = L * (2 * norm + attn + mlp) + norm
     embedding = V * C
     if config.pos_encoding == "learned":

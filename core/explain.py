@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -26,45 +27,56 @@ from core.tokenizer import Tokenizer, TokenizerError, byte_tokenizer, train_bpe
 # ---------------------------------------------------------------------------------------------------
 # Positions
 
+# Positions drawn in the positional views: a checkpoint's context can be 32k (Qwen2.5), and a 32k x 32k
+# similarity map is 4 GB; past a few hundred rows a heatmap on a page shows nothing more anyway.
+MAX_POSITIONS_SHOWN = 256
+
+
 @dataclass(frozen=True)
 class PositionalViews:
     used: str                           # the model's own: learned | sinusoidal | rope
-    sinusoidal: np.ndarray              # (block_size, n_embd)
-    rope: np.ndarray                    # angles (block_size, head_dim / 2)
-    learned: np.ndarray | None          # wpe (block_size, n_embd) when the model learned one
-    similarity: np.ndarray              # (block_size, block_size): how alike two positions look to the model
+    sinusoidal: np.ndarray              # (T, n_embd), T = min(block_size, MAX_POSITIONS_SHOWN)
+    rope: np.ndarray                    # angles (T, head_dim / 2) at the model's own base (rope_theta)
+    learned: np.ndarray | None          # wpe (T, n_embd) when the model learned one
+    similarity: np.ndarray              # (T, T): how alike two positions look to the model
+    rope_theta: float = 10000.0         # RoPE's base in the angles above: pos * theta^(-2i/hs)
+    positions: int = 0                  # T: the first positions shown (of block_size)
 
 
 def positional_views(model: Model) -> PositionalViews:
-    """All three encodings at this model's sizes, its own one marked, and a position-similarity map.
+    """All three encodings at this model's sizes, its own one marked, and a position-similarity map, over
+    the first MAX_POSITIONS_SHOWN positions.
 
     Similarity: for added encodings (learned, sinusoidal), the cosine of two positions' vectors; for
     RoPE, the mean over frequency pairs of cos(angle_i - angle_j), which is what a rotated q·k keeps of
-    an unrotated one: it depends on i - j only."""
+    an unrotated one: it depends on i - j only (and on the model's base, rope_theta)."""
     cfg = model.config
-    T, C, hs = cfg.block_size, cfg.n_embd, model.head_dim
+    T, C, hs = min(cfg.block_size, MAX_POSITIONS_SHOWN), cfg.n_embd, model.head_dim
     used = cfg.pos_encoding
-    sin_table, angles = sinusoidal_table(T, C), rope_angles(T, hs)
+    sin_table, angles = sinusoidal_table(T, C), rope_angles(T, hs, cfg.rope_theta)
     learned = model.weights("transformer.wpe.weight").get("transformer.wpe.weight")
+    learned = None if learned is None else learned[:T]
     if used == "rope":
         similarity = np.cos(angles[:, None, :] - angles[None, :, :]).mean(axis=-1)
     else:
         table = learned if used == "learned" and learned is not None else sin_table
         unit = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-12)
         similarity = unit @ unit.T
-    return PositionalViews(used, sin_table, angles, learned, similarity.astype(np.float32))
+    return PositionalViews(used, sin_table, angles, learned, similarity.astype(np.float32), cfg.rope_theta, T)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Token embeddings
 
 def token_embeddings(model: Model) -> np.ndarray:
-    """wte (vocab, n_embd): a tied model's head shares it, so the graph keeps it as lm_head.weight."""
-    w = model.weights("transformer.wte.weight", "lm_head.weight")
-    table = w.get("transformer.wte.weight", w.get("lm_head.weight"))
+    """wte (vocab, n_embd), the rows of the ids the tokenizer has: a tied model's head shares it, so the
+    graph may keep it as lm_head.weight (asked for only then: an untied head is another table as large)."""
+    table = model.weights("transformer.wte.weight").get("transformer.wte.weight")
+    if table is None:
+        table = model.weights("lm_head.weight").get("lm_head.weight")
     if table is None:
         raise ModelError(f"{model.name}: model.onnx holds no token embedding table")
-    return table
+    return table[:model.vocab_size]           # a padded embedding's extra rows are no token's
 
 
 def embedding_neighbours(model: Model, token_id: int, k: int = 8) -> list[tuple[int, str, float]]:
@@ -72,8 +84,9 @@ def embedding_neighbours(model: Model, token_id: int, k: int = 8) -> list[tuple[
     table = token_embeddings(model)
     if not (0 <= int(token_id) < table.shape[0]):
         raise ModelError(f"token id {token_id} is outside the vocabulary (0..{table.shape[0] - 1})")
-    unit = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-12)
-    sims = unit @ unit[int(token_id)]
+    # cosines without a normalized copy of the table (a pretrained one is hundreds of MB)
+    norms = np.maximum(np.linalg.norm(table, axis=1), 1e-12)
+    sims = (table @ table[int(token_id)]) / (norms * norms[int(token_id)])
     order = [int(i) for i in np.argsort(-sims) if int(i) != int(token_id)][:k]
     return [(i, model.tokenizer.decode([i]), float(sims[i])) for i in order]
 
@@ -101,15 +114,20 @@ class AttentionWalk:
     projected: np.ndarray               # (n_embd,) heads @ W_o + b: what attention adds to the residual
     graph_row: np.ndarray               # (T,) the same row as the attention graph computed it
     graph_head_output: np.ndarray       # (hs,) this head's slice of `heads`, as the graph computed it
+    kv_head: int = 0                    # the key/value head this head reads (head // (n_head / n_kv_head):
+                                        # grouped-query attention shares one among several query heads)
 
 
-def attention_walkthrough(model: Model, text: str, layer: int, head: int, position: int) -> AttentionWalk:
-    """softmax(q kᵀ / sqrt(d_k) + mask) v for one query token, from the graph's own q, k and v.
+def attention_walkthrough(model: Model, text: str | Sequence[int], layer: int, head: int,
+                          position: int) -> AttentionWalk:
+    """softmax(q kᵀ / sqrt(d_k) + mask) v for one query token, from the graph's own q, k and v (k and v
+    as this head reads them: under grouped-query attention, those of its key/value group). `text` is
+    text or the token ids a page already holds (decoding and encoding again need not give them back).
 
     Every step is recomputed here in numpy; `graph_row` and `graph_head_output` are the graph's own
     results, which the recomputation must equal (the Learn page shows both, and a test holds them equal).
     """
-    ids = model.tokenizer.encode(text)
+    ids = model.tokenizer.encode_prompt(text) if isinstance(text, str) else [int(i) for i in text]
     if not ids:
         raise ModelError("the text is empty; type a few words")
     if len(ids) > model.block_size:
@@ -137,7 +155,8 @@ def attention_walkthrough(model: Model, text: str, layer: int, head: int, positi
     heads = part["heads"][0, position]
     return AttentionWalk([model.tokenizer.decode([i]) for i in ids], layer, head, position, q, k, v, scores,
                          scale, scaled, allowed, masked, probs, head_output, heads, part["proj"][0, position],
-                         maps.probs[layer][0, head, position], heads[head * hs:(head + 1) * hs])
+                         maps.probs[layer][0, head, position], heads[head * hs:(head + 1) * hs],
+                         head // (model.n_head // model.n_kv_head))
 
 
 # ---------------------------------------------------------------------------------------------------

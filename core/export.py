@@ -1,38 +1,50 @@
-"""Export: a trained checkpoint becomes a self-contained ONNX model directory, checked for parity.
+"""Export: a GPT in memory (trained here, or imported) becomes a self-contained ONNX model directory,
+checked for parity.
 
-Holds `export_model()` and its CLI (`python -m core.export CHECKPOINT OUT_DIR`). It writes
+Holds `export_gpt()` (the one exporter: a model, its tokenizer and what the card should say about where
+it came from), `export_model()` and its CLI (`python -m core.export CHECKPOINT OUT_DIR`: a run
+directory's checkpoint through `export_gpt`), and `PeakMemory` (what an export cost in memory). It writes
 `OUT_DIR/` with:
   model.onnx       one graph for prefill, cached decode and full recomputation:
-                   input_ids [batch, seq] + past_key_values.{i}.key|value [batch, heads, past, head_dim]
+                   input_ids [batch, seq] + past_key_values.{i}.key|value [batch, n_kv_head, past, head_dim]
                    -> logits [batch, seq, vocab] + present.{i}.key|value; positions start at past
                    inside the graph, and past may be 0.
   attention.onnx   input_ids -> logits + attn.{i} [batch, heads, seq, seq], and each layer's q.{i},
-                   k.{i}, v.{i} [batch, heads, seq, head_dim], heads.{i} and proj.{i} [batch, seq, n_embd]:
-                   the explicit attention path for the pages, kept out of model.onnx so decoding
-                   never pays for it.
-  model.int8.onnx / model.fp16.onnx   optional variants, with size and logit drift in the card.
-  tokenizer/       the tokenizer (tiktoken rank file + JSON).
-  card.json        config, parameter counts, tokenizer, data sha256, losses, parity and latency.
+                   k.{i}, v.{i} [batch, heads, seq, head_dim] (k and v repeated per query head under
+                   grouped-query attention), heads.{i} and proj.{i} [batch, seq, n_embd]: the explicit
+                   attention path for the pages, kept out of model.onnx so decoding never pays for it.
+  model.int8.onnx / model.fp16.onnx   optional variants, with size, logit drift and latency in the card.
+  *.onnx.data      the weights of a graph larger than `ExportConfig.external_data_mb` (ONNX's protobuf
+                   stops at 2 GB, and writing them apart streams them instead of building the whole file
+                   in memory); attention.onnx then reads model.onnx.data rather than a second copy.
+  tokenizer/       the tokenizer (`Tokenizer.save`).
+  card.json        config, parameter counts, tokenizer, where the weights came from (a run: data sha256,
+                   losses, the training command; an import: the checkpoint and its files' sha256),
+                   parity, size and latency per variant, the export's time and peak memory.
 Every export runs torch and onnxruntime side by side over a prompt and cached decode steps and fails
-loudly when the logits differ by more than the tolerance.
+loudly when the logits differ by more than the tolerance; it is built in a temporary sibling directory
+and renamed into place only when it passed, so a failure leaves nothing a picker would list.
 
-Deliberately not here: running exported models (`core.runtime`, which never imports torch), training.
+Deliberately not here: running exported models (`core.runtime`, which never imports torch), training,
+reading other formats' checkpoints (`core.pretrained`).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
+import resource
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -44,7 +56,10 @@ from core.checkpoint import load_model
 from core.files import make_readable, write_atomic
 from core.model import GPT
 from core.runtime import ATTENTION_PARTS
-from core.tokenizer import load_tokenizer
+from core.tokenizer import Tokenizer, load_tokenizer
+
+# where torch.onnx (and onnx.save_model, as called here) put a graph's external weights: FILE + ".data"
+EXTERNAL_DATA_SUFFIX = ".data"
 
 
 class ExportError(PlaygroundError):
@@ -60,6 +75,45 @@ class ExportConfig:
     int8: bool = False            # also write a dynamically quantized int8 model (smaller, faster matmuls)
     fp16: bool = False            # also write an fp16 model (half the size; slower on most CPUs)
     seed: int = 0                 # for the parity check's random tokens
+    external_data_mb: float = 256     # graphs with more weight than this keep it in FILE.data beside FILE:
+                                      # streamed to disk one tensor at a time (a single file is built whole in
+                                      # memory, twice) and required past ONNX's 2 GB protobuf limit
+
+
+class PeakMemory:
+    """Wall time and the peak resident memory of this process from `start()` on.
+
+    Linux lets a process reset its own high-water mark (/proc/self/clear_refs, "5"), so the peak is this
+    job's; elsewhere it is the process's lifetime peak (getrusage), and `since_start` says which."""
+
+    def __init__(self):
+        self.start()
+
+    def start(self) -> "PeakMemory":
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.since_start = True
+        except OSError:
+            self.since_start = False
+        self.t0 = time.perf_counter()
+        return self
+
+    @staticmethod
+    def peak_mb() -> float:
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / 2 ** 20 if sys.platform == "darwin" else rss / 1024    # bytes on macOS, KiB on Linux
+
+    def report(self) -> dict:
+        return {"seconds": round(time.perf_counter() - self.t0, 2), "peak_rss_mb": round(self.peak_mb(), 1),
+                "peak_since_start": self.since_start}
 
 
 def _names(n_layer: int, prefix: str) -> list[str]:
@@ -90,22 +144,26 @@ class _AttentionGraph(torch.nn.Module):
         return out.logits, out.attentions, *parts
 
 
+def _weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of every distinct parameter and buffer (a tied head counted once)."""
+    return (sum(p.numel() * p.element_size() for p in model.parameters())
+            + sum(b.numel() * b.element_size() for b in model.buffers()))
+
+
 def _export(module, args, dynamic_shapes, input_names, output_names, path: Path, opset: int,
-            metadata: dict) -> None:
-    import onnx
+            metadata: dict, external: bool) -> None:
+    """Trace `module` and write it to `path`, with the metadata set on the in-memory graph (never by
+    loading the written file again), its weights in `path`.data when `external`."""
     module.eval()
     program = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=dynamic_shapes,
                                 opset_version=opset, input_names=input_names,
                                 output_names=output_names, verbose=False)
-    program.save(str(path), external_data=False)   # one self-contained file: no external data paths
-    proto = onnx.load(str(path))
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    write_atomic(path, proto.SerializeToString())
+    program.model.metadata_props.update(metadata)
+    # external_data=False still goes external past 2 GB (torch's own rule); the runtime reads either
+    program.save(str(path), external_data=external)
 
 
-def _export_cached(model: GPT, path: Path, io: dict, metadata: dict, opset: int) -> None:
+def _export_cached(model: GPT, path: Path, io: dict, metadata: dict, opset: int, external: bool) -> None:
     """The prefill / cached-decode graph, dynamic in batch, sequence and past length. The example has
     batch 2, seq 3 and past 4, so that no dimension specializes to 0 or 1."""
     mc = model.config
@@ -113,24 +171,25 @@ def _export_cached(model: GPT, path: Path, io: dict, metadata: dict, opset: int)
     seq = torch.export.Dim("seq", max=mc.block_size)
     past_len = torch.export.Dim("past", min=0, max=mc.block_size)
     example = (torch.randint(0, mc.vocab_size, (2, 3)),
-               [torch.zeros(2, mc.n_head, 4, mc.head_dim) for _ in range(2 * mc.n_layer)])
+               [torch.zeros(2, mc.kv_heads, 4, mc.head_dim) for _ in range(2 * mc.n_layer)])
     _export(_CachedGraph(model), example,
             {"input_ids": {0: batch, 1: seq}, "past_flat": [{0: batch, 2: past_len} for _ in range(2 * mc.n_layer)]},
-            io["inputs"], io["outputs"], path, opset, metadata)
+            io["inputs"], io["outputs"], path, opset, metadata, external)
 
 
 def _session(path: Path):
     import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
+    opts.enable_cpu_mem_arena = False
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _run_cached(sess, ids: np.ndarray, n_prompt: int, n_layer: int, n_head: int, head_dim: int,
+def _run_cached(sess, ids: np.ndarray, n_prompt: int, n_layer: int, n_kv: int, head_dim: int,
                 dtype=np.float32) -> tuple[np.ndarray, list[float]]:
     """Prefill n_prompt tokens, then decode the rest one by one; logits (B, T, V) and step times."""
     B = ids.shape[0]
-    past = {name: np.zeros((B, n_head, 0, head_dim), dtype) for name in _names(n_layer, "past_key_values")}
+    past = {name: np.zeros((B, n_kv, 0, head_dim), dtype) for name in _names(n_layer, "past_key_values")}
     outs = sess.run(None, {"input_ids": ids[:, :n_prompt], **past})
     logits, times = [outs[0]], []
     for t in range(n_prompt, ids.shape[1]):
@@ -143,30 +202,54 @@ def _run_cached(sess, ids: np.ndarray, n_prompt: int, n_layer: int, n_head: int,
     return np.concatenate(logits, axis=1).astype(np.float32), times
 
 
+def check_target(out_dir: Path) -> None:
+    """Refuse a target that already holds something: an export never mixes its files with others'."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ExportError(f"{out_dir} already exists and is not empty; choose another directory or remove it")
+
+
 def export_model(source: str | os.PathLike, out_dir: str | os.PathLike,
                  cfg: ExportConfig | None = None) -> dict:
-    """Export a checkpoint (file or run directory) to `out_dir`; returns the card.
+    """Export a checkpoint (file or run directory) to `out_dir`; returns the card."""
+    memory = PeakMemory()
+    out_dir = Path(out_dir)
+    check_target(out_dir)
+    model, ckpt = load_model(source)
+    run_dir = ckpt.path.parent.parent
+    tokenizer = load_tokenizer(run_dir / TOKENIZER_DIR)
+    if tokenizer.n_vocab != model.config.vocab_size:
+        raise ExportError(f"the tokenizer in {run_dir / TOKENIZER_DIR} has {tokenizer.n_vocab} ids but the "
+                          f"model expects {model.config.vocab_size}")
+    return export_gpt(model, tokenizer, out_dir, cfg, _training_card(ckpt, run_dir), memory)
+
+
+def export_gpt(model: GPT, tokenizer: Tokenizer, out_dir: str | os.PathLike, cfg: ExportConfig | None = None,
+               info: dict | None = None, memory: PeakMemory | None = None,
+               say: Callable[[str], None] | None = None) -> dict:
+    """Export an in-memory model with its tokenizer to `out_dir`; returns the card.
+
+    `info` goes into the card as it is: `training`, the losses and the like for a trained run, `source`
+    for an imported checkpoint. `memory`, when the caller started one, makes the card's time and peak
+    memory cover the caller's loading too; `say` hears each step as it starts (a CLI's progress). The
+    model's embedding may have more rows than the tokenizer has ids (checkpoints pad it; the runtime
+    never offers those ids), never fewer.
 
     Writes into a temporary sibling directory and renames it into place only after the parity check
     passes, so a failed export never leaves a half-written model where the app would list it.
     """
+    memory = memory or PeakMemory()
     cfg = cfg or ExportConfig()
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise ExportError(f"{out_dir} already exists and is not empty; choose another directory or remove it")
-    model, ckpt = load_model(source)
+    check_target(out_dir)
     model = model.float().eval()
-    mc = model.config
-    run_dir = ckpt.path.parent.parent
-    tokenizer = load_tokenizer(run_dir / TOKENIZER_DIR)
-    if tokenizer.n_vocab != mc.vocab_size:
-        raise ExportError(f"the tokenizer in {run_dir / TOKENIZER_DIR} has {tokenizer.n_vocab} ids but the "
-                          f"model expects {mc.vocab_size}")
+    if tokenizer.n_vocab > model.config.vocab_size:
+        raise ExportError(f"the tokenizer has {tokenizer.n_vocab} ids but the model's embedding only "
+                          f"{model.config.vocab_size} rows: ids past {model.config.vocab_size - 1} could not be read")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     make_readable(work, directory=True)
     try:
-        card = _export_into(work, out_dir.name, model, ckpt, run_dir, tokenizer, cfg)
+        card = _export_into(work, out_dir.name, model, tokenizer, cfg, info or {}, memory, say or (lambda _: None))
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(work, out_dir)
@@ -176,72 +259,11 @@ def export_model(source: str | os.PathLike, out_dir: str | os.PathLike,
     return card
 
 
-def _export_into(work: Path, name: str, model: GPT, ckpt, run_dir: Path, tokenizer, cfg: ExportConfig) -> dict:
-    mc = model.config
-    L, H, D = mc.n_layer, mc.n_head, mc.head_dim
-    io = {"inputs": ["input_ids"] + _names(L, "past_key_values"),
-          "outputs": ["logits"] + _names(L, "present"),
-          "past_shape": ["batch", "n_head", "past", "head_dim"],
-          "attention_outputs": [f"attn.{i}" for i in range(L)],
-          # the attention graph's inner vectors, for the Learn page's step-by-step attention
-          "attention_parts": {kind: [f"{kind}.{i}" for i in range(L)] for kind in ATTENTION_PARTS}}
-    metadata = {"llm_playground.format": FORMAT, "llm_playground.model_config": json.dumps(mc.to_dict()),
-                "llm_playground.io": json.dumps(io), "llm_playground.tokenizer": tokenizer.name}
-
-    _export_cached(model, work / MODEL_FILE, io, metadata, cfg.opset)
-    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=mc.block_size)
-    _export(_AttentionGraph(model), (torch.randint(0, mc.vocab_size, (2, 3)),),
-            {"input_ids": {0: batch, 1: seq}}, ["input_ids"],
-            ["logits"] + io["attention_outputs"] + [n for kind in ATTENTION_PARTS for n in io["attention_parts"][kind]],
-            work / ATTENTION_FILE, cfg.opset, metadata)
-
-    # -- parity: onnxruntime prefill + cached decode vs torch full recomputation
-    n_prompt = min(cfg.parity_prompt, mc.block_size - 1)
-    n_total = min(n_prompt + cfg.parity_steps, mc.block_size)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    seq_ids = torch.randint(0, mc.vocab_size, (1, n_total), generator=gen)
-    with torch.no_grad():
-        ref = model(seq_ids).logits.numpy()
-        ref_out = model(seq_ids, return_attention=True)
-        ref_attn = [a.numpy() for a in ref_out.attentions]
-        ref_attn += [p[kind].numpy() for kind in ATTENTION_PARTS for p in ref_out.attention_parts]
-    sess = _session(work / MODEL_FILE)
-    got, step_times = _run_cached(sess, seq_ids.numpy(), n_prompt, L, H, D)
-    parity = float(np.abs(got - ref).max())
-    attn_outs = _session(work / ATTENTION_FILE).run(None, {"input_ids": seq_ids.numpy()})
-    attn_parity = max(float(np.abs(a - b).max()) for a, b in zip(attn_outs[1:], ref_attn))
-    attn_logit_parity = float(np.abs(attn_outs[0] - ref).max())
-    worst = max(parity, attn_logit_parity)
-    if not math.isfinite(worst) or worst > cfg.parity_tolerance:
-        raise ExportError(f"parity check failed: max |logits torch - onnxruntime| = {worst:.3g} over a "
-                          f"{n_prompt}-token prefill and {n_total - n_prompt} cached steps, above the "
-                          f"tolerance {cfg.parity_tolerance:g}; the export was not kept")
-    if attn_parity > cfg.parity_tolerance:
-        raise ExportError(f"attention probabilities differ from torch's explicit path by {attn_parity:.3g}")
-
-    variants = {"fp32": {"file": MODEL_FILE, "bytes": (work / MODEL_FILE).stat().st_size,
-                         "max_logit_diff_vs_torch": parity,
-                         "decode_ms_median": 1000 * statistics.median(step_times)}}
-    if cfg.int8:
-        _export_int8(model, work, io, metadata, cfg)
-        variants["int8"] = _variant_report(work, "int8", seq_ids.numpy(), ref, n_prompt, L, H, D, np.float32)
-    if cfg.fp16:
-        import onnx
-        from onnxruntime.transformers.float16 import convert_float_to_float16
-        half = convert_float_to_float16(onnx.load(str(work / MODEL_FILE)), keep_io_types=False)
-        write_atomic(work / VARIANT_FILES["fp16"], half.SerializeToString())
-        variants["fp16"] = _variant_report(work, "fp16", seq_ids.numpy(), ref, n_prompt, L, H, D, np.float16)
-
-    tokenizer.save(work / TOKENIZER_DIR)
+def _training_card(ckpt, run_dir: Path) -> dict:
+    """What a card says about a model trained here: its run, data, command, loss curve and losses."""
     run_info = json.loads((run_dir / RUN_FILE).read_text()) if (run_dir / RUN_FILE).is_file() else {}
     last_eval = ckpt.meta.get("eval") or {}
-    card = {
-        "format": FORMAT,
-        "name": name,
-        "model_config": mc.to_dict(),
-        "parameters": model.count_parameters(),
-        "flops_per_token": model.flops_per_token(),
-        "tokenizer": {"name": tokenizer.name, "kind": tokenizer.kind, "n_vocab": tokenizer.n_vocab},
+    return {
         "training": {"step": ckpt.step, "tokens_seen": ckpt.meta["state"].get("tokens_seen"),
                      "train_config": _portable_train_config(ckpt.meta.get("train_config")),
                      "corpus": run_info.get("corpus") and shown_path(run_info["corpus"]),
@@ -254,16 +276,158 @@ def _export_into(work: Path, name: str, model: GPT, ckpt, run_dir: Path, tokeniz
         "train_loss": last_eval.get("train_loss"),
         "val_loss": last_eval.get("val_loss"),
         "val_bits_per_byte": last_eval.get("val_bits_per_byte"),
+    }
+
+
+def _export_into(work: Path, name: str, model: GPT, tokenizer: Tokenizer, cfg: ExportConfig, info: dict,
+                 memory: PeakMemory, say: Callable[[str], None]) -> dict:
+    mc = model.config
+    L, KV, D = mc.n_layer, mc.kv_heads, mc.head_dim
+    io = {"inputs": ["input_ids"] + _names(L, "past_key_values"),
+          "outputs": ["logits"] + _names(L, "present"),
+          "past_shape": ["batch", "n_kv_head", "past", "head_dim"],
+          "attention_outputs": [f"attn.{i}" for i in range(L)],
+          # the attention graph's inner vectors, for the Learn page's step-by-step attention
+          "attention_parts": {kind: [f"{kind}.{i}" for i in range(L)] for kind in ATTENTION_PARTS}}
+    metadata = {"llm_playground.format": FORMAT, "llm_playground.model_config": json.dumps(mc.to_dict()),
+                "llm_playground.io": json.dumps(io), "llm_playground.tokenizer": tokenizer.name}
+    external = _weight_bytes(model) > cfg.external_data_mb * 2 ** 20
+
+    say(f"exporting {MODEL_FILE} ({_weight_bytes(model) / 1e6:.0f} MB of weights"
+        + (f", kept in {MODEL_FILE}{EXTERNAL_DATA_SUFFIX})" if external else ")"))
+    _export_cached(model, work / MODEL_FILE, io, metadata, cfg.opset, external)
+    say(f"exporting {ATTENTION_FILE} (every layer's attention, for the pages)")
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=mc.block_size)
+    _export(_AttentionGraph(model), (torch.randint(0, mc.vocab_size, (2, 3)),),
+            {"input_ids": {0: batch, 1: seq}}, ["input_ids"],
+            ["logits"] + io["attention_outputs"] + [n for kind in ATTENTION_PARTS for n in io["attention_parts"][kind]],
+            work / ATTENTION_FILE, cfg.opset, metadata, external)
+    if external:
+        _share_weights(work, ATTENTION_FILE, MODEL_FILE)
+
+    # -- parity: onnxruntime prefill + cached decode vs torch full recomputation
+    say("checking parity: onnxruntime against torch over a prefill and cached decode steps")
+    n_prompt = min(cfg.parity_prompt, mc.block_size - 1)
+    n_total = min(n_prompt + cfg.parity_steps, mc.block_size)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    seq_ids = torch.randint(0, tokenizer.n_vocab, (1, n_total), generator=gen)   # ids the tokenizer can make
+    with torch.no_grad():
+        ref = model(seq_ids).logits.numpy()
+        ref_out = model(seq_ids, return_attention=True)
+        ref_attn = [a.numpy() for a in ref_out.attentions]
+        ref_attn += [p[kind].numpy() for kind in ATTENTION_PARTS for p in ref_out.attention_parts]
+        del ref_out
+    sess = _session(work / MODEL_FILE)
+    got, step_times = _run_cached(sess, seq_ids.numpy(), n_prompt, L, KV, D)
+    del sess
+    parity = float(np.abs(got - ref).max())
+    attn_outs = _session(work / ATTENTION_FILE).run(None, {"input_ids": seq_ids.numpy()})
+    attn_parity = max(float(np.abs(a - b).max()) for a, b in zip(attn_outs[1:], ref_attn))
+    attn_logit_parity = float(np.abs(attn_outs[0] - ref).max())
+    del attn_outs, ref_attn
+    worst = max(parity, attn_logit_parity)
+    if not math.isfinite(worst) or worst > cfg.parity_tolerance:
+        raise ExportError(f"parity check failed: max |logits torch - onnxruntime| = {worst:.3g} over a "
+                          f"{n_prompt}-token prefill and {n_total - n_prompt} cached steps, above the "
+                          f"tolerance {cfg.parity_tolerance:g}; the export was not kept")
+    if attn_parity > cfg.parity_tolerance:
+        raise ExportError(f"attention probabilities differ from torch's explicit path by {attn_parity:.3g}")
+
+    variants = {"fp32": {"file": MODEL_FILE, "bytes": _graph_bytes(work, MODEL_FILE),
+                         "max_logit_diff_vs_torch": parity,
+                         "decode_ms_median": 1000 * statistics.median(step_times)}}
+    if cfg.int8:
+        say("writing the int8 variant")
+        _export_int8(model, work, io, metadata, cfg, external)
+        variants["int8"] = _variant_report(work, "int8", seq_ids.numpy(), ref, n_prompt, L, KV, D, np.float32)
+    if cfg.fp16:
+        say("writing the fp16 variant")
+        _export_fp16(work, external)
+        variants["fp16"] = _variant_report(work, "fp16", seq_ids.numpy(), ref, n_prompt, L, KV, D, np.float16)
+
+    tokenizer.save(work / TOKENIZER_DIR)
+    card = {
+        "format": FORMAT,
+        "name": name,
+        "model_config": mc.to_dict(),
+        "parameters": model.count_parameters(),
+        "flops_per_token": model.flops_per_token(),
+        "tokenizer": {"name": tokenizer.name, "kind": tokenizer.kind, "n_vocab": tokenizer.n_vocab},
+        "training": {},
+        "train_loss": None,
+        "val_loss": None,
+        "val_bits_per_byte": None,
+        **info,
         "io": io,
         "parity": {"max_abs_logit_diff": parity, "attention_max_abs_diff": attn_parity,
                    "prefill_tokens": n_prompt, "cached_steps": n_total - n_prompt,
                    "tolerance": cfg.parity_tolerance},
         "variants": variants,
+        "files": {p.name: p.stat().st_size for p in sorted(work.iterdir()) if p.is_file()},
         "opset": cfg.opset,
         "exported_with": {"torch": torch.__version__},
+        # the whole job's cost: an import's loading included when it started the clock
+        "export": memory.report(),
     }
     write_atomic(work / CARD_FILE, json.dumps(card, indent=2).encode())
     return card
+
+
+def _graph_bytes(work: Path, filename: str) -> int:
+    """A graph's size on disk: the file and its external data, if any."""
+    data = work / (filename + EXTERNAL_DATA_SUFFIX)
+    return (work / filename).stat().st_size + (data.stat().st_size if data.is_file() else 0)
+
+
+def _share_weights(work: Path, filename: str, owner: str) -> None:
+    """Point `filename`'s external tensors at identical ones in `owner`'s data file, keeping only the rest
+    in its own: the attention graph holds the same weights as model.onnx, and a second copy of a 500 MB
+    model on disk helps nobody. The exporter names folded weights anew in each graph (a transposed
+    matrix becomes `val_123`), so equal bytes decide, not names."""
+    import hashlib
+
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo
+
+    def externals(proto):
+        return [(t, ExternalDataInfo(t)) for t in proto.graph.initializer
+                if t.data_location == onnx.TensorProto.EXTERNAL]
+
+    def read(f, info) -> bytes:
+        f.seek(info.offset or 0)
+        return f.read(info.length)
+
+    own_data, owner_data = work / (filename + EXTERNAL_DATA_SUFFIX), work / (owner + EXTERNAL_DATA_SUFFIX)
+    if not (own_data.is_file() and owner_data.is_file()):
+        return
+    theirs = {}
+    with open(owner_data, "rb") as f:
+        for _, info in externals(onnx.load(str(work / owner), load_external_data=False)):
+            if info.location == owner_data.name:
+                theirs.setdefault(hashlib.sha256(read(f, info)).digest(), info)
+    mine = onnx.load(str(work / filename), load_external_data=False)
+    kept = own_data.with_name(own_data.name + ".tmp")
+    offset = 0
+    with open(own_data, "rb") as src, open(kept, "wb") as out:
+        for t, info in externals(mine):
+            data = read(src, info)
+            other = theirs.get(hashlib.sha256(data).digest())
+            if other is not None:
+                entries = {"location": owner_data.name, "offset": str(other.offset or 0), "length": str(len(data))}
+            else:
+                entries = {"location": own_data.name, "offset": str(offset), "length": str(len(data))}
+                out.write(data)
+                offset += len(data)
+            del t.external_data[:]
+            for key, value in entries.items():
+                entry = t.external_data.add()
+                entry.key, entry.value = key, value
+    if offset:
+        os.replace(kept, own_data)
+    else:
+        kept.unlink()
+        own_data.unlink()
+    write_atomic(work / filename, mine.SerializeToString())
 
 
 PATH_FIELDS = ("out_dir", "corpus", "data_dir", "tokenizer")    # TrainConfig fields that may hold a path
@@ -288,36 +452,74 @@ def _portable_command(command: str | None, cfg: dict | None) -> str | None:
     return scrub_paths(command)
 
 
-def _export_int8(model: GPT, work: Path, io: dict, metadata: dict, cfg: ExportConfig) -> None:
-    """Dynamic int8 quantization of every MatMul weight, per output channel.
+@contextmanager
+def _untied(model: GPT):
+    """The model with its head as a weight of its own (same values) for the length of the block.
 
-    A tied head reaches its MatMul through a Transpose of the embedding, which quantize_dynamic
-    leaves in fp32; at batch 1 the head is a large share of the bytes read per token, so the int8
-    graph is exported from an untied copy (same values) whose head is a plain weight."""
-    import copy
-
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    untied = copy.deepcopy(model)
-    if model.config.tie_embeddings:
-        untied.config = dataclasses.replace(model.config, tie_embeddings=False)
-        untied.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
-    fp32 = work / "untied.fp32.onnx"
-    _export_cached(untied, fp32, io, metadata, cfg.opset)
+    A tied head reaches its MatMul through a Transpose of the embedding, which quantize_dynamic leaves in
+    fp32; at batch 1 the head is a large share of the bytes read per token. Only the head is copied
+    (no copy of the whole model), and the tie is restored afterwards."""
+    if not model.config.tie_embeddings:
+        yield model
+        return
+    config, wte = model.config, model.transformer.wte.weight
+    model.config = replace(config, tie_embeddings=False)
+    model.lm_head.weight = torch.nn.Parameter(wte.detach().clone())
     try:
+        yield model
+    finally:
+        model.lm_head.weight = wte
+        model.config = config
+
+
+def _export_int8(model: GPT, work: Path, io: dict, metadata: dict, cfg: ExportConfig, external: bool) -> None:
+    """Dynamic int8 quantization of every MatMul weight, per output channel, from an untied graph."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    fp32 = work / "untied.fp32.onnx"
+    try:
+        with _untied(model) as untied:
+            _export_cached(untied, fp32, io, metadata, cfg.opset, external)
         quantize_dynamic(str(fp32), str(work / VARIANT_FILES["int8"]), weight_type=QuantType.QInt8,
-                         per_channel=True)
+                         per_channel=True, use_external_data_format=external)
     finally:
         fp32.unlink(missing_ok=True)
+        (work / (fp32.name + EXTERNAL_DATA_SUFFIX)).unlink(missing_ok=True)
+
+
+def _export_fp16(work: Path, external: bool) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    half = convert_float_to_float16(onnx.load(str(work / MODEL_FILE)), keep_io_types=False)
+    target = work / VARIANT_FILES["fp16"]
+    if external:
+        onnx.save_model(half, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=target.name + EXTERNAL_DATA_SUFFIX)
+    else:
+        write_atomic(target, half.SerializeToString())
 
 
 def _variant_report(work: Path, variant: str, ids: np.ndarray, ref: np.ndarray, n_prompt: int,
-                    L: int, H: int, D: int, dtype) -> dict:
+                    L: int, KV: int, D: int, dtype) -> dict:
     sess = _session(work / VARIANT_FILES[variant])
-    got, times = _run_cached(sess, ids, n_prompt, L, H, D, dtype)
-    return {"file": VARIANT_FILES[variant], "bytes": (work / VARIANT_FILES[variant]).stat().st_size,
+    got, times = _run_cached(sess, ids, n_prompt, L, KV, D, dtype)
+    return {"file": VARIANT_FILES[variant], "bytes": _graph_bytes(work, VARIANT_FILES[variant]),
             "max_logit_diff_vs_torch": float(np.abs(got - ref).max()),
             "top1_agreement": float((got.argmax(-1) == ref.argmax(-1)).mean()),
             "decode_ms_median": 1000 * statistics.median(times)}
+
+
+def print_card(out_dir: str | os.PathLike, card: dict) -> None:
+    """The CLI's summary of an export: parity, then size, drift and latency per variant, then its cost."""
+    print(f"exported {out_dir}: {card['parameters']['total']:,} parameters, parity "
+          f"{card['parity']['max_abs_logit_diff']:.2e}")
+    for name, v in card["variants"].items():
+        drift = f", top-1 agreement {v['top1_agreement']:.3f}" if "top1_agreement" in v else ""
+        print(f"  {name}: {v['file']} {v['bytes'] / 1e6:.2f} MB, max logit diff {v['max_logit_diff_vs_torch']:.2e}, "
+              f"{v['decode_ms_median']:.3f} ms/decode step{drift}")
+    cost = card.get("export") or {}
+    if cost:
+        print(f"  took {cost['seconds']:.1f} s, peak memory {cost['peak_rss_mb']:.0f} MB"
+              + ("" if cost.get("peak_since_start") else " (the process's lifetime peak)"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,12 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"exported {args.out_dir}: {card['parameters']['total']:,} parameters, parity "
-          f"{card['parity']['max_abs_logit_diff']:.2e}")
-    for name, v in card["variants"].items():
-        drift = f", top-1 agreement {v['top1_agreement']:.3f}" if "top1_agreement" in v else ""
-        print(f"  {name}: {v['file']} {v['bytes'] / 1e6:.2f} MB, max logit diff {v['max_logit_diff_vs_torch']:.2e}, "
-              f"{v['decode_ms_median']:.3f} ms/decode step{drift}")
+    print_card(args.out_dir, card)
     return 0
 
 

@@ -90,7 +90,7 @@ class GenerationConfig:
 
 def prompt_ids(source: LogitsSource, prompt: str | Sequence[int], limits: Limits = Limits()) -> list[int]:
     """A prompt as token ids: text is checked against the limits and encoded, ids are taken as given."""
-    return source.tokenizer.encode(check_prompt(prompt, limits)) if isinstance(prompt, str) else list(prompt)
+    return source.tokenizer.encode_prompt(check_prompt(prompt, limits)) if isinstance(prompt, str) else list(prompt)
 
 
 def check_prompt(prompt: str, limits: Limits = Limits()) -> str:
@@ -116,7 +116,7 @@ class Step:
     index: int                  # 0 for the first generated token
     position: int               # absolute position in the sequence (prompt tokens come first)
     token_id: int
-    text: str                   # this token's text on its own (partial UTF-8 shows as U+FFFD)
+    text: str                   # this token's text on its own (partial UTF-8 shows as \xNN bytes)
     prob: float                 # under the distribution it was drawn from (after the stages)
     logprob: float
     raw_prob: float             # under the model's own distribution
@@ -181,8 +181,8 @@ class Context:
 
 
 def token_text(source: LogitsSource, token_id: int) -> str:
-    # ids here come from the model's own distribution, so in range: skip the tokenizer's id check
-    return source.tokenizer.encoding.decode_single_token_bytes(token_id).decode("utf-8", errors="replace")
+    # token_bytes checks only the id's range (one comparison), cheap for every alternative shown
+    return source.tokenizer.token_text(token_id)
 
 
 def alternatives(source: LogitsSource, probs: np.ndarray, n: int) -> list[Alternative]:

@@ -537,6 +537,70 @@ class JobView:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Importing a pretrained checkpoint (`python -m core.pretrained`), from the Models page
+
+IMPORTS_DIR = ".imports"            # in the runs folder: each import's output, for its progress and errors
+
+
+@dataclass
+class ImportJob:
+    """One `python -m core.pretrained SOURCE exported/NAME` child: a Hugging Face checkpoint becomes a
+    playground model (weights mapped, tokenizer converted, exported to ONNX with its parity check)."""
+    name: str
+    owner: str
+    source: str                         # a local checkpoint folder or a Hugging Face repo id (from the cache)
+    target: Path
+    log: Path
+    int8: bool = False
+    state: str = "importing"            # importing | imported | failed
+    message: str = ""
+    started: float = field(default_factory=time.time)
+    process: subprocess.Popen | None = None
+
+    def launch(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "core.pretrained", self.source, str(self.target)] + (["--int8"] if self.int8 else [])
+        with open(self.log, "w") as out:
+            self.process = subprocess.Popen(cmd, cwd=catalog.ROOT, env=_child_env(self.log.parent.parent,
+                                                                                 self.target.parent),
+                                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def advance(self) -> None:
+        if self.state != "importing" or self.process is None:
+            return
+        rc = self.process.poll()
+        if rc == 0:
+            self.state, self.message = "imported", f"imported as {self.name}: it is in every page's model picker"
+        elif rc is not None:
+            lines = self._lines()
+            errors = [line[len("error: "):] for line in lines if line.startswith("error: ")]
+            self.state = "failed"
+            self.message = catalog.scrub_paths((errors or lines or [f"the import exited with status {rc}"])[-1])[:600]
+
+    def _lines(self) -> list[str]:
+        try:
+            return [line.strip() for line in self.log.read_text(errors="replace").splitlines() if line.strip()]
+        except OSError:
+            return []
+
+    def view(self, token_hash: str) -> "ImportView":
+        lines = self._lines()
+        return ImportView(self.name, self.source, self.state, self.message,
+                          catalog.scrub_paths(lines[-1])[:300] if lines else "", self.owner == token_hash, self.started)
+
+
+@dataclass(frozen=True)
+class ImportView:
+    name: str
+    source: str
+    state: str
+    message: str
+    progress: str                       # the importer's latest line (what it is doing)
+    mine: bool
+    started: float
+
+
+# ---------------------------------------------------------------------------------------------------
 # The board
 
 class JobBoard:
@@ -547,6 +611,7 @@ class JobBoard:
         self.limits = limits
         self.lock = threading.RLock()
         self.jobs: dict[str, TrainingJob] = {}
+        self.imports: dict[str, ImportJob] = {}
         runs = self.runs_dir
         if runs.is_dir():
             for d in sorted(runs.iterdir()):
@@ -578,6 +643,8 @@ class JobBoard:
                     job.advance(self.limits, self.exported_dir, self.runs_dir)
                 except Exception as e:        # a full disk, a removed folder...: say so on the job, and the
                     job.message = catalog.scrub_paths(f"{type(e).__name__}: {e}")   # supervisor goes on
+            for imp in list(self.imports.values()):
+                imp.advance()
 
     def close(self) -> None:
         """Stop supervising (the jobs' processes go on; tests and shutdown use this)."""
@@ -593,8 +660,8 @@ class JobBoard:
         with self.lock:
             busy = self.running()
             if len(busy) >= self.limits.max_running:
-                raise JobError(f"{len(busy)} training job(s) already running on this server (the limit is "
-                               f"{self.limits.max_running}); wait for it to finish or stop yours")
+                raise JobError(f"{len(busy)} job(s) already running on this server (training or importing; the "
+                               f"limit is {self.limits.max_running}); wait for it to finish or stop yours")
             run_dir = self.runs_dir / request.name
             if run_dir.exists() or request.name in self.jobs:
                 raise JobError(f"a run named {request.name!r} exists already; choose another name (nothing was changed)")
@@ -611,8 +678,42 @@ class JobBoard:
             self.jobs[job.name] = job
             return job.view(job.owner)
 
-    def running(self) -> list[TrainingJob]:
-        return [j for j in self.jobs.values() if j.state in ("starting", "running", "stopping")]
+    def running(self) -> list:
+        """Training jobs in progress, and imports (an export at 124M parameters is as heavy as training)."""
+        return ([j for j in self.jobs.values() if j.state in ("starting", "running", "stopping")]
+                + [i for i in self.imports.values() if i.state == "importing"])
+
+    def import_model(self, token: str, source: str, name: str, int8: bool = False) -> ImportView:
+        """Start importing a pretrained checkpoint as exported model `name` (local servers only)."""
+        if not self.limits.allow_imports:
+            raise JobError("this server offers a fixed list of models and imports none: run the playground "
+                           "locally to import one")
+        if not NAME_RE.match(name or ""):
+            raise JobError(f"model name {name!r} is not allowed: use 1-40 letters, digits, '-' or '_', starting "
+                           f"with a letter or digit")
+        source = checks.text("source", source, JobError).strip()
+        if not source or len(source) > 500:
+            raise JobError("give a checkpoint folder (with config.json and *.safetensors) or a Hugging Face repo id "
+                           "such as gpt2 or HuggingFaceTB/SmolLM2-135M")
+        with self.lock:
+            busy = self.running()
+            if len(busy) >= self.limits.max_running:
+                raise JobError(f"{len(busy)} job(s) already running on this server (the limit is "
+                               f"{self.limits.max_running}); wait for one to finish")
+            target = self.exported_dir / name
+            if target.exists() or name in self.imports and self.imports[name].state == "importing":
+                raise JobError(f"a model named {name!r} exists already; choose another name (nothing was changed)")
+            job = ImportJob(name, _owner_hash(token), source, target, self.runs_dir / IMPORTS_DIR / f"{name}.log",
+                            bool(int8))
+            job.launch()
+            self.imports[name] = job
+            return job.view(job.owner)
+
+    def import_views(self, token: str) -> list[ImportView]:
+        """The visitor's imports, newest first."""
+        owner = _owner_hash(token)
+        with self.lock:
+            return [i.view(owner) for i in sorted(self.imports.values(), key=lambda i: -i.started) if i.owner == owner]
 
     def _own(self, token: str, name: str) -> TrainingJob:
         job = self.jobs.get(name)

@@ -51,6 +51,7 @@ class Limits:
     max_wall_seconds: float = 0.0       # 0: no limit
     heartbeat_seconds: float = 0.0      # stop a job nobody watched for this long; 0: never
     train_threads: int = 0              # torch threads per job; 0 measures them on the run's first steps
+    allow_imports: bool = True          # may visitors import pretrained checkpoints (a hosted demo offers a list)
 
     @classmethod
     def hosted(cls) -> "Limits":
@@ -60,7 +61,7 @@ class Limits:
         return cls(max_new_tokens=256, max_beam_width=8, max_samples=4, max_stop_strings=4,
                    max_prompt_chars=2_000, max_top_n=20, max_strategies=6, max_attention_tokens=128,
                    max_running=1, max_parameters=2_000_000, max_steps=2_000, max_wall_seconds=600.0,
-                   heartbeat_seconds=60.0, train_threads=1)
+                   heartbeat_seconds=60.0, train_threads=1, allow_imports=False)
 
     @classmethod
     def for_this_server(cls) -> "Limits":

@@ -2,9 +2,12 @@
 
 Holds the modules of a GPT-2-style transformer (GPT-2 names throughout: wte, wpe,
 h, ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj, ln_f, lm_head), with a choice of
-positional encoding (learned | sinusoidal | rope) and norm (layernorm | rmsnorm), an optional KV cache,
-two attention paths (fused `scaled_dot_product_attention`, and an explicit one that also returns the
-attention probabilities of every layer and head).
+positional encoding (learned | sinusoidal | rope, with its base), norm (layernorm | rmsnorm, with its
+epsilon), MLP (gelu | gelu_tanh | swiglu, with its width), grouped-query attention (n_kv_head), biases
+(all, or on q/k/v only) and a tied or untied head: enough for GPT-2 and LLaMA-family checkpoints to load
+by name (`core.pretrained`); an optional KV cache; two attention paths (fused
+`scaled_dot_product_attention`, and an explicit one that also returns the attention probabilities of
+every layer and head).
 
 Deliberately not here: its configuration, parameter counts and FLOPs per token (`core.config`, which
 the inference side reads without torch), training loops and optimizers' schedules (`core.train`), tokenization, data,
@@ -23,14 +26,14 @@ from torch.nn import functional as F
 from core import positions
 from core.config import ModelConfig, count_parameters, flops_per_token
 
-# A layer's KV cache: (key, value), each (B, nh, T_past, hs).
+# A layer's KV cache: (key, value), each (B, n_kv, T_past, hs); n_kv = n_head without grouped-query attention.
 KVCache = tuple[torch.Tensor, torch.Tensor]
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
     if config.norm == "rmsnorm":
-        return nn.RMSNorm(config.n_embd, eps=1e-5)
-    return nn.LayerNorm(config.n_embd, bias=config.bias)
+        return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
 
 
 def sinusoidal_table(n_positions: int, dim: int) -> torch.Tensor:
@@ -70,34 +73,44 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.n_head = config.n_head
+        self.n_kv = config.kv_heads
         self.n_embd = config.n_embd
         self.dropout = config.dropout
-        # key, query, value projections for all heads, in one matmul
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        # query, key and value projections for all heads in one matmul: n_head query heads, then n_kv key
+        # heads and n_kv value heads (n_kv = n_head: GPT-2's c_attn; fewer: grouped-query attention)
+        self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * self.n_kv) * config.head_dim,
+                                bias=config.has_qkv_bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 past: KVCache | None = None, explicit: bool = False
                 ) -> tuple[torch.Tensor, KVCache, dict | None]:
-        """Returns the output, this layer's (k, v) cache, and on the explicit path what a reader of the
-        model wants to see: probs (B, nh, T, T_k), q, k, v (B, nh, T|T_k, hs; q and k after RoPE),
-        heads (B, T, C: every head's output side by side) and proj (B, T, C: after c_proj)."""
+        """Returns the output, this layer's (k, v) cache (B, n_kv, T_k, hs), and on the explicit path what a
+        reader of the model wants to see: probs (B, nh, T, T_k), q, k, v (B, nh, T|T_k, hs; q and k after
+        RoPE; k and v repeated to one per query head, so head h reads k[:, h] under grouped-query attention
+        too), heads (B, T, C: every head's output side by side) and proj (B, T, C: after c_proj)."""
         B, T, C = x.size()
-        hs = C // self.n_head
-        qkv = self.c_attn(x).view(B, T, 3, self.n_head, hs)           # (B, T, 3, nh, hs)
+        nh, nkv = self.n_head, self.n_kv
+        hs = C // nh
+        qkv = self.c_attn(x).view(B, T, nh + 2 * nkv, hs)             # (B, T, nh + 2 nkv, hs)
+        qk, v = qkv[:, :, :nh + nkv], qkv[:, :, nh + nkv:]
         if rope is not None:
             cos, sin = rope                                            # (T, hs/2) at these positions
-            # rotate q and k in one pass: (B, T, 2, nh, hs) against (T, 1, 1, hs/2)
-            q, k = apply_rope(qkv[:, :, :2], cos[:, None, None, :], sin[:, None, None, :]).unbind(2)
-        else:
-            q, k = qkv[:, :, 0], qkv[:, :, 1]
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), qkv[:, :, 2].transpose(1, 2)   # (B, nh, T, hs)
+            # rotate q and k in one pass: (B, T, nh + nkv, hs) against (T, 1, hs/2)
+            qk = apply_rope(qk, cos[:, None, :], sin[:, None, :])
+        q, k = qk[:, :, :nh].transpose(1, 2), qk[:, :, nh:].transpose(1, 2)   # (B, nh|nkv, T, hs)
+        v = v.transpose(1, 2)                                                 # (B, nkv, T, hs)
         if past is not None:
-            k = torch.cat((past[0], k), dim=2)                           # (B, nh, T_past+T, hs)
+            k = torch.cat((past[0], k), dim=2)                           # (B, nkv, T_past+T, hs)
             v = torch.cat((past[1], v), dim=2)
         present = (k, v)
         T_k = k.size(2)
+        if nkv != nh:
+            # each key/value head serves nh/nkv consecutive query heads (LLaMA's repeat_kv): repeat them
+            # after the cache, so the cache keeps its smaller size
+            k = k[:, :, None].expand(B, nkv, nh // nkv, T_k, hs).reshape(B, nh, T_k, hs)
+            v = v[:, :, None].expand(B, nkv, nh // nkv, T_k, hs).reshape(B, nh, T_k, hs)
         dropout_p = self.dropout if self.training else 0.0
         probs = seen = None
         if explicit:
@@ -124,15 +137,27 @@ class MLP(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        # exact (erf) GELU, as nanoGPT: on the reference CPU its kernels ran 2.2x faster than GPT-2's
-        # tanh form ("gelu_new"); GPT2Config(activation_function="gelu") loads these weights exactly
-        self.gelu = nn.GELU()
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.swiglu = config.mlp == "swiglu"
+        H = config.mlp_width
+        # swiglu: one matmul makes gate and up side by side (LLaMA's gate_proj and up_proj, fused)
+        self.c_fc = nn.Linear(config.n_embd, 2 * H if self.swiglu else H, bias=config.bias)
+        if self.swiglu:
+            self.act = nn.SiLU()
+        else:
+            # exact (erf) GELU by default, as nanoGPT: on the reference CPU its kernels ran 2.2x faster than
+            # GPT-2's tanh form ("gelu_new"), which gelu_tanh is, for checkpoints trained with it
+            self.act = nn.GELU(approximate="tanh" if config.mlp == "gelu_tanh" else "none")
+        self.c_proj = nn.Linear(H, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        h = self.c_fc(x)                                   # (B, T, H), or (B, T, 2H) for swiglu
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = self.act(gate) * up                        # (B, T, H)
+        else:
+            h = self.act(h)
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
@@ -181,7 +206,7 @@ class GPT(nn.Module):
             self.register_buffer("pos_table", sinusoidal_table(config.block_size, config.n_embd),
                                  persistent=False)
         else:
-            cos, sin = rope_tables(config.block_size, config.head_dim)
+            cos, sin = rope_tables(config.block_size, config.head_dim, config.rope_theta)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)

@@ -7,10 +7,18 @@ per byte). One `Model` (and its onnxruntime sessions) is shared by every user of
 no per-caller state; each caller holds its own `KVCache`, an immutable value that can be kept, forked
 and thrown away freely.
 
-Safety: only files inside the model directory are opened (symlinks out are refused), models with
-external-data references are refused (an ONNX file must not make onnxruntime read other files), the
-card is JSON and nothing is unpickled; token ids, shapes and the context length are checked before
+Safety: only files inside the model directory are opened (symlinks out are refused); a graph may keep
+its weights in external-data files (a large model must: ONNX's protobuf stops at 2 GB), but only in
+plain relative names inside the model directory (no `../`, no absolute path, no symlink leading out,
+within the file's size), and anything else is refused before onnxruntime opens the graph; the card is
+JSON and nothing is unpickled; token ids, the cache's shape and the context length are checked before
 onnxruntime sees them (it silently accepts ids like -1).
+
+Vocabulary: a checkpoint may pad its embedding past the tokenizer's ids (Qwen2 does). The graph
+computes logits for every row, and this module serves only the first `tokenizer.n_vocab` of them: the
+logits every caller sees have one column per id the tokenizer can decode, so no sampler, beam or page
+can ever pick a padded row, and ids past the tokenizer are refused as input. A tokenizer with more ids
+than the model has rows is refused when the model is opened.
 
 Context policy: `step` refuses to go past the model's context (block_size) with ContextLimitError;
 callers that want to keep going slide the window themselves (`core.generate` re-prefills the most
@@ -101,7 +109,8 @@ class Model:
             raise ModelError(f"{self.directory.name}: its card's model config is not valid ({e}); re-export "
                              f"the model") from e
         self.n_layer, self.n_head, self.head_dim = cfg.n_layer, cfg.n_head, cfg.head_dim
-        self.block_size, self.vocab_size = cfg.block_size, cfg.vocab_size
+        self.n_kv_head = cfg.kv_heads          # the cache's heads: fewer than n_head under grouped-query attention
+        self.block_size = cfg.block_size
         self.variant = variant
         self.threads = threads or default_threads(cfg.n_embd)
         self.providers = providers or available_providers()
@@ -109,9 +118,11 @@ class Model:
             self.tokenizer: Tokenizer = load_tokenizer(self._inside(TOKENIZER_DIR))
         except TokenizerError as e:
             raise ModelError(f"{self.directory.name}: {e}") from e
-        if self.tokenizer.n_vocab != self.vocab_size:
-            raise ModelError(f"{self.directory.name}: the tokenizer has {self.tokenizer.n_vocab} ids, "
-                             f"the model {self.vocab_size}")
+        if self.tokenizer.n_vocab > cfg.vocab_size:
+            raise ModelError(f"{self.directory.name}: the tokenizer has {self.tokenizer.n_vocab} ids, more than "
+                             f"the model's {cfg.vocab_size}")
+        # ids this model reads and writes: the tokenizer's (a padded embedding's extra rows are never served)
+        self.vocab_size = self.tokenizer.n_vocab
         self.session = self._open_session(VARIANT_FILES[variant])
         self._kv_dtype = (np.float16 if self.session.get_inputs()[1].type == "tensor(float16)"
                           else np.float32)
@@ -120,8 +131,12 @@ class Model:
         if [i.name for i in self.session.get_inputs()] != expected:
             raise ModelError(f"{self.directory.name}/{VARIANT_FILES[variant]} does not have the inputs of "
                              f"an exported playground model ({', '.join(expected[:2])}, ...)")
+        shape = self.session.get_inputs()[1].shape        # [batch, heads, past, head_dim]; named dims are str
+        if len(shape) != 4 or shape[1] != self.n_kv_head or shape[3] != self.head_dim:
+            raise ModelError(f"{self.directory.name}/{VARIANT_FILES[variant]} keeps a cache of shape {shape}, but "
+                             f"its card says [batch, {self.n_kv_head}, past, {self.head_dim}]; re-export the model")
         self._attention_session = None
-        self._weights: dict[str, np.ndarray] | None = None
+        self._weights: dict[str, np.ndarray] = {}
 
     @property
     def name(self) -> str:
@@ -129,13 +144,20 @@ class Model:
 
     def weights(self, *names: str) -> dict[str, np.ndarray]:
         """Named weights read from model.onnx (e.g. "transformer.wte.weight"), for pages that show
-        them; names the graph does not hold are left out. Read once, then kept."""
-        if self._weights is None:
+        them; names the graph does not hold are left out. Each is read once, when first asked for, then
+        kept (only those: a model's whole weights can be gigabytes)."""
+        wanted = [n for n in names if n not in self._weights]
+        if wanted:
             import onnx
             from onnx import numpy_helper
-            proto = onnx.load(str(self._inside(VARIANT_FILES["fp32"])), load_external_data=False)
-            self._weights = {i.name.removeprefix("model."): numpy_helper.to_array(i)
-                             for i in proto.graph.initializer if i.name.startswith("model.")}
+            path = self._inside(VARIANT_FILES["fp32"])
+            check_external_data(path, self.directory)
+            proto = onnx.load(str(path), load_external_data=False)
+            for init in proto.graph.initializer:
+                name = init.name.removeprefix("model.")
+                if init.name.startswith("model.") and name in wanted:
+                    self._weights[name] = numpy_helper.to_array(init, base_dir=str(self.directory))
+            del proto
         return {n: self._weights[n] for n in names if n in self._weights}
 
     @property
@@ -170,7 +192,7 @@ class Model:
         if not path.is_file():
             raise ModelError(f"{self.directory.name} has no {filename}"
                              + ("" if filename == MODEL_FILE else "; export it with that variant"))
-        check_self_contained(path)
+        check_external_data(path, self.directory)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
@@ -184,7 +206,7 @@ class Model:
 
     # -- running -----------------------------------------------------------------------------------
     def empty_cache(self, batch: int = 1) -> KVCache:
-        z = np.zeros((batch, self.n_head, 0, self.head_dim), self._kv_dtype)
+        z = np.zeros((batch, self.n_kv_head, 0, self.head_dim), self._kv_dtype)
         return KVCache(tuple(z for _ in self._past_names), 0, batch)
 
     def check_ids(self, ids) -> np.ndarray:
@@ -217,6 +239,10 @@ class Model:
         cache = cache or self.empty_cache(arr.shape[0])
         if arr.shape[0] != cache.batch:
             raise ModelError(f"batch of {arr.shape[0]} does not match the cache's batch of {cache.batch}")
+        want = (cache.batch, self.n_kv_head, cache.length, self.head_dim)
+        if len(cache.arrays) != len(self._past_names) or any(a.shape != want for a in cache.arrays):
+            raise ModelError(f"the cache does not fit this model: it needs {len(self._past_names)} arrays of "
+                             f"shape {want}; start from model.empty_cache()")
         total = cache.length + arr.shape[1]
         if total > self.block_size:
             raise ContextLimitError(
@@ -225,8 +251,12 @@ class Model:
         feeds = {"input_ids": arr}
         feeds.update(zip(self._past_names, cache.arrays))
         outs = self.session.run(None, feeds)
-        logits = outs[0] if outs[0].dtype == np.float32 else outs[0].astype(np.float32)
-        return logits, KVCache(tuple(outs[1:]), total, cache.batch)
+        return self._served(outs[0]), KVCache(tuple(outs[1:]), total, cache.batch)
+
+    def _served(self, logits: np.ndarray) -> np.ndarray:
+        """float32 logits of the ids the tokenizer has (a padded embedding's rows dropped: a view, no copy)."""
+        logits = logits[..., :self.vocab_size]
+        return logits if logits.dtype == np.float32 else logits.astype(np.float32)
 
     def next_logits(self, ids, cache: KVCache | None = None) -> tuple[np.ndarray, KVCache]:
         """The last position's logits (V,) for batch 1: the decode loop's call."""
@@ -251,14 +281,14 @@ class Model:
         parts = []
         if all(f"q.{i}" in outs for i in range(L)):
             parts = [{kind: outs[f"{kind}.{i}"] for kind in ATTENTION_PARTS} for i in range(L)]
-        return AttentionMaps(outs["logits"], [outs[f"attn.{i}"] for i in range(L)], parts)
+        return AttentionMaps(self._served(outs["logits"]), [outs[f"attn.{i}"] for i in range(L)], parts)
 
     def score(self, text: str) -> TextScore:
         """How well the model predicts `text`: each token's logprob given the ones before it.
 
         Texts longer than the context are scored in windows that overlap by half a context, each token
         scored once with at least half a context before it (except at the start)."""
-        ids = self.tokenizer.encode(text)
+        ids = self.tokenizer.encode_prompt(text)
         if len(ids) < 2:
             raise ModelError("scoring needs at least 2 tokens (the first is only context); give a longer text")
         logprobs: list[float] = []
@@ -289,11 +319,14 @@ def default_threads(n_embd: int) -> int:
     return 1 if n_embd <= 256 else min(2, os.cpu_count() or 1)
 
 
-def check_self_contained(path: Path) -> None:
-    """Refuse an ONNX file that is not a model or that points at external data files.
+def check_external_data(path: Path, directory: Path) -> None:
+    """Refuse an ONNX file that is not a model, or whose external data lies anywhere but in plain files
+    inside `directory`.
 
-    onnxruntime resolves external-data locations relative to the model; our exports never have any,
-    so a model that does is either not ours or crafted to read a file it should not."""
+    onnxruntime resolves external-data locations relative to the model and reads whatever they name;
+    our exports keep large weights in FILE.data beside FILE, so a location is allowed only as a relative
+    name with no `..`, resolving (symlinks followed) inside the model directory to a regular file that
+    holds the bytes it claims. Anything else is either not ours or crafted to read a file it should not."""
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -304,11 +337,37 @@ def check_self_contained(path: Path) -> None:
                          f"truncated; re-export the model") from e
     if len(proto.graph.node) == 0:
         raise ModelError(f"{path.name} holds no graph: it is damaged or truncated; re-export the model")
+    sizes: dict[str, int] = {}
     for t in _all_tensors(proto.graph):
         if t.data_location == onnx.TensorProto.EXTERNAL or t.external_data:
-            where = {e.key: e.value for e in t.external_data}.get("location", "?")
-            raise ModelError(f"{path.name} refers to external data ({where!r}); playground models are "
-                             f"self-contained, so this file is refused")
+            info = {e.key: e.value for e in t.external_data}
+            where = info.get("location", "")
+            why = _external_problem(directory, where, info, sizes)
+            if why:
+                raise ModelError(f"{path.name} refers to external data ({where!r}) {why}; playground models keep "
+                                 f"their weights in files of their own directory, so this file is refused")
+
+
+def _external_problem(directory: Path, where: str, info: dict, sizes: dict[str, int]) -> str | None:
+    """What is wrong with one tensor's external-data entry, or None. `sizes` caches the files' sizes."""
+    if not where or Path(where).is_absolute() or ".." in Path(where).parts or "\\" in where or ":" in where:
+        return "that is not a plain name inside the model directory"
+    if where not in sizes:
+        try:
+            target = resolve_inside(directory, where)
+        except ValueError:
+            return "that leads outside the model directory"
+        if not target.is_file():
+            return "that is missing or not a file"
+        sizes[where] = target.stat().st_size
+    try:
+        offset = int(info.get("offset", 0))
+        length = int(info.get("length", sizes[where] - offset))
+    except ValueError:
+        return "with an offset or length that is not a number"
+    if offset < 0 or length < 0 or offset + length > sizes[where]:
+        return f"past the end of that file ({sizes[where]} bytes): it is truncated or damaged"
+    return None
 
 
 def _all_tensors(graph):

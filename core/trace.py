@@ -47,7 +47,7 @@ class Trace:
         self.source = source
         self.prompt = prompt
         self.config = config.check()
-        self.prompt_ids = source.tokenizer.encode(prompt) if prompt else []
+        self.prompt_ids = source.tokenizer.encode_prompt(prompt) if prompt else []
         if not self.prompt_ids:
             raise GenerationError("the prompt is empty; type some text to start from")
         self.branches: dict[str, Branch] = {"main": Branch("main")}

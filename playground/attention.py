@@ -54,7 +54,7 @@ st.query_params["text"] = text
 st.button("Add the next token (greedy)", on_click=add_token)
 if "attn_error" in st.session_state:
     st.warning(st.session_state.pop("attn_error"))
-ids = model.tokenizer.encode(text)
+ids = model.tokenizer.encode_prompt(text)
 if not ids:
     st.info("Type some text.")
     st.stop()
@@ -65,7 +65,7 @@ if len(ids) > shown:
     ids = ids[-shown:]
 maps = model.attention(ids).probs                       # per layer (1, H, T, T)
 L, H, T = len(maps), maps[0].shape[1], len(ids)
-labels = [f"{i}:{visible(model.tokenizer.decode([t]))}" for i, t in enumerate(ids)]
+labels = [f"{i}:{visible(model.tokenizer.token_text(t))}" for i, t in enumerate(ids)]
 
 
 def blocks(n: int, per: int) -> list[tuple[int, ...]]:
@@ -106,7 +106,7 @@ pos = st.slider("Token", 0, T - 1, T - 1, key="attn_pos",
 st.caption(f"From token {labels[pos]}: each head of layer {layer}, darker = more attention.")
 for h in range(H):
     row = maps[layer][0, h, pos, : pos + 1]
-    pieces = [(model.tokenizer.decode([ids[i]]), f"{row[i]:.3f}",
+    pieces = [(model.tokenizer.token_text(ids[i]), f"{row[i]:.3f}",
                f"rgba(37, 99, 235, {0.1 + 0.9 * float(row[i]) / max(1e-9, float(row.max())):.2f})")
               for i in range(pos + 1)]
     st.markdown(f"head {h} (looks most at token {int(np.argmax(row))})" + tokens_html(pieces),

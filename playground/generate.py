@@ -140,13 +140,13 @@ def stepper() -> None:
     for i, t in enumerate(top):
         if final.probs[t] <= 0:
             break
-        label = f"{visible(model.tokenizer.decode([int(t)]))}  {final.probs[t]:.3f}"
+        label = f"{visible(model.tokenizer.token_text(int(t)))}  {final.probs[t]:.3f}"
         cols[i % 5].button(label, key=f"cand_{i}", on_click=act, args=("force", int(t)),
                            help=f"token id {int(t)}: click to take it next")
 
     raw = view.stages[0]
     labels_ids = raw.probs.argsort()[::-1][:15]
-    labels = [f"{visible(model.tokenizer.decode([int(t)])) or '∅'} " for t in labels_ids]
+    labels = [f"{visible(model.tokenizer.token_text(int(t))) or '∅'} " for t in labels_ids]
     rows = [f"{s.name} ({s.kept} kept)" for s in view.stages]
     z = [s.probs[labels_ids] for s in view.stages]
     heat = figure([dict(type="heatmap", z=z, x=labels, y=rows, colorscale="Blues", zmin=0, zmax=1,

@@ -50,8 +50,8 @@ st.query_params["text"] = prompt
 if not prompt:
     st.info("Type a few words: every section works on your text.")
     st.stop()
-ids = model.tokenizer.encode(prompt)[-model.block_size:]
-labels = [f"{i}:{visible(model.tokenizer.decode([t]))}" for i, t in enumerate(ids)]
+ids = model.tokenizer.encode_prompt(prompt)[-model.block_size:]
+labels = [f"{i}:{visible(model.tokenizer.token_text(t))}" for i, t in enumerate(ids)]
 
 
 def vector(v, n=8) -> str:
@@ -76,7 +76,7 @@ if section == "tokens":
                 "frequent pairs shortens text so much.")
     st.plotly_chart(fig, width="stretch", key="learn_freq")
     pieces = model.tokenizer.split_pieces(prompt)
-    if model.tokenizer.kind != "byte" and pieces:
+    if model.tokenizer.has_merges and pieces:
         longest = max(pieces, key=lambda p: len(p.encode("utf-8")))
         piece = st.selectbox("Try this: replay the merges of one piece", pieces,
                              index=pieces.index(longest), key="learn_piece", format_func=visible)
@@ -116,10 +116,15 @@ elif section == "positions":
              r"\text{sinusoidal: } PE_{t,2i} = \sin\!\big(t / 10000^{2i/d}\big),\ "
              r"PE_{t,2i+1} = \cos\!\big(t / 10000^{2i/d}\big)")
     st.latex(r"\text{RoPE: } (q_i, q_{i+d_h/2}) \mapsto \text{rotate}\big(t\,\theta_i\big),\ "
-             r"\theta_i = 10000^{-2i/d_h} \ \Rightarrow\ q_t\cdot k_s \text{ depends on } t-s")
+             r"\theta_i = b^{-2i/d_h} \ \Rightarrow\ q_t\cdot k_s \text{ depends on } t-s")
     st.caption("Vaswani et al. 2017 (sinusoidal), Radford et al. 2019 (GPT-2, learned), Su et al. 2021 (RoPE).")
     views = explain.positional_views(model)
-    st.markdown(f"**{model.name} uses {views.used} positions.** All three at its sizes:")
+    base = (f" with base b = {views.rope_theta:g}" + (" (the original 10,000)" if views.rope_theta == 10000 else
+                                                     " (raised from the original 10,000 for longer contexts)")
+            if views.used == "rope" else "")
+    shown = (f"; the first {views.positions} of its {model.block_size} positions are drawn"
+             if views.positions < model.block_size else "")
+    st.markdown(f"**{model.name} uses {views.used} positions**{base}. All three at its sizes{shown}:")
     cols = st.columns(3)
     st.caption("Each map: positions down, dimensions (RoPE: frequency pairs, angles mod 2π) across.")
     panels = [("sinusoidal", "sinusoidal", views.sinusoidal),
@@ -160,11 +165,18 @@ elif section == "attention":
     position = c[2].selectbox("Query token", list(range(len(ids))), index=len(ids) - 1,
                               format_func=lambda i: labels[i], key="learn_pos")
     try:
-        w = explain.attention_walkthrough(model, model.tokenizer.decode(ids), layer, head, position)
+        w = explain.attention_walkthrough(model, ids, layer, head, position)
     except ModelError as e:
         st.info(str(e))
         st.stop()
     T = len(w.tokens)
+    kv = model.config.kv_heads
+    if kv < model.n_head:
+        st.info(f"**Grouped-query attention**: {model.name}'s {model.n_head} query heads share {kv} key/value "
+                f"heads ({model.n_head // kv} query heads each), so head {head} reads the keys and values of "
+                f"key/value head {w.kv_head}. The KV cache keeps only those {kv} per layer, "
+                f"[batch, {kv}, past, {model.head_dim}] instead of [batch, {model.n_head}, past, {model.head_dim}]: "
+                f"{model.n_head // kv}x less memory per cached token (Ainslie et al. 2023).")
     st.markdown(f"**1. The query** of token {labels[position]} in head {head} of layer {layer} "
                 f"(d_k = {w.q.size}):  \n`q = {vector(w.q)}`")
     st.markdown("**2. Every token's key**, first rows:  \n" + "  \n".join(
@@ -202,7 +214,7 @@ elif section == "logits":
     result = run_pipeline(logits, SamplerConfig(temperature=t, top_k=k), history=ids)
     probs = result.final.probs
     top = np.argsort(-probs)[:12]
-    names = [visible(model.tokenizer.decode([int(i)])) for i in top]
+    names = [visible(model.tokenizer.token_text(int(i))) for i in top]
     fig = figure([dict(type="bar", x=names, y=softmax(logits)[top], name="softmax(z), T = 1"),
                   dict(type="bar", x=names, y=probs[top], name=f"after T = {t}" + (f", top-k {k}" if k else ""))],
                  ytitle="probability", height=300, margin=dict(t=10, b=10), barmode="group")
@@ -248,7 +260,7 @@ elif section == "loss":
     except ModelError as e:
         st.info(str(e))
         st.stop()
-    rows = [{"token": visible(model.tokenizer.decode([tok])), "p(correct)": round(math.exp(lp), 4),
+    rows = [{"token": visible(model.tokenizer.token_text(tok)), "p(correct)": round(math.exp(lp), 4),
              "−ln p": round(-lp, 3)} for tok, lp in zip(s.tokens[1:], s.logprobs)]
     st.dataframe(rows, hide_index=True, height=260)
     m = st.columns(3)

@@ -1,13 +1,57 @@
-"""Models: each exported model's card, its training curve, and how well it predicts your text."""
+"""Models: each exported model's card, its training curve, how well it predicts your text, and (locally) importing a
+pretrained checkpoint as a new model: the board's import job does the work; this page only asks and watches."""
 
 import math
+import time
 
 import streamlit as st
 
+from core.jobs import JobError
 from core.runtime import ModelError
-from playground.shared import figure, open_page, prob_colour, tokens_html, url_text
+from playground.shared import figure, job_board, model_names, open_page, prob_colour, tokens_html, url_text, visitor_token
 
 model, lim = open_page(None)
+board, token = job_board(), visitor_token()
+
+
+def start_import() -> None:
+    try:
+        board.import_model(token, st.session_state["import_source"], st.session_state["import_name"],
+                           st.session_state["import_int8"])
+    except JobError as e:
+        st.session_state["import_notice"] = str(e)
+
+
+@st.fragment(run_every=2.0)
+def imports() -> None:
+    """The visitor's imports as they go (the board's supervisor owns them; this only watches)."""
+    for v in board.import_views(token):
+        if v.state == "importing":
+            st.info(f"Importing `{v.source}` as `{v.name}` ({time.time() - v.started:.0f} s): {v.progress}", icon="⏳")
+        elif v.state == "imported":
+            st.success(f"`{v.name}`: {v.message}.")
+            if v.name not in model_names():
+                st.rerun()              # the picker learns of the new model
+        else:
+            st.error(f"`{v.name}` was not imported: {v.message}")
+
+
+if board.limits.allow_imports:
+    with st.expander("Import a pretrained model (GPT-2, Llama, Qwen2 families)"):
+        st.caption("A checkpoint folder with `config.json`, `*.safetensors` and its tokenizer files, or a Hugging Face "
+                   "repo id already in this machine's cache (`gpt2`, `distilgpt2`, `HuggingFaceTB/SmolLM2-135M`, "
+                   "`Qwen/Qwen2.5-0.5B`...). The weights are mapped into the playground's own GPT, checked against "
+                   "torch and exported to ONNX; nothing is downloaded while you wait here.")
+        f1, f2 = st.columns([3, 2])
+        f1.text_input("Checkpoint folder or repo id", key="import_source")
+        f2.text_input("Name in the picker", key="import_name")
+        st.checkbox("Also an int8 variant (smaller and faster; it agrees with fp32 less)", key="import_int8")
+        st.button("Import", on_click=start_import, key="import_start",
+                  disabled=not (st.session_state.get("import_source") and st.session_state.get("import_name")))
+        if "import_notice" in st.session_state:
+            st.error(st.session_state.pop("import_notice"))
+        imports()
+
 card = model.card
 cfg = model.config
 st.title(f"Model: {model.name}")
@@ -26,20 +70,33 @@ with left:
     st.dataframe([{"setting": k, "value": str(v)} for k, v in cfg.to_dict().items()], hide_index=True)
     st.caption(f"Tokenizer `{card['tokenizer']['name']}` ({card['tokenizer']['kind']}, "
                f"{card['tokenizer']['n_vocab']:,} ids) · {card['flops_per_token'] / 1e6:.2f} MFLOP per training token")
+source = card.get("source") or {}
 with right:
-    st.subheader("Training")
-    training = card.get("training", {})
-    curve = training.get("curve") or []
-    if curve:
-        steps = [p["step"] for p in curve]
-        fig = figure([dict(type="scatter", x=steps, y=[p["train_loss"] for p in curve], name="train"),
-                      dict(type="scatter", x=steps, y=[p["val_loss"] for p in curve], name="val")],
-                     xtitle="step", ytitle="loss (nats/token)", height=300, margin=dict(t=20, b=20))
-        st.plotly_chart(fig, width="stretch", key="curve")
-    st.caption(f"{training.get('step', '?')} steps, {training.get('tokens_seen') or 0:,} tokens · corpus sha256 "
-               f"`{(training.get('corpus_sha256') or '?')[:16]}…`")
-    if training.get("command"):
-        st.code(training["command"], language="bash")
+    if source.get("kind") == "pretrained":
+        st.subheader("Imported")
+        st.markdown(f"`{source.get('checkpoint')}`: a {source.get('model_type')} checkpoint "
+                    f"({source.get('architecture')}), weights read from {len(source.get('files', {}))} safetensors "
+                    f"file(s) stored as {', '.join(source.get('stored_dtypes', []))}, run here in float32.")
+        if source.get("command"):
+            st.code(source["command"], language="bash")
+        export = card.get("export") or {}
+        if export:
+            st.caption(f"Imported and exported in {export.get('seconds', 0):.0f} s, peak memory "
+                       f"{export.get('peak_rss_mb', 0):,.0f} MB.")
+    else:
+        st.subheader("Training")
+        training = card.get("training", {})
+        curve = training.get("curve") or []
+        if curve:
+            steps = [p["step"] for p in curve]
+            fig = figure([dict(type="scatter", x=steps, y=[p["train_loss"] for p in curve], name="train"),
+                          dict(type="scatter", x=steps, y=[p["val_loss"] for p in curve], name="val")],
+                         xtitle="step", ytitle="loss (nats/token)", height=300, margin=dict(t=20, b=20))
+            st.plotly_chart(fig, width="stretch", key="curve")
+        st.caption(f"{training.get('step', '?')} steps, {training.get('tokens_seen') or 0:,} tokens · corpus sha256 "
+                   f"`{(training.get('corpus_sha256') or '?')[:16]}…`")
+        if training.get("command"):
+            st.code(training["command"], language="bash")
 
 st.subheader("Export checks")
 st.caption(f"onnxruntime vs torch: max |logit difference| {card['parity']['max_abs_logit_diff']:.1e} over a "
@@ -63,8 +120,8 @@ m[0].metric("perplexity", f"{s.perplexity:.2f}", help="exp(mean loss): the model
             "with this many sides, on average")
 m[1].metric("mean loss", f"{s.mean_nll:.3f} nats/token")
 m[2].metric("bits per byte", f"{s.bits_per_byte:.3f}")
-pieces = [(model.tokenizer.decode([s.tokens[0]]), "first token: context only", "#e5e7eb")]
-pieces += [(model.tokenizer.decode([t]), f"log p = {lp:.2f} (p = {math.exp(lp):.3f})", prob_colour(math.exp(lp)))
+pieces = [(model.tokenizer.token_text(s.tokens[0]), "first token: context only", "#e5e7eb")]
+pieces += [(model.tokenizer.token_text(t), f"log p = {lp:.2f} (p = {math.exp(lp):.3f})", prob_colour(math.exp(lp)))
            for t, lp in zip(s.tokens[1:], s.logprobs)]
 st.markdown(tokens_html(pieces), unsafe_allow_html=True)
 st.caption("Each token coloured by the probability the model gave it, from red (surprising) to green (expected).")

@@ -73,7 +73,7 @@ for col, name in zip(cols, picked):
 
 st.divider()
 st.subheader("Replay BPE merges on a word")
-bpe_names = [n for n, t in loaded.items() if t.kind in ("bpe", "openai")]
+bpe_names = [n for n, t in loaded.items() if t.has_merges]
 if bpe_names:
     c1, c2 = st.columns([1, 2])
     which = c1.selectbox("Tokenizer", bpe_names, key="merge_tok")

@@ -15,7 +15,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-import transformers      # the peer is a pinned test requirement: its absence is a failure, not a skip
+from transformers import GPT2Config, GPT2LMHeadModel   # the peer: a pinned test requirement, never skipped
 
 from core.generate import BeamStep, beam_search
 from core.runtime import KVCache
@@ -73,7 +73,6 @@ class HFSource:
 def tiny_gpt2(seed: int, vocab_size: int, eos: int, eos_boost: float):
     """A 2-layer GPT-2 with weights large enough for peaked, context-dependent distributions; eos_boost
     adds about that much to EOS's logit (a constant feature through ln_f's bias into an untied head)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_layer=2, n_embd=32, n_head=2, n_positions=64,
                                        eos_token_id=eos, bos_token_id=eos, initializer_range=0.2,

@@ -516,7 +516,8 @@ def test_a_comparison_keeps_its_inputs_and_decoded_beam_labels():
     direct = list(beam_search(toy, "ab", 3, 10, early_stopping=True))
     assert o.token_ids == direct[-1].hypotheses[0].tokens and o.finish_reason == direct[-1].finish_reason
     assert [[b.tokens for b in s.beams] for s in o.beam_steps] == [[b.tokens for b in s.beams] for s in direct[:-1]]
-    assert o.beam_labels == [[toy.tokenizer.decode([b.tokens[-1]]) for b in s.beams] for s in o.beam_steps]
+    assert o.beam_labels == [[toy.tokenizer.token_text(b.tokens[-1]) for b in s.beams] for s in o.beam_steps]
+    assert "\\xa8" in o.beam_labels[0] and "\ufffd" not in str(o.beam_labels)     # bytes shown, not U+FFFD
 
 
 ROOT = Path(__file__).resolve().parent.parent

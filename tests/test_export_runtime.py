@@ -70,6 +70,33 @@ def test_export_parity_for_every_encoding_and_norm(tmp_path, corpus_file, data_d
     assert np.abs(np.concatenate(got, 1) - ref).max() < 1e-4
 
 
+@pytest.mark.slow
+def test_a_llama_shaped_run_trains_exports_and_runs(tmp_path, corpus_file, data_dir):
+    """The options pretrained checkpoints need are the trainer's too: SwiGLU, grouped-query attention, a RoPE
+    base, q/k/v biases only, RMSNorm's epsilon, an untied head; trained, checkpointed, exported, run."""
+    mc = dataclasses.replace(SMALL, n_head=4, n_kv_head=2, mlp="swiglu", mlp_hidden=40, pos_encoding="rope",
+                             rope_theta=5e5, norm="rmsnorm", norm_eps=1e-6, bias=False, qkv_bias=True,
+                             tie_embeddings=False)
+    run = make_run(tmp_path / "run", corpus_file, data_dir, mc, steps=5)
+    card = export_model(run, tmp_path / "out", ExportConfig(parity_steps=15, int8=True))
+    assert card["parity"]["max_abs_logit_diff"] < 1e-4 and card["model_config"]["n_kv_head"] == 2
+    assert card["io"]["past_shape"] == ["batch", "n_kv_head", "past", "head_dim"]
+    m = Model(tmp_path / "out")
+    assert m.empty_cache(3).arrays[0].shape == (3, 2, 0, 4)
+    torch_model, _ = load_model(run)
+    ids = np.random.default_rng(0).integers(0, m.vocab_size, (2, 20))
+    logits, cache = m.step(ids[:, :6])
+    rest, cache = m.step(ids[:, 6:], cache)
+    assert cache.arrays[0].shape == (2, 2, 20, 4)
+    with torch.no_grad():
+        ref = torch_model(torch.from_numpy(ids)).logits.numpy()
+    assert np.abs(np.concatenate([logits, rest], 1) - ref).max() < 1e-4
+    with torch.no_grad():
+        ref_parts = torch_model(torch.from_numpy(ids[:1]), return_attention=True).attention_parts
+    maps = m.attention(ids[:1])
+    assert np.abs(maps.parts[1]["k"] - ref_parts[1]["k"].numpy()).max() < 1e-5   # per query head, as the pages read
+
+
 def test_dynamic_batch_and_past_lengths(exported):
     m = Model(exported)
     torch_model, _ = load_model(exported.parent / "run")
@@ -281,3 +308,94 @@ def test_cache_is_a_value_that_can_fork(exported):
     b, _ = m.step([9], cache)            # a second branch from the same cache
     a2, _ = m.step([5], cache)
     assert np.array_equal(a, a2) and not np.array_equal(a, b)
+
+
+# -- external data: allowed only as plain files inside the model directory
+
+def externalized(exported, tmp_path) -> Path:
+    """A copy of the model whose weights live in model.onnx.data, as a large export writes them."""
+    d = copy_model(exported, tmp_path)
+    proto = onnx.load(str(d / "model.onnx"))
+    onnx.save_model(proto, str(d / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="model.onnx.data")
+    return d
+
+
+def set_location(d: Path, location: str) -> None:
+    proto = onnx.load(str(d / "model.onnx"), load_external_data=False)
+    for t in proto.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = location
+    (d / "model.onnx").write_bytes(proto.SerializeToString())
+
+
+def test_external_data_inside_the_model_directory_is_read(exported, tmp_path):
+    d = externalized(exported, tmp_path)
+    assert (d / "model.onnx.data").stat().st_size > 10_000
+    ids = Model(exported).tokenizer.encode("The cat sat")
+    assert np.array_equal(Model(d).logits(ids), Model(exported).logits(ids))
+    a, b = Model(d).weights("transformer.h.0.ln_1.weight"), Model(exported).weights("transformer.h.0.ln_1.weight")
+    assert a and np.array_equal(a["transformer.h.0.ln_1.weight"], b["transformer.h.0.ln_1.weight"])
+
+
+@pytest.mark.parametrize("how, message", [
+    ("absolute", "not a plain name inside the model directory"),
+    ("parent", "not a plain name inside the model directory"),
+    ("symlink", "leads outside the model directory"),
+    ("missing", "missing or not a file"),
+    ("truncated", r"past the end of that file \(100 bytes\)"),
+])
+def test_external_data_anywhere_else_is_refused(exported, tmp_path, how, message):
+    d = externalized(exported, tmp_path)
+    outside = tmp_path / "outside.data"
+    shutil.copy(d / "model.onnx.data", outside)
+    if how == "absolute":
+        set_location(d, str(outside))
+    elif how == "parent":
+        set_location(d, "sub/../../outside.data")
+    elif how == "symlink":
+        (d / "model.onnx.data").unlink()
+        os.symlink(outside, d / "model.onnx.data")
+    elif how == "missing":
+        (d / "model.onnx.data").unlink()
+    else:
+        (d / "model.onnx.data").write_bytes((d / "model.onnx.data").read_bytes()[:100])
+    with pytest.raises(ModelError, match=rf"model.onnx refers to external data .*{message}.*refused"):
+        Model(d)
+
+
+def test_card_and_graph_must_agree_and_the_tokenizer_must_fit(exported, tmp_path):
+    d = copy_model(exported, tmp_path)
+    card = json.loads((d / "card.json").read_text())
+    (d / "card.json").write_text(json.dumps({**card, "model_config": {**card["model_config"], "vocab_size": 200}}))
+    with pytest.raises(ModelError, match="the tokenizer has 257 ids, more than the model's 200"):
+        Model(d)
+    (d / "card.json").write_text(json.dumps({**card, "model_config": {**card["model_config"], "n_kv_head": 1}}))
+    with pytest.raises(ModelError, match=r"keeps a cache of shape \['batch', 2, 'past', 8\], but its card says "
+                                         r"\[batch, 1, past, 8\]"):
+        Model(d)
+    m = Model(exported)
+    _, cache = m.step([1, 2, 3])
+    bad = dataclasses.replace(cache, arrays=tuple(a[:, :1] for a in cache.arrays))
+    with pytest.raises(ModelError, match=r"the cache does not fit this model: it needs 4 arrays of shape "
+                                         r"\(1, 2, 3, 8\)"):
+        m.step([4], bad)
+
+
+@pytest.mark.slow
+def test_a_large_export_streams_its_weights_and_shares_them_with_the_attention_graph(exported, tmp_path):
+    from core.export import export_gpt
+    torch_model, _ = load_model(exported.parent / "run")
+    m0 = Model(exported)
+    card = export_gpt(torch_model, m0.tokenizer, tmp_path / "ext", ExportConfig(external_data_mb=0, int8=True))
+    files = card["files"]
+    assert "model.onnx.data" in files and "model.int8.onnx.data" in files
+    assert "attention.onnx.data" not in files          # every attention weight is read from model.onnx.data
+    assert card["variants"]["fp32"]["bytes"] == files["model.onnx"] + files["model.onnx.data"]
+    assert card["export"]["peak_rss_mb"] > 0 and card["parity"]["max_abs_logit_diff"] < 1e-4
+    m = Model(tmp_path / "ext")
+    ids = m.tokenizer.encode("The dog ran over.")
+    assert np.abs(m.logits(ids) - m0.logits(ids)).max() < 1e-5
+    assert np.abs(m.attention(ids).probs[1] - m0.attention(ids).probs[1]).max() < 1e-5
+    assert Model(tmp_path / "ext", variant="int8").logits(ids).shape == m.logits(ids).shape

@@ -150,3 +150,126 @@ def test_generate_is_seeded_and_slides_past_the_context():
         nxt = model(full[:, -16:]).logits[:, -1].argmax(-1, keepdim=True)
         full = torch.cat([full, nxt], 1)
     assert torch.equal(greedy, full)
+
+
+# -- the options pretrained checkpoints need (GPT-2's tanh GELU, LLaMA's SwiGLU, GQA, RoPE base, eps, biases)
+
+OPTIONS = [
+    dict(mlp="gelu_tanh"),
+    dict(mlp="swiglu", mlp_hidden=24, bias=False, norm="rmsnorm", pos_encoding="rope"),
+    dict(n_head=4, n_kv_head=2, pos_encoding="rope", rope_theta=5e5),
+    dict(n_head=4, n_kv_head=1, pos_encoding="learned", mlp="swiglu"),
+    dict(bias=False, qkv_bias=True, norm="rmsnorm", norm_eps=1e-6, pos_encoding="rope", n_head=4, n_kv_head=2),
+    dict(bias=True, qkv_bias=False, mlp_hidden=40, tie_embeddings=False, pos_encoding="sinusoidal"),
+    dict(n_head=4, n_kv_head=2, mlp="swiglu", mlp_hidden=20, bias=False, qkv_bias=True, norm="rmsnorm",
+         norm_eps=1e-6, pos_encoding="rope", rope_theta=1e6, tie_embeddings=False),   # Qwen2's shape
+]
+
+
+def randomized(model: GPT) -> GPT:
+    """Norm weights and biases away from 1 and 0, so that a misplaced one would show in the logits."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("kw", OPTIONS)
+def test_every_option_keeps_explicit_fused_and_cached_paths_equal(kw):
+    torch.manual_seed(0)
+    cfg = tiny(**kw)
+    model = randomized(GPT(cfg))
+    idx = torch.randint(0, 61, (2, 16))
+    fast = model(idx).logits
+    explicit = model(idx, return_attention=True)
+    torch.testing.assert_close(explicit.logits, fast, atol=1e-5, rtol=1e-5)
+    for part in explicit.attention_parts:
+        assert part["probs"].shape == (2, cfg.n_head, 16, 16)
+        assert part["k"].shape == part["v"].shape == (2, cfg.n_head, 16, cfg.head_dim)   # one per query head
+    out = model(idx[:, :5], use_cache=True)
+    assert out.present[0][0].shape == (2, cfg.kv_heads, 5, cfg.head_dim)   # the cache keeps n_kv heads
+    logits = [out.logits]
+    for t in range(5, 16):
+        out = model(idx[:, t:t + 1], past=out.present, use_cache=True, return_attention=t % 2 == 0)
+        logits.append(out.logits)
+    torch.testing.assert_close(torch.cat(logits, 1), fast, atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_query_attention_shares_keys_within_a_group():
+    torch.manual_seed(0)
+    model = randomized(GPT(tiny(n_head=4, n_kv_head=2)))
+    parts = model(torch.randint(0, 61, (1, 9)), return_attention=True).attention_parts[0]
+    assert torch.equal(parts["k"][:, 0], parts["k"][:, 1]) and torch.equal(parts["v"][:, 2], parts["v"][:, 3])
+    assert not torch.equal(parts["k"][:, 1], parts["k"][:, 2])
+    assert model.transformer.h[0].attn.c_attn.weight.shape == ((4 + 2 * 2) * 4, 16)   # 4 q, 2 k, 2 v heads of 4
+
+
+def test_rope_theta_changes_the_rotation_and_the_mlp_kinds_differ():
+    torch.manual_seed(0)
+    base = GPT(tiny(pos_encoding="rope"))
+    other = GPT(tiny(pos_encoding="rope", rope_theta=5e5))
+    assert torch.equal(base.rope_cos[:, 0], other.rope_cos[:, 0])          # the fastest pair turns the same
+    assert not torch.allclose(base.rope_cos[:, -1], other.rope_cos[:, -1])   # slower pairs turn slower
+    x = torch.linspace(-3, 3, 7)
+    tanh_gelu = GPT(tiny(mlp="gelu_tanh")).transformer.h[0].mlp.act
+    want = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))   # GPT-2's gelu_new
+    torch.testing.assert_close(tanh_gelu(x), want, atol=1e-6, rtol=1e-6)
+    assert GPT(tiny(norm="rmsnorm", norm_eps=1e-6)).transformer.ln_f.eps == 1e-6
+    assert GPT(tiny(norm_eps=1e-6)).transformer.ln_f.eps == 1e-6
+
+
+COUNT_COMBOS = list(itertools.product(
+    ("learned", "rope"), NORMS, ("gelu", "swiglu"), (0, 24), (0, 1, 2), (True, False), (None, True, False),
+    (True, False)))
+
+
+@pytest.mark.parametrize("pos, norm, mlp, hidden, kv, bias, qkv_bias, tie", COUNT_COMBOS)
+def test_counts_and_flops_follow_every_option(pos, norm, mlp, hidden, kv, bias, qkv_bias, tie):
+    cfg = tiny(pos_encoding=pos, norm=norm, mlp=mlp, mlp_hidden=hidden, n_head=4, n_kv_head=kv, bias=bias,
+               qkv_bias=qkv_bias, tie_embeddings=tie)
+    model = GPT(cfg)
+    counts = count_parameters(cfg)
+    assert counts["total"] == sum(p.numel() for p in model.parameters())
+    tables = {"transformer.wte.weight", "transformer.wpe.weight", "lm_head.weight"}
+    assert counts["non_embedding"] == sum(p.numel() for n, p in model.named_parameters() if n not in tables)
+    # forward FLOPs: 2 per weight that multiplies (the non-embedding tensors and the head, tied or not) plus
+    # attention's q.k and p.v over the context, which grouped-query attention does not shrink
+    head = model.lm_head.weight.numel()
+    assert flops_per_token(cfg, training=False) == 2 * (counts["non_embedding"] + head) + 4 * 2 * 16 * 16
+    assert flops_per_token(cfg) == 3 * flops_per_token(cfg, training=False)
+
+
+def test_new_options_default_to_todays_model():
+    cfg = ModelConfig()
+    assert (cfg.mlp, cfg.mlp_width, cfg.kv_heads, cfg.rope_theta, cfg.norm_eps, cfg.has_qkv_bias) == \
+        ("gelu", 4 * cfg.n_embd, cfg.n_head, 10000.0, 1e-5, True)
+    old_card = {k: v for k, v in cfg.to_dict().items()
+                if k not in ("mlp", "mlp_hidden", "n_kv_head", "rope_theta", "norm_eps", "qkv_bias")}
+    assert ModelConfig.from_dict(old_card) == cfg        # cards written before these options still open
+
+
+def test_new_options_are_training_flags_with_their_why():
+    from core.cli import field_help
+    from core.train import parse_args
+    helps = field_help(ModelConfig)
+    for name in ("mlp", "mlp_hidden", "n_kv_head", "rope_theta", "norm_eps", "qkv_bias"):
+        assert len(helps.get(name, "")) > 20, name
+    _, mc, _ = parse_args(["--n-head", "4", "--n-kv-head", "2", "--mlp", "swiglu", "--mlp-hidden", "300",
+                           "--rope-theta", "500000", "--norm-eps", "1e-6", "--no-bias", "--qkv-bias"])
+    assert (mc.n_kv_head, mc.mlp, mc.mlp_hidden, mc.rope_theta, mc.norm_eps, mc.bias, mc.qkv_bias) == \
+        (2, "swiglu", 300, 5e5, 1e-6, False, True)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(n_head=4, n_kv_head=3), "divisible by n_kv_head"),
+    (dict(n_head=2, n_kv_head=4), r"n_kv_head must be an integer in \[0, 2\]"),
+    (dict(mlp="relu"), "mlp must be one of gelu, gelu_tanh, swiglu"),
+    (dict(mlp_hidden=-1), "mlp_hidden"),
+    (dict(rope_theta=0.0), "rope_theta"),
+    (dict(norm_eps=0.0), "norm_eps"),
+    (dict(qkv_bias="yes"), "qkv_bias"),
+])
+def test_bad_new_options(kw, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**kw)
