@@ -3,6 +3,7 @@ models, after 10 and after 200 generated tokens; optionally against another chec
 
     python bench/app_latency.py                          this tree
     python bench/app_latency.py --before /tmp/before     this tree and another checkout, interleaved
+    python bench/app_latency.py --models gpt2 --exported DIR   other models (e.g. an imported GPT-2 in DIR/gpt2)
 
 Two measurements, each taken on every tree in turn, round after round (the same moments of a drifting
 machine for both):
@@ -60,10 +61,10 @@ def worker(tree: Path, model: str, tokens: int, clicks: int) -> list[float]:
     return times
 
 
-def apptest_side(trees: list[Path], rounds: int, clicks: int) -> dict:
+def apptest_side(trees: list[Path], rounds: int, clicks: int, models: tuple[str, ...]) -> dict:
     out: dict = {}
     for r in range(rounds):
-        for model in MODELS:
+        for model in models:
             for tokens in LENGTHS:
                 for tree in trees:
                     res = subprocess.run([sys.executable, __file__, "--worker", str(tree), model, str(tokens), str(clicks)],
@@ -95,7 +96,7 @@ def start_server(tree: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError(f"the server in {tree} did not start")
 
 
-def browser_side(trees: list[Path], clicks: int, chromium: str) -> dict:
+def browser_side(trees: list[Path], clicks: int, chromium: str, models: tuple[str, ...]) -> dict:
     from playwright.sync_api import sync_playwright
     servers = [start_server(t) for t in trees]
     out: dict = {}
@@ -103,7 +104,7 @@ def browser_side(trees: list[Path], clicks: int, chromium: str) -> dict:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, headless=True, args=[
                 "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
-            for model in MODELS:
+            for model in models:
                 for tokens in LENGTHS:
                     pages = []
                     for tree, (_, url) in zip(trees, servers):
@@ -141,9 +142,9 @@ def browser_side(trees: list[Path], clicks: int, chromium: str) -> dict:
     return out
 
 
-def report(title: str, data: dict, trees: list[Path]) -> None:
+def report(title: str, data: dict, trees: list[Path], models: tuple[str, ...]) -> None:
     print(title)
-    for model in MODELS:
+    for model in models:
         for tokens in LENGTHS:
             cells = []
             for tree in trees:
@@ -167,15 +168,21 @@ def main() -> None:
     p.add_argument("--before", type=Path, help="another checkout to measure beside this one (e.g. the last commit)")
     p.add_argument("--rounds", type=int, default=3, help="AppTest rounds (each tree, each model and length, per round)")
     p.add_argument("--clicks", type=int, default=10, help="timed clicks per measurement")
+    p.add_argument("--models", nargs="+", default=list(MODELS), help="exported models to measure")
+    p.add_argument("--exported", type=Path, help="the folder those models are in (default: the tree's exported/)")
     args = p.parse_args()
+    if args.exported:
+        os.environ["LLM_PLAYGROUND_EXPORTED"] = str(args.exported.resolve())   # the workers and servers inherit it
     trees = [args.before.resolve(), ROOT] if args.before else [ROOT]
-    report("AppTest, 'Sample one' click (whole-script rerun):", apptest_side(trees, args.rounds, args.clicks), trees)
+    models = tuple(args.models)
+    report("AppTest, 'Sample one' click (whole-script rerun):", apptest_side(trees, args.rounds, args.clicks, models),
+           trees, models)
     chromium = "/usr/bin/chromium"
     if not Path(chromium).exists():
         print("Chromium: skipped, Debian's chromium is not installed")
         return
     report("Real server in Chromium, the page's own server time for a click (callback + fragment rerun):",
-           browser_side(trees, args.clicks, chromium), trees)
+           browser_side(trees, args.clicks, chromium, models), trees, models)
 
 
 if __name__ == "__main__":

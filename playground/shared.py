@@ -110,8 +110,10 @@ def pick_model(checkpoints: bool = False) -> Model | None:
         if chosen != final:
             model = open_model(str(dict(steps)[chosen]))
     card = model.card
+    val = f" · val {card['val_loss']:.3f} nats/token" if card.get("val_loss") else ""
+    origin = " · imported" if (card.get("source") or {}).get("kind") == "pretrained" else ""
     st.sidebar.caption(f"{card['parameters']['total']:,} parameters · {model.tokenizer.name} tokenizer · "
-                       f"context {model.block_size} · val {card.get('val_loss') or float('nan'):.3f} nats/token")
+                       f"context {model.block_size}{val}{origin}")
     return model
 
 

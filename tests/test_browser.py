@@ -283,3 +283,55 @@ def test_every_page_renders_in_light_and_dark(server, browser, scheme):
         assert page.locator("[data-testid='stException']").count() == 0, path
         shot(page, f"page-{path or 'home'}-{scheme}")
     page.close()
+
+
+@pytest.fixture(scope="module")
+def pretrained_server(tmp_path_factory):
+    """A server whose picker holds an imported model: a GPT-2 checkpoint made here by transformers (12 heads, so
+    Attention pages its grid), imported by core.pretrained as a visitor's import would be."""
+    from core.pretrained import import_pretrained
+    from tests.test_pretrained import make_checkpoint
+    base = tmp_path_factory.mktemp("pretrained-server")
+    directory, _ = make_checkpoint(base / "checkpoint", "gpt2", True, kw=dict(n_layer=3, n_head=12, n_embd=48))
+    import_pretrained(directory, base / "exported" / "tiny-gpt2")
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), catalog.RUNS_ENV: str(base / "runs"),
+           catalog.EXPORTED_ENV: str(base / "exported")}
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless",
+                             "true", "--server.address", "127.0.0.1", "--server.port", str(port)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + CEILING_MS / 1000
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_an_imported_model_steps_on_generate_and_shows_attention_and_learn(pretrained_server, browser, scheme):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, color_scheme=scheme)
+    page.goto(f"{pretrained_server}/generate?model=tiny-gpt2&prompt=The%20cat%20sat")
+    page.wait_for_selector(IDLE, timeout=CEILING_MS)
+    wait_count(page, 0)
+    for n in (1, 2, 3):
+        page.get_by_role("button", name="Sample one").click()
+        wait_count(page, n)
+    assert page.locator("[data-testid='stException']").count() == 0
+    shot(page, f"imported-generate-{scheme}")
+    page.goto(f"{pretrained_server}/attention?model=tiny-gpt2")
+    page.wait_for_function("document.body.innerText.includes('newest token')", timeout=CEILING_MS)
+    page.wait_for_selector(IDLE, timeout=CEILING_MS)
+    assert "Heads in the grid (of 12)" in page.inner_text("body")
+    shot(page, f"imported-attention-{scheme}")
+    page.goto(f"{pretrained_server}/learn?model=tiny-gpt2&section=attention")
+    page.wait_for_function("document.body.innerText.includes('The query')", timeout=CEILING_MS)
+    page.wait_for_selector(IDLE, timeout=CEILING_MS)
+    assert page.locator("[data-testid='stException']").count() == 0
+    shot(page, f"imported-learn-{scheme}")
+    page.close()
