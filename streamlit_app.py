@@ -2,6 +2,8 @@
 
 import streamlit as st
 
+from playground.shared import keep_jobs_alive
+
 st.set_page_config(page_title="LLM Playground", page_icon="🔬", layout="wide")
 
 pages = [
@@ -15,4 +17,5 @@ pages = [
     st.Page("playground/train.py", title="Train", icon="🏋️", url_path="train"),
     st.Page("playground/scaling.py", title="Scaling", icon="📈", url_path="scaling"),
 ]
+keep_jobs_alive()     # a visitor's running training job stays theirs on every page, not only on Train
 st.navigation(pages).run()

@@ -172,7 +172,8 @@ def main() -> None:
     p.add_argument("--exported", type=Path, help="the folder those models are in (default: the tree's exported/)")
     args = p.parse_args()
     if args.exported:
-        os.environ["LLM_PLAYGROUND_EXPORTED"] = str(args.exported.resolve())   # the workers and servers inherit it
+        from core.catalog import EXPORTED_ENV
+        os.environ[EXPORTED_ENV] = str(args.exported.resolve())   # the workers and servers inherit it
     trees = [args.before.resolve(), ROOT] if args.before else [ROOT]
     models = tuple(args.models)
     report("AppTest, 'Sample one' click (whole-script rerun):", apptest_side(trees, args.rounds, args.clicks, models),

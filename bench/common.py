@@ -24,8 +24,9 @@ def set_threads(n: int) -> None:
 
 def default_data_dir() -> str | None:
     """The shared copy of tiny shakespeare when present (no network), else the normal cache."""
-    if os.environ.get("LLM_PLAYGROUND_DATA"):
-        return os.environ["LLM_PLAYGROUND_DATA"]
+    from core.data import DATA_DIR_ENV
+    if os.environ.get(DATA_DIR_ENV):
+        return os.environ[DATA_DIR_ENV]
     return str(SHARED_DATA) if (SHARED_DATA / "tinyshakespeare.txt").is_file() else None
 
 

@@ -101,7 +101,8 @@ def settle(server: Server, seconds: float = 20.0) -> float:
 
 
 def run_setting(threads: int, arenas: str, n: int, rounds: int, steps: int, churn: int, think: float) -> dict:
-    env = {"LLM_PLAYGROUND_ORT_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    from core.runtime import THREADS_ENV
+    env = {THREADS_ENV: str(threads), "OMP_NUM_THREADS": str(threads)}
     if arenas != "default":
         env["MALLOC_ARENA_MAX"] = arenas
     print(f"-- onnxruntime threads {threads}, malloc arenas {arenas}: warm-up", flush=True)

@@ -36,12 +36,14 @@ def start(tree: Path) -> tuple[subprocess.Popen, str, float]:
                             cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    while True:
+    while time.perf_counter() - t0 < 300:
         try:
             if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
                 return proc, url, t0
         except OSError:
             time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"the server in {tree} did not start within 300 s")
 
 
 def measure(tree: Path, browser) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +154,7 @@ class LogReader:
 
 
 _readers: dict[str, LogReader] = {}
+_readers_lock = threading.Lock()        # one Home render at a time moves the shared readers' offsets
 
 
 def list_runs(runs_dir: str | os.PathLike | None = None) -> list[RunSummary]:
@@ -162,14 +164,18 @@ def list_runs(runs_dir: str | os.PathLike | None = None) -> list[RunSummary]:
     if not d.is_dir():
         return []
     out = []
-    for run in sorted(p for p in d.iterdir() if (p / RUN_FILE).is_file()):
-        reader = _readers.setdefault(str(run), LogReader(run))
-        reader.read()
-        last_step = reader.last.get("TrainStep", {}).get("step", 0)
-        last_eval = reader.last.get("EvalResult", {})
-        steps = checkpoint_steps(run)
-        out.append(RunSummary(run.name, run, last_step, steps[-1][0] if steps else 0,
-                              last_eval.get("val_loss"), last_eval.get("val_bits_per_byte")))
+    runs = sorted(p for p in d.iterdir() if (p / RUN_FILE).is_file())
+    with _readers_lock:
+        for run in runs:
+            reader = _readers.setdefault(str(run), LogReader(run))
+            reader.read()
+            last_step = reader.last.get("TrainStep", {}).get("step", 0)
+            last_eval = dict(reader.last.get("EvalResult", {}))
+            steps = checkpoint_steps(run)
+            out.append(RunSummary(run.name, run, last_step, steps[-1][0] if steps else 0,
+                                  last_eval.get("val_loss"), last_eval.get("val_bits_per_byte")))
+        for gone in [k for k in _readers if Path(k).parent == d and not Path(k).is_dir()]:
+            del _readers[gone]              # a removed run: its reader goes too
     return out
 
 

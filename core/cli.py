@@ -6,7 +6,8 @@ Holds `add_dataclass_args` (one flag per field, typed from its annotation, helpe
 saved run), `dataclass_kwargs` (the typed flags of one dataclass out of the namespace), `to_argv` (the
 inverse: the flags that rebuild an instance, which is how a job launches `python -m core.train` from
 dataclasses rather than hand-built strings), `StopFlag` (Ctrl-C and SIGTERM ask the work in flight to
-finish cleanly) and `report_error` (the one way a command prints a project error, a full disk included).
+finish cleanly) and `report_error` (the one way a command prints a project error, a full disk included);
+and for commands run as children of the server, `child_env` and `error_line` (what a failed one said).
 
 Deliberately not here: any command's own arguments and loop (each module's `main`), torch.
 """
@@ -16,13 +17,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import os
 import re
 import signal
 import sys
 import types
 import typing
 from functools import lru_cache
+from pathlib import Path
 
+from core.catalog import ROOT, scrub_paths
 from core.files import disk_full_message, is_disk_full
 
 _FIELD_LINE = re.compile(r"^\s+(\w+)\s*:[^=#]*(?:=[^#]*)?(?:#\s?(.*))?$")
@@ -129,3 +133,23 @@ def report_error(e: BaseException, then: str) -> int:
         e = disk_full_message(e, then)
     print(f"error: {e}", file=sys.stderr)
     return 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# Commands run as children (training jobs, exports, imports, background fits)
+
+def child_env(**extra: str) -> dict:
+    """A child command's environment: this one, with the project importable and `extra` set."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def error_line(log: Path, limit: int = 500) -> str:
+    """What a child command's failure says, from its log: its last `error: ...` line (how every command here
+    reports one), else its last line; with this server's folders shortened, for a visitor to read."""
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    errors = [line[len("error: "):] for line in lines if line.startswith("error: ")]
+    return scrub_paths((errors or lines or [""])[-1])[:limit]

@@ -34,6 +34,8 @@ class Strategy:
     length_penalty: float = 1.0
 
 
+CUSTOM = "custom"       # the name of the visitor's own strategy beside the presets
+
 PRESETS: dict[str, Strategy] = {s.name: s for s in [
     Strategy("greedy", SamplerConfig(temperature=0.0)),
     Strategy("beam 4", beam_width=4),
@@ -85,8 +87,9 @@ def compare(source: LogitsSource, prompt: str, strategies: list[Strategy], max_n
     if not strategies:
         raise GenerationError("choose at least one strategy to compare")
     if len(strategies) > limits.max_strategies:
-        raise GenerationError(f"compare at most {limits.max_strategies} strategies at once, got {len(strategies)}: "
-                         f"remove {len(strategies) - limits.max_strategies}")
+        custom = " (a custom strategy counts too)" if any(s.name == CUSTOM for s in strategies) else ""
+        raise GenerationError(f"compare at most {limits.max_strategies} strategies at once, got {len(strategies)}"
+                              f"{custom}: remove {len(strategies) - limits.max_strategies}")
     early_stopping = check_early_stopping(early_stopping)
     ids = prompt_ids(source, prompt, limits)
     if not ids:

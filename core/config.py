@@ -197,6 +197,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# TrainConfig fields that may hold a path of the machine that trained (a shared card shortens them)
+TRAIN_PATH_FIELDS = ("out_dir", "corpus", "data_dir", "tokenizer")
+
 # Fields a resumed run may change: they do not alter the math of the steps already taken.
 RESUMABLE_OVERRIDES = {"out_dir", "data_dir", "max_steps", "lr_decay_steps", "compile", "device",
                        "threads", "eval_interval", "eval_at_start", "checkpoint_interval", "keep_checkpoints",

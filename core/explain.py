@@ -88,7 +88,7 @@ def embedding_neighbours(model: Model, token_id: int, k: int = 8) -> list[tuple[
     norms = np.maximum(np.linalg.norm(table, axis=1), 1e-12)
     sims = (table @ table[int(token_id)]) / (norms * norms[int(token_id)])
     order = [int(i) for i in np.argsort(-sims) if int(i) != int(token_id)][:k]
-    return [(i, model.tokenizer.decode([i]), float(sims[i])) for i in order]
+    return [(i, model.tokenizer.token_text(i), float(sims[i])) for i in order]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -153,7 +153,7 @@ def attention_walkthrough(model: Model, text: str | Sequence[int], layer: int, h
     probs = softmax(masked)
     head_output = probs @ v
     heads = part["heads"][0, position]
-    return AttentionWalk([model.tokenizer.decode([i]) for i in ids], layer, head, position, q, k, v, scores,
+    return AttentionWalk([model.tokenizer.token_text(i) for i in ids], layer, head, position, q, k, v, scores,
                          scale, scaled, allowed, masked, probs, head_output, heads, part["proj"][0, position],
                          maps.probs[layer][0, head, position], heads[head * hs:(head + 1) * hs],
                          head // (model.n_head // model.n_kv_head))

@@ -49,10 +49,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from core import cli
 from core.catalog import (ATTENTION_FILE, CARD_FILE, FORMAT, MODEL_FILE, RUN_FILE, TOKENIZER_DIR, VARIANT_FILES,
                           model_checkpoint_dir, read_log, scrub_paths, shown_path)
 from core.checks import PlaygroundError
 from core.checkpoint import load_model
+from core.config import TRAIN_PATH_FIELDS
 from core.files import make_readable, write_atomic
 from core.model import GPT
 from core.runtime import ATTENTION_PARTS
@@ -430,22 +432,19 @@ def _share_weights(work: Path, filename: str, owner: str) -> None:
     write_atomic(work / filename, mine.SerializeToString())
 
 
-PATH_FIELDS = ("out_dir", "corpus", "data_dir", "tokenizer")    # TrainConfig fields that may hold a path
-
-
 def _portable_train_config(cfg: dict | None) -> dict | None:
     """The training settings as a shared card should carry them: no absolute path of the machine that
     trained (a card travels with the model; the corpus is identified by its sha256)."""
     if not cfg:
         return cfg
-    return {k: (shown_path(v) if k in PATH_FIELDS and isinstance(v, str) else v) for k, v in cfg.items()}
+    return {k: (shown_path(v) if k in TRAIN_PATH_FIELDS and isinstance(v, str) else v) for k, v in cfg.items()}
 
 
 def _portable_command(command: str | None, cfg: dict | None) -> str | None:
     """The training command with the same paths shortened as in the card's settings."""
     if not command:
         return command
-    for k in PATH_FIELDS:
+    for k in TRAIN_PATH_FIELDS:
         v = (cfg or {}).get(k)
         if isinstance(v, str) and os.path.isabs(v):
             command = command.replace(v, shown_path(v))
@@ -544,9 +543,8 @@ def main(argv: list[str] | None = None) -> int:
                 if step != final:
                     export_model(path, model_checkpoint_dir(args.out_dir, step),
                                  ExportConfig(parity_steps=10))
-    except (ExportError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except (PlaygroundError, OSError) as e:
+        return cli.report_error(e, "free some space and export again: nothing half-written was kept")
     print_card(args.out_dir, card)
     return 0
 

@@ -317,6 +317,10 @@ class BeamResult:
                                 # and `width` finished), "length" (max_new_tokens), "context" (block_size)
 
 
+# Hugging Face's early_stopping values by the names a CLI flag or a link uses
+EARLY_STOPPING = {"false": False, "true": True, "never": "never"}
+
+
 def check_early_stopping(value) -> bool | str:
     # exactly Hugging Face's three values: 1 or "true" would silently mean something else there
     if value is True or value is False or (isinstance(value, str) and value == "never"):
@@ -434,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--beam", type=int, default=0, help="beam search with this width instead of sampling")
     p.add_argument("--length-penalty", type=float, default=1.0,
                    help="beam search: finished texts score sum logprob / length ** this (> 0 favours longer ones)")
-    p.add_argument("--early-stopping", choices=["false", "true", "never"], default="false",
+    p.add_argument("--early-stopping", choices=list(EARLY_STOPPING), default="false",
                    help="beam search's stopping rule, as Hugging Face's early_stopping (default: false, as there)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variant", default="fp32", help="fp32, or int8 / fp16 if exported")
@@ -443,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = Model(args.model, variant=args.variant, threads=args.threads)
         if args.beam:
-            es = {"false": False, "true": True, "never": "never"}[args.early_stopping]
+            es = EARLY_STOPPING[args.early_stopping]
             result = [r for r in beam_search(model, args.prompt, args.beam, args.max_new_tokens,
                                              args.length_penalty, early_stopping=es)][-1]
             for h, text in zip(result.hypotheses, result.texts):

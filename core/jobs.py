@@ -39,11 +39,11 @@ from pathlib import Path
 
 from core import catalog, checks, cli
 from core.checks import PlaygroundError
-from core.config import ModelConfig, TrainConfig, count_parameters, flops_per_token
+from core.config import POS_ENCODINGS, ModelConfig, TrainConfig, count_parameters, flops_per_token
 from core.data import Corpus, corpus_from_upload, data_dir
 from core.files import write_atomic
 from core.limits import Limits
-from core.tokenizer import MIN_BPE_VOCAB
+from core.tokenizer import MIN_BPE_VOCAB, byte_tokenizer
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
 JOB_FILE = "job.json"               # in the run directory: owner (hashed), request, state
@@ -55,6 +55,14 @@ POLL_SECONDS = 0.5                  # how often the supervisor looks at every jo
 
 class JobError(PlaygroundError):
     """A job cannot be started or changed as asked; the message says why and what to do."""
+
+
+def check_name(name, what: str) -> str:
+    """A run's or a model's name: it becomes a folder, so nothing that could leave or hide in one."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise JobError(f"{what} {name!r} is not allowed: use 1-40 letters, digits, '-' or '_', starting with a "
+                       f"letter or digit")
+    return name
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -69,7 +77,7 @@ PRESETS = {
 }
 # every choice's range (the page's widgets read these; `plan` checks them)
 RANGES = {
-    "steps": (10, 20_000),
+    "steps": (10, None),                # the most: the server's Limits.max_steps
     "eval_every": (5, 1000),
     "sample_every": (0, 5000),
     "learning_rate": (1e-5, 1e-1),
@@ -79,7 +87,8 @@ RANGES = {
     "bpe_vocab_size": (MIN_BPE_VOCAB, 8192),
 }
 TOKENIZERS = ("byte", "bpe")
-POSITIONS = ("rope", "learned", "sinusoidal")
+POSITIONS = ("rope",) + tuple(p for p in POS_ENCODINGS if p != "rope")    # the recipe's own first
+BYTE_VOCAB = byte_tokenizer().n_vocab
 EVAL_ITERS = 20                     # batches per evaluation: a few seconds, not minutes, on a small machine
 MILESTONES = 4                      # checkpoints kept for the pages' scrubber
 KEEP_CHECKPOINTS = 2
@@ -103,9 +112,7 @@ class TrainingRequest:
     dropout: float = 0.0
 
     def check(self) -> "TrainingRequest":
-        if not NAME_RE.match(self.name or ""):
-            raise JobError(f"run name {self.name!r} is not allowed: use 1-40 letters, digits, '-' or '_', "
-                           f"starting with a letter or digit")
+        check_name(self.name, "run name")
         checks.text("corpus", self.corpus, JobError)
         if not self.corpus:
             raise JobError("choose a corpus first (tiny shakespeare, an upload or a local file)")
@@ -146,7 +153,7 @@ def plan(request: TrainingRequest, limits: Limits = Limits(), runs_dir: Path | N
     runs = Path(runs_dir or catalog.RUNS_DIR)
     _, n_layer, n_head, n_embd, preset_block = PRESETS[request.preset]
     block = request.block_size or preset_block
-    vocab = 257 if request.tokenizer == "byte" else request.bpe_vocab_size + 1   # + <|endoftext|>
+    vocab = BYTE_VOCAB if request.tokenizer == "byte" else request.bpe_vocab_size + 1   # + <|endoftext|>
     try:
         model = ModelConfig(vocab_size=vocab, block_size=block, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                             pos_encoding=request.pos_encoding, dropout=float(request.dropout))
@@ -298,7 +305,8 @@ class TrainingJob:
     message: str = ""
     started: float = 0.0
     last_seen: float = field(default_factory=time.time)
-    export_dir: Path | None = None
+    export_target: Path | None = None   # where an export in progress writes
+    export_dir: Path | None = None      # the exported model, once the export succeeded
     export_tried: bool = False
     throughput_recorded: bool = False
     process: object = None              # subprocess.Popen, or _Adopted
@@ -339,7 +347,7 @@ class TrainingJob:
                                               "--checkpoints"],
                                              cwd=catalog.ROOT, env=_child_env(self.run_dir.parent, exported_dir),
                                              stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-        self.export_dir, self.state, self.message = target, "exporting", ""
+        self.export_target, self.state, self.message = target, "exporting", ""
         self.save()
 
     def advance(self, limits: Limits, exported_dir: Path, runs_dir: Path) -> None:
@@ -359,11 +367,14 @@ class TrainingJob:
                 self._record_throughput(runs_dir)
         if self.state == "exporting" and self.exporter is not None:
             rc = self.exporter.poll()
-            if rc == 0:
+            if rc is not None and (self.export_target / catalog.CARD_FILE).is_file():   # the model is in place
+                self.export_dir = self.export_target
                 self.state, self.message = "exported", f"exported as {self.name}: it is in every page's model picker"
-            elif rc is not None:
+                if rc != 0:                # the model was renamed into place; an earlier checkpoint was not
+                    self.message += f" (its checkpoint scrubber is incomplete: {cli.error_line(self.run_dir / EXPORT_STDERR_FILE)})"
+            elif rc is not None:          # nothing was kept (the exporter builds beside and renames): try again
                 self.state = "finished" if self._finished_all_steps() else "stopped"
-                self.message = "export failed: " + self._error_tail(EXPORT_STDERR_FILE)
+                self.message = "export failed: " + cli.error_line(self.run_dir / EXPORT_STDERR_FILE)
         if self.state == "finished" and not self.export_tried:
             try:
                 self.start_export(exported_dir)      # a finished run is exported whether or not a page is open
@@ -391,21 +402,12 @@ class TrainingJob:
             self.message = self.message or "stopped; the checkpoint is kept: resume to go on"
         else:
             self.state = "failed"
-            self.message = self._error_tail(STDERR_FILE) or f"training exited with status {rc}"
+            self.message = cli.error_line(self.run_dir / STDERR_FILE) or f"training exited with status {rc}"
         self.progress.phase = self.state
 
     def _finished_all_steps(self) -> bool:
         steps = catalog.checkpoint_steps(self.run_dir)
         return bool(steps) and steps[-1][0] >= self.train.max_steps
-
-    def _error_tail(self, filename: str) -> str:
-        try:
-            lines = [line for line in (self.run_dir / filename).read_text().splitlines() if line.strip()]
-        except OSError:
-            return ""
-        errors = [line for line in lines if line.startswith("error:")]
-        tail = errors[-1][len("error: "):] if errors else (lines[-1] if lines else "")
-        return catalog.scrub_paths(tail)[:500]
 
     def read_progress(self) -> None:
         """Fold the log's new records into `progress` (only what was appended since the last look)."""
@@ -448,6 +450,8 @@ class TrainingJob:
         write_atomic(self.run_dir / JOB_FILE, json.dumps({
             "name": self.name, "owner": self.owner, "state": self.state, "message": self.message,
             "started": self.started, "pid": getattr(self.process, "pid", None),
+            "export_pid": getattr(self.exporter, "pid", None),
+            "export_target": self.export_target.name if self.export_target else None,
             "export_dir": self.export_dir.name if self.export_dir else None, "export_tried": self.export_tried,
             "train_config": self.train.to_dict(), "model_config": self.model.to_dict()}, indent=1).encode())
 
@@ -459,16 +463,21 @@ class TrainingJob:
             d = json.loads((run_dir / JOB_FILE).read_text())
             job = cls(d["name"], d["owner"], run_dir, TrainConfig(**d["train_config"]),
                       ModelConfig.from_dict(d["model_config"]), d["state"], d.get("message", ""), d.get("started", 0.0),
+                      export_target=exported_dir / d["export_target"] if d.get("export_target") else None,
                       export_dir=exported_dir / d["export_dir"] if d.get("export_dir") else None,
                       export_tried=bool(d.get("export_tried")))
         except (OSError, ValueError, KeyError, TypeError):
             return None
         active = job.state in ("starting", "running", "stopping", "exporting")
-        if active and d.get("pid") and _is_trainer(int(d["pid"]), run_dir):
+        target = job.export_target
+        if active and d.get("pid") and _is_child(int(d["pid"]), "core.train", run_dir):
             job.process = _Adopted(int(d["pid"]))
             job.stop("stopped because the server restarted; the checkpoint is kept: resume to go on")
-        elif active and job.export_dir is not None and (job.export_dir / catalog.CARD_FILE).is_file():
-            job.state = "exported"
+        elif job.state == "exporting" and d.get("export_pid") and target is not None and \
+                _is_child(int(d["export_pid"]), "core.export", target):
+            job.exporter = _Adopted(int(d["export_pid"]))    # its export goes on; watched by pid, not started twice
+        elif active and target is not None and (target / catalog.CARD_FILE).is_file():
+            job.state, job.export_dir = "exported", target
         elif active:      # it ended while no server watched (or its export was cut short): look again
             job.state = "finished" if job._finished_all_steps() else "stopped"
             job.export_tried = False
@@ -483,19 +492,18 @@ class TrainingJob:
                        self.owner == token_hash, self.started, self.export_dir.name if self.export_dir else None)
 
 
-def _child_env(runs_dir: Path, exported_dir: Path) -> dict:
-    """A child's environment: this project on its path, and this board's folders (a card it writes
-    shortens the paths under them)."""
-    return {**os.environ, "PYTHONPATH": str(catalog.ROOT), catalog.RUNS_ENV: str(runs_dir),
-            catalog.EXPORTED_ENV: str(exported_dir)}
+def _child_env(runs_dir: Path, exported_dir: Path, **extra: str) -> dict:
+    """A child's environment with this board's folders (a card it writes shortens the paths under them)."""
+    return cli.child_env(**{catalog.RUNS_ENV: str(runs_dir), catalog.EXPORTED_ENV: str(exported_dir)}, **extra)
 
 
-def _is_trainer(pid: int, run_dir: Path) -> bool:
+def _is_child(pid: int, module: str, path: Path) -> bool:
+    """Whether `pid` is still our `python -m module ... path` (not a process that took over its pid)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"core.train" in cmdline and str(run_dir).encode() in cmdline
+    return module.encode() in cmdline and str(path).encode() in cmdline
 
 
 @dataclass(frozen=True)
@@ -527,7 +535,8 @@ class JobView:
 
     @property
     def can_export(self) -> bool:
-        return self.mine and self.state == "stopped" and self.exported_as is None
+        """A run that stopped, or finished without its export (it failed, or the name was taken then)."""
+        return self.mine and self.state in ("stopped", "finished") and self.exported_as is None
 
     @property
     def eta_seconds(self) -> float | None:
@@ -559,23 +568,24 @@ class ImportJob:
 
     def launch(self) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "core.pretrained", self.source, str(self.target)] + (["--int8"] if self.int8 else [])
+        # "--" ends the options: whatever the visitor typed is the source, never a flag
+        cmd = [sys.executable, "-m", "core.pretrained", *(["--int8"] if self.int8 else []), "--", self.source,
+               str(self.target)]
+        # from the Hugging Face cache only: a visitor's import never starts a download on this server
+        env = _child_env(self.log.parent.parent, self.target.parent, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
         with open(self.log, "w") as out:
-            self.process = subprocess.Popen(cmd, cwd=catalog.ROOT, env=_child_env(self.log.parent.parent,
-                                                                                 self.target.parent),
-                                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(cmd, cwd=catalog.ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
 
     def advance(self) -> None:
         if self.state != "importing" or self.process is None:
             return
         rc = self.process.poll()
-        if rc == 0:
+        if rc == 0 and (self.target / catalog.CARD_FILE).is_file():
             self.state, self.message = "imported", f"imported as {self.name}: it is in every page's model picker"
         elif rc is not None:
-            lines = self._lines()
-            errors = [line[len("error: "):] for line in lines if line.startswith("error: ")]
             self.state = "failed"
-            self.message = catalog.scrub_paths((errors or lines or [f"the import exited with status {rc}"])[-1])[:600]
+            self.message = cli.error_line(self.log, 600) or f"the import exited with status {rc} and made no model"
 
     def _lines(self) -> list[str]:
         try:
@@ -658,22 +668,20 @@ class JobBoard:
     def start(self, token: str, request: TrainingRequest) -> JobView:
         p = self.plan(request)
         with self.lock:
-            busy = self.running()
-            if len(busy) >= self.limits.max_running:
-                raise JobError(f"{len(busy)} job(s) already running on this server (training or importing; the "
-                               f"limit is {self.limits.max_running}); wait for it to finish or stop yours")
+            self._check_capacity()
             run_dir = self.runs_dir / request.name
             if run_dir.exists() or request.name in self.jobs:
                 raise JobError(f"a run named {request.name!r} exists already; choose another name (nothing was changed)")
-            if (self.exported_dir / request.name).exists():
-                raise JobError(f"a model named {request.name!r} is already exported; choose another name "
-                               f"(nothing was changed)")
+            self._check_model_name_free(request.name)
             run_dir.mkdir(parents=True)
             job = TrainingJob(request.name, _owner_hash(token), run_dir, p.train, p.model)
             try:
                 job.launch(resume=False)
             except OSError:
-                shutil.rmtree(run_dir, ignore_errors=True)     # nothing started: the name stays free
+                if job.process is not None:                     # launched, then could not record itself
+                    job.process.terminate()
+                    job.process.wait(timeout=60)
+                shutil.rmtree(run_dir, ignore_errors=True)     # nothing kept: the name stays free
                 raise
             self.jobs[job.name] = job
             return job.view(job.owner)
@@ -683,28 +691,31 @@ class JobBoard:
         return ([j for j in self.jobs.values() if j.state in ("starting", "running", "stopping")]
                 + [i for i in self.imports.values() if i.state == "importing"])
 
+    def _check_capacity(self) -> None:
+        busy = self.running()
+        if len(busy) >= self.limits.max_running:
+            raise JobError(f"{len(busy)} job(s) already running on this server (training or importing; the limit is "
+                           f"{self.limits.max_running}); wait for one to finish or stop yours")
+
+    def _check_model_name_free(self, name: str) -> None:
+        if (self.exported_dir / name).exists() or self.imports.get(name, None) and self.imports[name].state == "importing":
+            raise JobError(f"a model named {name!r} exists already; choose another name (nothing was changed)")
+
     def import_model(self, token: str, source: str, name: str, int8: bool = False) -> ImportView:
         """Start importing a pretrained checkpoint as exported model `name` (local servers only)."""
         if not self.limits.allow_imports:
             raise JobError("this server offers a fixed list of models and imports none: run the playground "
                            "locally to import one")
-        if not NAME_RE.match(name or ""):
-            raise JobError(f"model name {name!r} is not allowed: use 1-40 letters, digits, '-' or '_', starting "
-                           f"with a letter or digit")
+        check_name(name, "model name")
         source = checks.text("source", source, JobError).strip()
-        if not source or len(source) > 500:
+        if not source or len(source) > 500 or source.startswith("-"):
             raise JobError("give a checkpoint folder (with config.json and *.safetensors) or a Hugging Face repo id "
                            "such as gpt2 or HuggingFaceTB/SmolLM2-135M")
         with self.lock:
-            busy = self.running()
-            if len(busy) >= self.limits.max_running:
-                raise JobError(f"{len(busy)} job(s) already running on this server (the limit is "
-                               f"{self.limits.max_running}); wait for one to finish")
-            target = self.exported_dir / name
-            if target.exists() or name in self.imports and self.imports[name].state == "importing":
-                raise JobError(f"a model named {name!r} exists already; choose another name (nothing was changed)")
-            job = ImportJob(name, _owner_hash(token), source, target, self.runs_dir / IMPORTS_DIR / f"{name}.log",
-                            bool(int8))
+            self._check_capacity()
+            self._check_model_name_free(name)
+            job = ImportJob(name, _owner_hash(token), source, self.exported_dir / name,
+                            self.runs_dir / IMPORTS_DIR / f"{name}.log", bool(int8))
             job.launch()
             self.imports[name] = job
             return job.view(job.owner)
@@ -738,13 +749,18 @@ class JobBoard:
             if not catalog.checkpoint_steps(job.run_dir):
                 raise JobError(f"{name} stopped before its first checkpoint; there is nothing to resume: "
                                f"start a new run")
-            if len(self.running()) >= self.limits.max_running:
-                raise JobError("another training job is running on this server; wait for it to finish")
+            self._check_capacity()
             job.launch(resume=True)
 
     def export(self, token: str, name: str) -> None:
         with self.lock:
             self._own(token, name).start_export(self.exported_dir)
+
+    def has_running(self, token: str) -> bool:
+        """Whether this visitor has a training job in progress (which their pages keep alive)."""
+        owner = _owner_hash(token)
+        with self.lock:
+            return any(j.owner == owner and j.state in ("starting", "running") for j in self.jobs.values())
 
     def heartbeat(self, token: str) -> None:
         """The owner's page is open: keep their jobs alive (hosted servers stop unwatched ones)."""

@@ -44,6 +44,7 @@ class Limits:
     max_strategies: int = 8             # strategies in one comparison
     max_attention_tokens: int = 256     # tokens whose attention maps a page draws at once (every layer's
                                         # T x T maps: at 12 x 12 heads, 256 tokens are 38 MB)
+    max_branches: int = 64              # branches one stepper trace (or a link to one) may hold
     # -- training jobs started from the browser
     max_running: int = 2                # jobs training at once on this server
     max_parameters: int = 20_000_000
@@ -59,10 +60,6 @@ class Limits:
         small and short, on one thread (the server keeps the other core), stopped a minute after its tab
         closes."""
         return cls(max_new_tokens=256, max_beam_width=8, max_samples=4, max_stop_strings=4,
-                   max_prompt_chars=2_000, max_top_n=20, max_strategies=6, max_attention_tokens=128,
+                   max_prompt_chars=2_000, max_top_n=20, max_strategies=6, max_attention_tokens=128, max_branches=16,
                    max_running=1, max_parameters=2_000_000, max_steps=2_000, max_wall_seconds=600.0,
                    heartbeat_seconds=60.0, train_threads=1, allow_imports=False)
-
-    @classmethod
-    def for_this_server(cls) -> "Limits":
-        return cls.hosted() if hosted() else cls()

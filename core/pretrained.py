@@ -1,10 +1,12 @@
-"""Pretrained: GPT-2 and LLaMA-family checkpoints from Hugging Face become playground models, offline.
+"""Pretrained: GPT-2 and LLaMA-family checkpoints from Hugging Face become playground models.
 
 Holds `import_pretrained()` and its CLI (`python -m core.pretrained SOURCE OUT_DIR [--int8]`). SOURCE is a
 directory holding `config.json`, the weights as safetensors (one file, or shards with their
-`model.safetensors.index.json`) and the tokenizer's files, or a Hugging Face repo id found in the local
-cache (`$HF_HOME/hub/models--ORG--NAME/snapshots/<rev>/`) with no network. The steps, each refusing by
-name what it cannot do faithfully:
+`model.safetensors.index.json`) and the tokenizer's files, or a Hugging Face repo id: from the local cache
+(`$HF_HOME/hub/models--ORG--NAME/snapshots/<rev>/`) first, with no network; downloaded (safetensors and
+tokenizer files only) only when it is not cached and the Hub is not switched off (`HF_HUB_OFFLINE=1`,
+which the Models page's imports always set: a visitor never starts a download). The steps, each refusing
+by name what it cannot do faithfully:
   config    `config_from_hf`: config.json -> a `ModelConfig` (families in FAMILIES: gpt2, llama, qwen2;
             features we do not model, such as rope scaling or a sliding window in use, are refused, never
             ignored);
@@ -523,11 +525,7 @@ def load_pretrained(source: str | os.PathLike, cfg: ImportConfig | None = None,
     config = config_from_hf(hf, cfg.block_size)
     say(f"{where['checkpoint']}: {hf['model_type']}, {config.n_layer} layers x {config.n_embd} wide, {config.n_head} "
         f"heads ({config.kv_heads} key/value), context {config.block_size}, vocabulary {config.vocab_size}")
-    tokenizer = tokenizer_from_checkpoint(directory, config.vocab_size)
-    if tokenizer.n_vocab > config.vocab_size:
-        raise PretrainedError(f"the tokenizer in {directory.name} has {tokenizer.n_vocab} ids but the model's "
-                              f"vocabulary (vocab_size in {CONFIG_FILE}) has {config.vocab_size}: they do not "
-                              f"belong together")
+    tokenizer = tokenizer_from_checkpoint(directory, config.vocab_size)    # refuses more ids than rows
     say(f"tokenizer: {tokenizer.n_vocab:,} ids ({tokenizer.kind})")
     model, read = load_weights(directory, config, hf)
     say(f"weights: {model.count_parameters()['total']:,} parameters from {len(read['files'])} file(s) "

@@ -158,7 +158,9 @@ class Model:
                 if init.name.startswith("model.") and name in wanted:
                     self._weights[name] = numpy_helper.to_array(init, base_dir=str(self.directory))
             del proto
-        return {n: self._weights[n] for n in names if n in self._weights}
+            for name in wanted:
+                self._weights.setdefault(name, None)   # not in this graph: remembered, not looked for again
+        return {n: self._weights[n] for n in names if self._weights.get(n) is not None}
 
     @property
     def provider(self) -> str:

@@ -25,9 +25,12 @@ Holds the record of one finished sweep run (`RunRecord`), the fits and what they
   changed) and absent apart. `python -m core.scaling fit PATH` refits by hand; the sweep runs the same
   when it finishes, and the pages run it as a child process when the stored fits are stale.
 
+Also `fit_in_background`: at most one child `python -m core.scaling fit` per sweep and set of records, for
+a server whose pages only read stored fits (nobody waits behind a fit).
+
 Deliberately not here: running the sweep (`core.sweep`, which needs torch), FLOP counting of a model
-shape (`core.model.flops_per_token`; the records carry its result), plotting (the Scaling page), and
-starting or watching a background fit (the pages' plumbing, `playground.shared`).
+shape (`core.config.flops_per_token`; the records carry its result), plotting and saying what a page
+shows while a fit runs (the Scaling page and `playground.shared`).
 numpy and scipy only, never torch: the Scaling page runs on a hosted demo without it.
 """
 
@@ -53,7 +56,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
-from core.catalog import ROOT, SWEEP_RECORDS_DIR, fits_path
+from core import cli
+from core.catalog import ROOT, SWEEP_RECORDS_DIR, fits_path, scrub_paths
 from core.checks import PlaygroundError
 from core.files import write_atomic
 
@@ -957,9 +961,11 @@ def records_digest(records: Iterable[RunRecord]) -> str:
 
 
 def fit_command(sweep: str | Path) -> str:
-    """The command that (re)makes a sweep's stored fits, run from the project folder."""
+    """The command that (re)makes a sweep's stored fits, run from the project folder: the sweep's runs,
+    sweeps or project folder by its short name (a visitor never sees this server's layout); a folder of
+    the operator's own choosing, which no page lists, in full so that the command runs."""
     sweep = Path(sweep).resolve()
-    shown = sweep.relative_to(ROOT) if ROOT in sweep.parents else sweep
+    shown = sweep.relative_to(ROOT) if ROOT in sweep.parents else scrub_paths(str(sweep))
     return f"python -m core.scaling fit {shlex.quote(str(shown))}"
 
 
@@ -1076,15 +1082,14 @@ class BackgroundFit:
         self.digest, self.process, self.log, self.started = digest, process, log, started
 
     def failure(self) -> str | None:
-        """None while it runs or once it has succeeded; otherwise the last line it wrote."""
+        """None while it runs or once it has succeeded (its log is then removed); otherwise what it said."""
         rc = self.process.poll()
-        if rc is None or rc == 0:
+        if rc is None:
             return None
-        try:
-            lines = [line for line in self.log.read_text(errors="replace").splitlines() if line.strip()]
-        except OSError:
-            lines = []
-        return lines[-1] if lines else f"it exited with status {rc}"
+        if rc == 0:
+            self.log.unlink(missing_ok=True)
+            return None
+        return cli.error_line(self.log) or f"it exited with status {rc}"
 
 
 _fits_lock = threading.Lock()       # guards _fitting: held to look up or start a child, never during a fit
@@ -1102,6 +1107,9 @@ def fit_in_background(stored: StoredFits) -> BackgroundFit:
             return job
         if job is not None and job.process.poll() is None:
             job.process.terminate()     # its records have changed since: its fits would arrive stale
+            job.process.wait(timeout=30)
+        if job is not None:
+            job.log.unlink(missing_ok=True)
         fd, log = tempfile.mkstemp(prefix="scaling-fit-", suffix=".log")
         os.close(fd)
         job = _fitting[key] = BackgroundFit(stored.digest, _start_fit(Path(stored.sweep), Path(log)), Path(log),
@@ -1110,8 +1118,7 @@ def fit_in_background(stored: StoredFits) -> BackgroundFit:
 
 
 def _start_fit(sweep: Path, log: Path) -> subprocess.Popen:
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": path}
+    env = cli.child_env(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")      # one thread: the server keeps the rest
     with open(log, "wb") as err:
         return subprocess.Popen([sys.executable, "-m", "core.scaling", "fit", str(sweep)], cwd=ROOT, env=env,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
@@ -1169,8 +1176,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(_summary(stored, time.perf_counter() - t0)))
         return 0
     except (ScalingError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return cli.report_error(e, "run the same command again: the stored fits are written whole or not at all")
 
 
 if __name__ == "__main__":

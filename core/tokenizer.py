@@ -45,6 +45,7 @@ from pathlib import Path
 import regex
 import tiktoken
 
+from core import checks
 from core.checks import PlaygroundError
 from core.files import resolve_inside, write_atomic
 
@@ -703,10 +704,8 @@ def tokenizer_from_checkpoint(directory: str | os.PathLike, vocab_size: int | No
     if not d.is_dir():
         raise TokenizerError(f"no checkpoint folder at {d}: give the folder that holds tokenizer.json "
                              f"(or vocab.json + merges.txt)")
-    if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int)
-                                   or vocab_size < 1):
-        raise TokenizerError(f"vocab_size must be a positive integer (the model's embedding rows), "
-                             f"got {vocab_size!r}")
+    if vocab_size is not None:
+        checks.integer("vocab_size", vocab_size, 1, error=TokenizerError)     # the model's embedding rows
     configs = {name: _read_json(d, name) for name in (TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP, MODEL_CONFIG)}
     tok_config = configs[TOKENIZER_CONFIG] or {}
     spec_text, source = _checkpoint_spec(d, tok_config)
@@ -1120,12 +1119,8 @@ def train_bpe(texts: Iterable[str], vocab_size: int, name: str = "bpe",
     The returned tokenizer has vocab_size + 1 ids: <|endoftext|> is appended at id vocab_size.
     rustbpe is deterministic for the same texts and size.
     """
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
-        raise TokenizerError(f"vocab_size must be an integer, got {vocab_size!r}")
-    if not MIN_BPE_VOCAB <= vocab_size <= MAX_BPE_VOCAB:
-        raise TokenizerError(
-            f"vocab_size must be in [{MIN_BPE_VOCAB}, {MAX_BPE_VOCAB}] (256 bytes + at least one "
-            f"merge), got {vocab_size}")
+    checks.integer("vocab_size (256 bytes + at least one merge)", vocab_size, MIN_BPE_VOCAB, MAX_BPE_VOCAB,
+                   error=TokenizerError)
     try:
         import rustbpe  # training-only dependency, imported where used
     except ImportError:

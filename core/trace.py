@@ -27,7 +27,9 @@ from typing import Sequence
 import numpy as np
 
 from core import checks, sampling
-from core.generate import Context, GenerationConfig, GenerationError, LogitsSource, Step, make_step, next_choice
+from core.generate import (Context, GenerationConfig, GenerationError, LogitsSource, Step, check_prompt, make_step,
+                           next_choice)
+from core.limits import Limits
 from core.sampling import PipelineResult, SamplerConfig
 
 FORMAT = 1
@@ -43,10 +45,11 @@ class Branch:
 
 
 class Trace:
-    def __init__(self, source: LogitsSource, prompt: str, config: GenerationConfig = GenerationConfig()):
-        self.source = source
-        self.prompt = prompt
-        self.config = config.check()
+    def __init__(self, source: LogitsSource, prompt: str, config: GenerationConfig = GenerationConfig(),
+                 limits: Limits = Limits()):
+        self.source, self.limits = source, limits
+        self.prompt = check_prompt(prompt, limits)
+        self.config = config.check(limits)
         self.prompt_ids = source.tokenizer.encode_prompt(prompt) if prompt else []
         if not self.prompt_ids:
             raise GenerationError("the prompt is empty; type some text to start from")
@@ -88,8 +91,8 @@ class Trace:
             return ctx
         if ctx is not None:
             common = _common_prefix(ctx.ids, ids)
-            if common < n_prompt:
-                ctx = None
+            if common < n_prompt or (common < len(ctx.ids) and common > self.source.block_size):
+                ctx = None                         # past the context the window slid: only a replay is exact
             elif common < len(ctx.ids):            # back, or onto another branch: the shared prefix again
                 ctx = Context(self.source, ids[:common])
             del self._records[common - n_prompt:]
@@ -118,17 +121,22 @@ class Trace:
                    for i, token in enumerate(ids[n_prompt:])]
         return Context.from_prefill(self.source, ids, rows[-1], cache), records
 
-    def _record(self, ctx: Context, token: int) -> Step:
-        return self._record_of(ctx.logits, ctx.ids, token, ctx.slid)
+    def _record(self, ctx: Context, token: int, processed: np.ndarray | None = None) -> Step:
+        return self._record_of(ctx.logits, ctx.ids, token, ctx.slid, processed)
 
-    def _record_of(self, logits: np.ndarray, history: list[int], token: int, slid: bool) -> Step:
-        """The record of `token` drawn after `history` from `logits` (unforced: forced marks are the branch's)."""
+    def _record_of(self, logits: np.ndarray, history: list[int], token: int, slid: bool,
+                   processed: np.ndarray | None = None) -> Step:
+        """The record of `token` drawn after `history` from `logits` (unforced: forced marks are the
+        branch's); `processed`: the trace's own sampler's logits, when the caller has them already."""
         n_prompt, p = len(self.prompt_ids), len(history)
-        cfg = dataclasses.replace(self.config, keep_stages=False)
-        processed, _ = next_choice(logits, cfg, history, history[n_prompt:])
-        step = make_step(self.source, logits, processed, token, p - n_prompt, p, cfg.top_n)
+        if processed is None:
+            processed, _ = next_choice(logits, self._plain(), history, history[n_prompt:])
+        step = make_step(self.source, logits, processed, token, p - n_prompt, p, self.config.top_n)
         step.window_slid = slid
         return step
+
+    def _plain(self) -> GenerationConfig:
+        return dataclasses.replace(self.config, keep_stages=False)
 
     def distribution(self) -> PipelineResult:
         """Every stage's distribution for the next token at the cursor (what the stepper shows)."""
@@ -150,12 +158,18 @@ class Trace:
     def step(self, greedy: bool = False) -> int:
         """Choose the next token at the cursor (sampled with the trace's seed, or greedy) and take it."""
         ctx = self._sync()
-        cfg = self.config
+        cfg = self._plain()
         if greedy:
             cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, temperature=0.0))
         processed, _ = next_choice(ctx.logits, cfg, ctx.ids, ctx.ids[len(self.prompt_ids):])
         token = sampling.choose(processed, None if cfg.sampler.greedy else sampling.position_rng(cfg.seed, len(ctx.ids)))
+        # the record of the token drawn, from the distribution it was drawn from (no second pass over the
+        # sampler's stages); greedy draws under other settings, so its record is made as any other's
+        record = None if greedy else self._record(ctx, token, processed)
         self._take(token, forced=False)
+        if record is not None and self.ids == ctx.ids + [token]:
+            self._records.append(record)
+            ctx.push(token)
         return token
 
     def run(self, n: int, greedy: bool = False) -> list[int]:
@@ -189,6 +203,9 @@ class Trace:
     def fork(self, name: str | None = None) -> str:
         """A new branch holding the tokens in view; it becomes current."""
         name = name or self._new_name()
+        if len(self.branches) >= self.limits.max_branches:
+            raise GenerationError(f"this trace already has {len(self.branches)} branches, the most this server keeps; "
+                                  f"switch to one of them and go on from there")
         if name in self.branches:
             raise GenerationError(f"a branch named {name!r} exists already")
         src = self.branch
@@ -220,7 +237,9 @@ class Trace:
                 "current": self.current, "cursor": self.cursor}
 
     @classmethod
-    def from_dict(cls, source: LogitsSource, d: dict) -> "Trace":
+    def from_dict(cls, source: LogitsSource, d: dict, limits: Limits = Limits()) -> "Trace":
+        """A trace from its saved state (a session's, or a shared link's: checked as untrusted input against
+        the server's limits, so a link cannot ask for more work than a visitor's clicks could)."""
         try:
             if d.get("format") != FORMAT:
                 raise GenerationError(f"unknown trace format {d.get('format')!r}")
@@ -228,10 +247,18 @@ class Trace:
             cfg = GenerationConfig(max_new_tokens=c["max_new_tokens"], seed=c["seed"], stop=tuple(c["stop"]),
                                    stop_at_eos=c["stop_at_eos"], top_n=c["top_n"],
                                    sampler=SamplerConfig.from_dict(c["sampler"]))
-            trace = cls(source, d["prompt"], cfg)
+            trace = cls(source, d["prompt"], cfg, limits)
+            if len(d["branches"]) > limits.max_branches:
+                raise GenerationError(f"{len(d['branches'])} branches; this server keeps at most {limits.max_branches}")
             trace.branches = {b["name"]: Branch(**b) for b in d["branches"]}
             for b in trace.branches.values():
+                checks.integer(f"branch {b.name!r}'s length", len(b.tokens), 0, limits.max_new_tokens, GenerationError)
                 source.tokenizer.check_ids(b.tokens)
+                if any(not isinstance(i, int) or not 0 <= i < len(b.tokens) for i in b.forced):
+                    raise GenerationError(f"branch {b.name!r} marks tokens it does not hold as forced")
+                if b.parent is not None and b.parent not in trace.branches or \
+                        not isinstance(b.fork_at, int) or not 0 <= b.fork_at <= len(b.tokens):
+                    raise GenerationError(f"branch {b.name!r} forks from a branch or place that does not exist")
             trace.switch(d["current"])
             cursor = d["cursor"]
             if not isinstance(cursor, int) or not 0 <= cursor <= len(trace.branch.tokens):
@@ -247,14 +274,14 @@ class Trace:
         return base64.urlsafe_b64encode(zlib.compress(raw, 9)).decode().rstrip("=")
 
     @classmethod
-    def from_url(cls, source: LogitsSource, s: str, max_bytes: int = 1 << 20) -> "Trace":
+    def from_url(cls, source: LogitsSource, s: str, limits: Limits = Limits(), max_bytes: int = 1 << 20) -> "Trace":
         try:
             packed = base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
             raw = zlib.decompressobj().decompress(packed, max_bytes)   # bounded: no zip bombs
             d = json.loads(raw)
         except (ValueError, zlib.error) as e:
             raise GenerationError(f"the link's generation state is damaged ({type(e).__name__}); start a new one") from e
-        return cls.from_dict(source, d)
+        return cls.from_dict(source, d, limits)
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

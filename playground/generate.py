@@ -47,10 +47,10 @@ def current_trace() -> Trace | None:
     saved = st.session_state.get("trace")
     trace = None
     if saved and saved["model"] == path and saved["state"]["prompt"] == prompt:
-        trace = Trace.from_dict(model, saved["state"])
+        trace = Trace.from_dict(model, saved["state"], lim)
     elif "t" in st.query_params and not saved:
         try:
-            trace = Trace.from_url(model, st.query_params["t"])
+            trace = Trace.from_url(model, st.query_params["t"], lim)
         except PlaygroundError as e:
             st.warning(str(e))
         if trace is not None and trace.prompt != prompt:
@@ -58,7 +58,7 @@ def current_trace() -> Trace | None:
     if trace is None:
         if not prompt:
             return None
-        trace = Trace(model, prompt, config)
+        trace = Trace(model, prompt, config, lim)
     trace.config = config
     st.session_state["trace_live"] = trace
     return trace
@@ -79,22 +79,25 @@ def act(action: str, arg=None) -> None:
     if action in ("sample", "greedy", "run") and len(trace.tokens) >= lim.max_new_tokens:
         st.session_state["notice"] = f"This demo stops at {lim.max_new_tokens} generated tokens; go back or reset."
         return
-    if action == "sample":
-        trace.step()
-    elif action == "greedy":
-        trace.step(greedy=True)
-    elif action == "run":
-        trace.run(min(int(arg), lim.max_new_tokens - len(trace.tokens)))
-    elif action == "back":
-        trace.back()
-    elif action == "forward":
-        trace.forward()
-    elif action == "force":
-        trace.force(int(arg))
-    elif action == "switch":
-        trace.switch(st.session_state["branch"])
-    elif action == "reset":
-        trace = Trace(model, prompt, config)
+    try:
+        if action == "sample":
+            trace.step()
+        elif action == "greedy":
+            trace.step(greedy=True)
+        elif action == "run":
+            trace.run(min(int(arg), lim.max_new_tokens - len(trace.tokens)))
+        elif action == "back":
+            trace.back()
+        elif action == "forward":
+            trace.forward()
+        elif action == "force":
+            trace.force(int(arg))
+        elif action == "switch":
+            trace.switch(st.session_state["branch"])
+        elif action == "reset":
+            trace = Trace(model, prompt, config, lim)
+    except PlaygroundError as e:
+        st.session_state["notice"] = str(e)
     save(trace)
 
 

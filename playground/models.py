@@ -8,7 +8,7 @@ import streamlit as st
 
 from core.jobs import JobError
 from core.runtime import ModelError
-from playground.shared import figure, job_board, model_names, open_page, prob_colour, tokens_html, url_text, visitor_token
+from playground.shared import figure, job_board, open_page, prob_colour, tokens_html, url_text, visitor_token
 
 model, lim = open_page(None)
 board, token = job_board(), visitor_token()
@@ -30,8 +30,10 @@ def imports() -> None:
             st.info(f"Importing `{v.source}` as `{v.name}` ({time.time() - v.started:.0f} s): {v.progress}", icon="⏳")
         elif v.state == "imported":
             st.success(f"`{v.name}`: {v.message}.")
-            if v.name not in model_names():
-                st.rerun()              # the picker learns of the new model
+            seen = st.session_state.setdefault("imports_shown", set())
+            if v.name not in seen:      # once: the whole page reruns, so the picker lists the new model
+                seen.add(v.name)
+                st.rerun()
         else:
             st.error(f"`{v.name}` was not imported: {v.message}")
 

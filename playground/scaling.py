@@ -10,7 +10,7 @@ import numpy as np
 import streamlit as st
 
 from core import catalog, scaling
-from playground.shared import figure, fits_notice, scaling_fits, url_choice
+from playground.shared import budget_interval, figure, fits_notice, scaling_fits, url_choice
 
 st.title("Scaling laws")
 st.caption("How loss falls as a power law in parameters N, data D and compute C, measured on real training "
@@ -243,7 +243,7 @@ with tab_budget:
         m[1].metric("tokens D", f"{a.d:,.0f}")
         m[2].metric("predicted val loss", f"{a.loss:.3f}")
         m[3].metric("tokens per parameter", f"{a.tokens_per_parameter:.1f}", help="Chinchilla: about 20")
-        interval = law.loss_interval(compute, fpt)
+        interval = budget_interval(by_label[label].path, stored.digest, n_kind, round(log_c, 3), rule == "exact")
         if interval:
             seconds = totals.seconds_for(compute)
             speed = (f"; this machine trained this sweep at about {totals.flops_per_second / 1e9:.0f} GFLOP/s, so "

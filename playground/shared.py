@@ -13,6 +13,7 @@ import html
 import math
 import re
 import secrets
+import threading
 import time
 from pathlib import Path
 from typing import Sequence
@@ -36,17 +37,39 @@ def limits() -> Limits:
     return Limits.hosted() if HOSTED else Limits()
 
 
+_board_lock = threading.Lock()      # two first visitors at once must not build two boards (two supervisors)
+
+
 @functools.lru_cache(maxsize=1)
 def _board():
     from core.jobs import JobBoard
-    return JobBoard()
+    return JobBoard(limits=limits())
 
 
 def job_board():
     """The server's training jobs, shared by every session (one board per process)."""
-    board = _board()
-    board.limits = limits()
+    with _board_lock:
+        board = _board()
+        board.limits = limits()     # HOSTED is the page's switch (tests flip it); Limits are immutable values
     return board
+
+
+def keep_jobs_alive() -> None:
+    """While a visitor with a running job is on any page, tell the board every few seconds: a hosted server
+    stops a job whose visitor has gone (its heartbeat), not one whose visitor is reading another page."""
+    token = st.session_state.get("owner") or _cookie_token()
+    if token and job_board().has_running(token):
+        _heartbeat(token)
+
+
+@st.fragment(run_every=15.0)
+def _heartbeat(token: str) -> None:
+    job_board().heartbeat(token)
+
+
+def _cookie_token() -> str | None:
+    cookie = st.context.cookies.get(OWNER_COOKIE, "") if st.context.cookies else ""
+    return cookie if _TOKEN_RE.match(cookie or "") else None
 
 
 def visitor_token() -> str:
@@ -56,8 +79,8 @@ def visitor_token() -> str:
     token = st.session_state.get("owner")
     if token:
         return token
-    cookie = st.context.cookies.get(OWNER_COOKIE, "") if st.context.cookies else ""
-    token = cookie if _TOKEN_RE.match(cookie or "") else secrets.token_urlsafe(32)
+    cookie = _cookie_token()
+    token = cookie or secrets.token_urlsafe(32)
     st.session_state["owner"] = token
     if token != cookie:
         st.html(f"<script>document.cookie = '{OWNER_COOKIE}={token}; path=/; max-age=31536000; "
@@ -273,6 +296,19 @@ def scaling_fits(path: str | Path) -> tuple[scaling.StoredFits | None, str | Non
     records or its fits file change; (None, message) when its records cannot be read. Never fits."""
     p = Path(path)
     return _read_fits(str(p), scaling.fits_stamp(p))
+
+
+@functools.lru_cache(maxsize=256)
+def budget_interval(path: str | Path, digest: str, n_kind: str, log_compute: float,
+                    exact: bool) -> tuple[float, float] | None:
+    """The bootstrap interval of the loss predicted at a budget (100 allocations, each a small numerical
+    minimisation): computed once per sweep's records, N convention, budget and FLOPs rule, not per rerun."""
+    stored, _ = scaling_fits(path)
+    report = stored.report(n_kind) if stored is not None and stored.digest == digest else None
+    if report is None or report.chinchilla is None:
+        return None
+    fpt = report.flops_per_token if exact else None
+    return report.chinchilla.loss_interval(10 ** log_compute, fpt)
 
 
 def _fits_message(stored: scaling.StoredFits) -> tuple[str, bool]:

@@ -5,11 +5,13 @@ outlives this tab; a reload (or another tab of the same browser) finds it again.
 run and watches it; others' runs are listed too, to watch, not to touch."""
 
 import time
+from pathlib import Path
 
 import streamlit as st
 
 from core.data import CorpusError, read_text_file
-from core.jobs import PRESETS, RANGES, JobError, TrainingRequest, store_upload, training_unavailable
+from core.jobs import (POSITIONS, PRESETS, RANGES, TOKENIZERS, JobError, TrainingRequest, store_upload,
+                       training_unavailable)
 from core.tokenizer import TokenizerError, byte_tokenizer, train_bpe
 from playground.shared import HOSTED, figure, job_board, visitor_token
 
@@ -32,28 +34,35 @@ source = st.radio("Text to learn from", sources, key="train_source")
 corpus_arg, corpus_text = None, None
 if source.startswith("tiny"):
     corpus_arg = "tinyshakespeare"
-elif source.startswith("upload"):
-    up = st.file_uploader("A UTF-8 .txt file", type=["txt", "md"], key="train_upload")
-    if up is not None:
-        try:
-            path, corpus = store_upload(up.getvalue(), up.name)
-            corpus_arg, corpus_text = str(path), corpus.text
-            st.caption(f"{corpus.n_bytes:,} bytes, sha256 {corpus.sha256[:12]}…")
-        except CorpusError as e:
-            st.error(str(e))
 else:
-    local = st.text_input("Path to a UTF-8 text file", key="train_path")
-    if local:
+    def corpus_once(key, read) -> None:
+        """The chosen text, read, checked and hashed once per file (not on every rerun of this page)."""
+        global corpus_arg, corpus_text
         try:
-            corpus = read_text_file(local)
-            corpus_arg, corpus_text = local, corpus.text
+            cached = st.session_state.get("train_corpus")
+            if cached is None or cached[0] != key:
+                where, corpus = read()
+                cached = st.session_state["train_corpus"] = (key, str(where), corpus)
+            _, corpus_arg, corpus = cached
+            corpus_text = corpus.text
             st.caption(f"{corpus.n_bytes:,} bytes, sha256 {corpus.sha256[:12]}…")
         except CorpusError as e:
             st.error(str(e))
 
+    if source.startswith("upload"):
+        up = st.file_uploader("A UTF-8 .txt file", type=["txt", "md"], key="train_upload")
+        if up is not None:
+            corpus_once(("upload", up.file_id), lambda: store_upload(up.getvalue(), up.name))
+    else:
+        local = st.text_input("Path to a UTF-8 text file", key="train_path")
+        if local:
+            stat = Path(local).stat() if Path(local).is_file() else None
+            corpus_once(("local", local, stat and stat.st_mtime_ns, stat and stat.st_size),
+                        lambda: (local, read_text_file(local)))
+
 # -- 2. tokenizer -----------------------------------------------------------------------------------
 st.subheader("2. Tokenizer")
-tok_kind = st.radio("Tokenizer", ["byte", "bpe"], key="train_tok", horizontal=True,
+tok_kind = st.radio("Tokenizer", TOKENIZERS, key="train_tok", horizontal=True,
                     format_func={"byte": "byte (256 symbols)", "bpe": "BPE trained on this corpus"}.get)
 vocab = TrainingRequest.bpe_vocab_size
 if tok_kind == "bpe":
@@ -71,7 +80,7 @@ if tok_kind == "bpe":
 st.subheader("3. Model and schedule")
 preset = st.selectbox("Size", list(PRESETS), index=1, key="train_preset", format_func=lambda k: PRESETS[k][0])
 c1, c2, c3 = st.columns(3)
-steps = c1.number_input("Steps", RANGES["steps"][0], min(RANGES["steps"][1], limits.max_steps),
+steps = c1.number_input("Steps", RANGES["steps"][0], limits.max_steps,
                         min(1000, limits.max_steps), 10, key="train_steps")
 eval_every = c2.number_input("Evaluate every", *RANGES["eval_every"], 100, 5, key="train_eval",
                              help="Also how often a checkpoint is saved: a stop loses at most this many steps.")
@@ -81,7 +90,7 @@ with st.expander("Advanced"):
     lr = a1.number_input("Learning rate", *RANGES["learning_rate"], 2e-3, format="%.4f", key="train_lr")
     batch = a2.number_input("Batch size", *RANGES["batch_size"], 12, key="train_batch")
     block = a3.number_input("Context (tokens)", *RANGES["block_size"], PRESETS[preset][4], key="train_block")
-    pos = a4.selectbox("Positions", ["rope", "learned", "sinusoidal"], key="train_pos")
+    pos = a4.selectbox("Positions", POSITIONS, key="train_pos")
     dropout = a1.slider("Dropout", *RANGES["dropout"], 0.0, 0.05, key="train_dropout")
 name = st.text_input("Run name (also the exported model's name)", "my-model", key="train_name")
 request = TrainingRequest(name=name, corpus=corpus_arg or "", tokenizer=tok_kind, bpe_vocab_size=int(vocab),

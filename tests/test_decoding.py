@@ -562,7 +562,7 @@ def test_compare_refuses_a_custom_strategy_past_the_limit_and_keeps_the_results(
     at.checkbox(key="cmp_custom").check()
     next(b for b in at.button if b.label == "Run").click().run()
     assert not at.exception, at.exception
-    assert any("at most 8 strategies" in w.value and "custom strategy counts" in w.value for w in at.warning)
+    assert any("at most 8 strategies" in w.value and "custom strategy counts too" in w.value for w in at.warning)
     assert list(at.dataframe[0].value["strategy"]) == ["greedy"]             # the last results, kept
     assert any("previous settings" in w.value for w in at.warning)
 
@@ -621,3 +621,13 @@ def test_compare_draws_its_trees_with_the_shared_figure_helper(monkeypatch):
     at = compare_page({"strategies": "greedy,beam 4"})
     assert not at.exception, at.exception
     assert len(calls) == 1 and calls[0] > 1                                  # one tree, for beam 4
+
+
+def test_entropy_by_temperature_is_the_entropy_of_each_scaled_distribution():
+    x = np.random.default_rng(3).normal(0, 3, 5000)
+    x[:7] = -np.inf                                            # tokens a stage removed
+    temps = [0.05, 0.3, 1.0, 2.5, 100.0]
+    got = sampling.entropy_by_temperature(x, temps)
+    assert np.allclose(got, [sampling.entropy(x / t) for t in temps], atol=1e-5)
+    with pytest.raises(ValueError, match="temperature must be a finite number in \\(0, 100\\]"):
+        sampling.entropy_by_temperature(x, [0.0])

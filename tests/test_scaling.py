@@ -529,10 +529,12 @@ def test_hosted_mode_never_fits_a_stale_sweep_and_says_how(tmp_path, monkeypatch
     at = open_scaling_page("mine (yours)")
     assert not at.exception, at.exception
     text = page_text(at)
-    assert "hosted mode" in text and f"python -m core.scaling fit {sweep}" in text
+    command = scaling.fit_command(sweep)
+    assert command == "python -m core.scaling fit runs/sweeps/mine"      # never this server's layout
+    assert "hosted mode" in text and command in text and str(tmp_path) not in text
     assert len(at.get("plotly_chart")) == 3                         # the runs' points, at once
     report, message = shared.scaling_report(sweep)                  # what the Learn page reads
-    assert report is None and f"python -m core.scaling fit {sweep}" in message
+    assert report is None and command in message
     assert scaling._fitting == {}                                   # nothing started (_start_fit would raise)
 
 
@@ -547,6 +549,9 @@ class FakeFit:
 
     def terminate(self):
         self.terminated = True
+
+    def wait(self, timeout=None):
+        return self.poll()
 
 
 def test_a_stale_sweep_is_fitted_once_in_the_background_however_many_ask(tmp_path, monkeypatch):

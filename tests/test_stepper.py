@@ -106,3 +106,45 @@ def test_the_page_keeps_the_trace_and_clicks_step_once(tokens, monkeypatch):
     assert not at.exception
     assert generated() == tokens + 1
     assert calls == {"n": 1, "positions": 1}
+
+
+class WindowSource(ToySource):
+    """Logits that depend on how many tokens the window holds: a window that slid differently shows."""
+
+    def step(self, ids, cache=None):
+        logits, cache = super().step(ids, cache)
+        T = np.asarray(ids).reshape(logits.shape[0], -1).shape[1]
+        for j in range(T):
+            logits[:, j, 0] += 0.3 * (cache.length - T + j)
+        return logits, cache
+
+
+def test_going_back_past_the_context_shows_what_a_replay_shows():
+    toy = WindowSource(vocab=30, order=1, seed=4, block_size=8)
+    t = Trace(toy, "abc", GenerationConfig(seed=2))
+    t.run(20)
+    for _ in range(3):
+        t.back()
+        assert records(t) == records(Trace.from_dict(toy, t.to_dict()))
+        assert np.array_equal(t.distribution().final.probs, Trace.from_dict(toy, t.to_dict()).distribution().final.probs)
+
+
+def test_a_link_cannot_ask_for_more_than_the_server_allows():
+    from core.generate import GenerationError
+    from core.limits import Limits
+    toy = ToySource(vocab=30, order=1)
+    d = Trace(toy, "ab").to_dict()
+    d["branches"][0]["tokens"] = [1] * 300
+    with pytest.raises(GenerationError, match="length must be an integer in \\[0, 256\\]"):
+        Trace.from_dict(toy, d, Limits.hosted())
+    d = Trace(toy, "ab").to_dict()
+    d["branches"] += [dict(name=f"b{i}", tokens=[1], forced=[], parent="main", fork_at=0) for i in range(40)]
+    with pytest.raises(GenerationError, match="branches"):
+        Trace.from_dict(toy, d, Limits.hosted())
+    d = Trace(toy, "ab").to_dict()
+    d["branches"][0]["forced"] = [5]
+    with pytest.raises(GenerationError, match="forced"):
+        Trace.from_dict(toy, d)
+    d = Trace(toy, "x" * 3000).to_dict()
+    with pytest.raises(GenerationError, match="limit is 2,000"):
+        Trace.from_dict(toy, d, Limits.hosted())
