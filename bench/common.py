@@ -22,6 +22,14 @@ def set_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
+def quiet_transformers() -> None:
+    """Silence the peer's warnings and logging: a bench prints its own figures only."""
+    import warnings
+    warnings.filterwarnings("ignore")
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+
+
 def default_data_dir() -> str | None:
     """The shared copy of tiny shakespeare when present (no network), else the normal cache."""
     from core.data import DATA_DIR_ENV

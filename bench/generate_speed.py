@@ -21,10 +21,9 @@ import argparse
 import statistics
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
-from common import default_data_dir, set_threads
+from common import default_data_dir, quiet_transformers, set_threads
 
 PROMPT, NEW = 20, 200
 
@@ -218,9 +217,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     set_threads(args.threads)
-    warnings.filterwarnings("ignore")
-    from transformers.utils import logging as hf_logging
-    hf_logging.set_verbosity_error()
+    quiet_transformers()
     from core.config import ModelConfig
     from core.data import load_corpus
     from core.tokenizer import byte_tokenizer, train_bpe

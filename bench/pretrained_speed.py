@@ -31,12 +31,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"      # this bench never downloads; set before huggingface_hub loads
 
-from common import ROOT, SHARED_DATA, set_threads  # noqa: E402
+from common import ROOT, SHARED_DATA, quiet_transformers, set_threads  # noqa: E402
 
 SHAPES = {   # n_layer, n_head, n_embd, vocab (embedding rows), context; the tokenizer has TOKENIZER_IDS ids
     "gpt2-small": (12, 12, 768, 50257, 1024),
@@ -199,9 +198,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     set_threads(args.threads)
-    warnings.filterwarnings("ignore")
-    from transformers.utils import logging as hf_logging
-    hf_logging.set_verbosity_error()
+    quiet_transformers()
 
     copy_bw, bw = copy_bandwidth_gbs(), read_bandwidth_gbs(args.threads)
     print(f"memory: read {bw:.1f} GB/s on {args.threads} thread(s) (a sum over 512 MB, best of 5); copy "

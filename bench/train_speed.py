@@ -20,9 +20,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-import warnings
 
-from common import default_data_dir, median, set_threads
+from common import default_data_dir, median, quiet_transformers, set_threads
 
 
 def main() -> None:
@@ -38,10 +37,8 @@ def main() -> None:
 
     import numpy as np
     import torch
-    warnings.filterwarnings("ignore")
     from transformers import GPT2Config, GPT2LMHeadModel
-    from transformers.utils import logging as hf_logging
-    hf_logging.set_verbosity_error()
+    quiet_transformers()
 
     from core.config import ModelConfig
     from core.data import load_corpus, prepare_dataset

@@ -507,6 +507,17 @@ def _variant_report(work: Path, variant: str, ids: np.ndarray, ref: np.ndarray, 
             "decode_ms_median": 1000 * statistics.median(times)}
 
 
+def export_from_cli(out_dir: str | os.PathLike, make_card: Callable[[], dict], then: str) -> int:
+    """A CLI's export (`make_card` writes the model and returns its card): the card's summary and exit 0, or
+    `error: ...` (saying how to continue: `then`) and exit 1."""
+    try:
+        card = make_card()
+    except (PlaygroundError, OSError) as e:
+        return cli.report_error(e, then)
+    print_card(out_dir, card)
+    return 0
+
+
 def print_card(out_dir: str | os.PathLike, card: dict) -> None:
     """The CLI's summary of an export: parity, then size, drift and latency per variant, then its cost."""
     print(f"exported {out_dir}: {card['parameters']['total']:,} parameters, parity "
@@ -533,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also export the run's earlier checkpoints into OUT_DIR/checkpoints/step_N "
                         "(the pages' checkpoint scrubber)")
     args = p.parse_args(argv)
-    try:
+
+    def export_all() -> dict:
         card = export_model(args.checkpoint, args.out_dir, ExportConfig(opset=args.opset, int8=args.int8,
                                                                         fp16=args.fp16))
         if args.checkpoints:
@@ -543,10 +555,9 @@ def main(argv: list[str] | None = None) -> int:
                 if step != final:
                     export_model(path, model_checkpoint_dir(args.out_dir, step),
                                  ExportConfig(parity_steps=10))
-    except (PlaygroundError, OSError) as e:
-        return cli.report_error(e, "free some space and export again: nothing half-written was kept")
-    print_card(args.out_dir, card)
-    return 0
+        return card
+    return export_from_cli(args.out_dir, export_all,
+                           "free some space and export again: nothing half-written was kept")
 
 
 if __name__ == "__main__":

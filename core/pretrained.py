@@ -43,7 +43,7 @@ from core import checks, cli
 from core.checks import PlaygroundError
 from core.config import ModelConfig
 from core.catalog import shown_path
-from core.export import ExportConfig, PeakMemory, check_target, export_gpt, print_card
+from core.export import ExportConfig, PeakMemory, check_target, export_from_cli, export_gpt
 from core.files import resolve_inside
 from core.model import GPT
 from core.tokenizer import (CHECKPOINT_TOKENIZER, GPT2_MERGES, GPT2_VOCAB, MODEL_CONFIG, SPECIAL_TOKENS_MAP,
@@ -559,17 +559,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out_dir", help="the model directory to create, e.g. exported/gpt2")
     cli.add_dataclass_args(p, ImportConfig)
     args = p.parse_args(argv)
-    try:
+
+    def import_it() -> dict:
         cfg = ImportConfig(**cli.dataclass_kwargs(args, ImportConfig))
         # as a card may show it: a local checkpoint's and the target's paths shortened (no machine's layout)
         source = shown_path(args.source) if Path(args.source).expanduser().exists() else args.source
         command = shlex.join(["python", "-m", "core.pretrained", source, shown_path(args.out_dir), *cli.to_argv(cfg)])
-        card = import_pretrained(args.source, args.out_dir, cfg, command, say=lambda line: print(line, flush=True))
-    except (PlaygroundError, OSError) as e:
-        return cli.report_error(e, "run the same command again")
-    print_card(args.out_dir, card)
-    return 0
-
+        return import_pretrained(args.source, args.out_dir, cfg, command, say=lambda line: print(line, flush=True))
+    return export_from_cli(args.out_dir, import_it, "run the same command again")
 
 if __name__ == "__main__":
     sys.exit(main())

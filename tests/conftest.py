@@ -76,3 +76,15 @@ def run_without_torch(code: str, timeout: float = 300) -> subprocess.CompletedPr
     """Run Python code in a fresh interpreter where importing torch fails (the inference side's proof)."""
     return subprocess.run([sys.executable, "-c", BLOCK_TORCH.format(root=str(ROOT)) + code],
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def cached_logits(model, ids, prefill: int):
+    """Logits of every position of `ids` (1, T) from the runtime as a decoder computes them: the first
+    `prefill` tokens in one call, then one cached step per token. (1, T, V)."""
+    import numpy as np
+    logits, cache = model.step(ids[:, :prefill])
+    got = [logits]
+    for t in range(prefill, ids.shape[1]):
+        logits, cache = model.step(ids[:, t:t + 1], cache)
+        got.append(logits)
+    return np.concatenate(got, axis=1)

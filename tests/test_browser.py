@@ -3,12 +3,14 @@
 .ci/run installs the `chromium` package; elsewhere these tests are skipped with the reason. Screenshots
 land in artifacts/ (kept by the run)."""
 
+import contextlib
 import os
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -32,17 +34,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server():
-    port = free_port()
+@contextlib.contextmanager
+def running_app(base: Path | None = None):
+    """A Streamlit server of its own (runs and exports under `base` when given); yields its URL once healthy
+    and stops it afterwards."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if base is not None:
+        env.update({catalog.RUNS_ENV: str(base / "runs"), catalog.EXPORTED_ENV: str(base / "exported")})
+    port = free_port()
+    log = tempfile.TemporaryFile()
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py",
                              "--server.headless", "true", "--server.address", "127.0.0.1",
                              "--server.port", str(port), "--browser.gatherUsageStats", "false"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
+    deadline = time.time() + CEILING_MS / 1000
+    while time.time() < deadline and proc.poll() is None:
         try:
             if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
                 break
@@ -50,10 +57,20 @@ def server():
             time.sleep(0.2)
     else:
         proc.kill()
-        pytest.fail(f"streamlit did not start: {proc.stderr.read().decode()[-2000:]}")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+        log.seek(0)
+        pytest.fail(f"streamlit did not start: {log.read().decode(errors='replace')[-2000:]}")
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def server():
+    with running_app() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -144,22 +161,8 @@ def train_server(tmp_path_factory):
     """A server of its own: runs and exports go to temporary folders, with the default model copied in."""
     base = tmp_path_factory.mktemp("train-server")
     shutil.copytree(ROOT / "exported" / "shakespeare-char", base / "exported" / "shakespeare-char")
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), catalog.RUNS_ENV: str(base / "runs"),
-           catalog.EXPORTED_ENV: str(base / "exported")}
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless",
-                             "true", "--server.address", "127.0.0.1", "--server.port", str(port)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.2)
-    yield url, base
-    proc.terminate()
-    proc.wait(timeout=10)
+    with running_app(base) as url:
+        yield url, base
 
 
 def test_train_stop_resume_export_and_pick_in_the_browser(train_server, browser, corpus_file):
@@ -294,23 +297,8 @@ def pretrained_server(tmp_path_factory):
     base = tmp_path_factory.mktemp("pretrained-server")
     directory, _ = make_checkpoint(base / "checkpoint", "gpt2", True, kw=dict(n_layer=3, n_head=12, n_embd=48))
     import_pretrained(directory, base / "exported" / "tiny-gpt2")
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), catalog.RUNS_ENV: str(base / "runs"),
-           catalog.EXPORTED_ENV: str(base / "exported")}
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless",
-                             "true", "--server.address", "127.0.0.1", "--server.port", str(port)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + CEILING_MS / 1000
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    with running_app(base) as url:
+        yield url
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])

@@ -25,7 +25,7 @@ from core.config import ModelConfig
 from core.pretrained import (ImportConfig, PretrainedError, config_from_hf, import_pretrained, load_weights,
                              read_hf_config, resolve_source)
 from core.pretrained import main as pretrained_main
-from tests.conftest import make_text
+from tests.conftest import cached_logits, make_text
 # the peer, a pinned test requirement: its absence is a failure, never a skip
 from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast,
                           Qwen2Config, Qwen2ForCausalLM)
@@ -158,40 +158,34 @@ def imported(checkpoints, tmp_path_factory) -> dict:
     return exported, cards
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["gpt2", "llama-gqa", "qwen2-padded"])
-def test_runtime_matches_transformers_over_prefill_and_cached_steps(checkpoints, imported, name):
+@pytest.fixture(params=["gpt2", "llama-gqa", "qwen2-padded"])
+def opened(request, checkpoints, imported):
+    """One imported family as the runtime opens it, with transformers' model of it and the import's card."""
     from core.runtime import Model
     exported, cards = imported
-    directory, hf = checkpoints[name]
-    m = Model(exported / name)
-    card = cards[name]
+    return Model(exported / request.param), checkpoints[request.param][1], cards[request.param]
+
+
+@pytest.mark.slow
+def test_runtime_matches_transformers_over_prefill_and_cached_steps(opened):
+    m, hf, card = opened
     assert card["parity"]["max_abs_logit_diff"] < TOLERANCE and card["parity"]["cached_steps"] == 50
     n_vocab = m.tokenizer.n_vocab
     assert m.vocab_size == n_vocab <= m.config.vocab_size
     ids = np.random.default_rng(1).integers(0, n_vocab, (1, 58))
-    logits, cache = m.step(ids[:, :8])
-    assert cache.arrays[0].shape == (1, m.config.kv_heads, 8, m.head_dim)
-    got = [logits]
-    for t in range(8, 58):
-        logits, cache = m.step(ids[:, t:t + 1], cache)
-        got.append(logits)
+    assert m.step(ids[:, :8])[1].arrays[0].shape == (1, m.config.kv_heads, 8, m.head_dim)
     with torch.no_grad():
         want = hf(torch.from_numpy(ids)).logits.numpy()
-    got = np.concatenate(got, axis=1)
+    got = cached_logits(m, ids, prefill=8)
     assert got.shape == (1, 58, n_vocab)                # a padded embedding's rows are never served
     assert np.abs(got - want[..., :n_vocab]).max() < TOLERANCE
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["gpt2", "llama-gqa", "qwen2-padded"])
-def test_greedy_tokens_equal_transformers_generate(checkpoints, imported, name):
+def test_greedy_tokens_equal_transformers_generate(opened):
     from core.generate import GenerationConfig, decode
-    from core.runtime import Model
     from core.sampling import SamplerConfig
-    exported, _ = imported
-    _, hf = checkpoints[name]
-    m = Model(exported / name)
+    m, hf, _ = opened
     prompt = "The cat sat on the mat"
     ids = m.tokenizer.encode(prompt)
     steps = list(decode(m, prompt, GenerationConfig(100, SamplerConfig(temperature=0), stop_at_eos=False)))
