@@ -8,7 +8,8 @@ vocabulary (trained with rustbpe on tiny shakespeare), context 256, it times:
   (b) torch with the model's KV cache
   (c) this project's runtime: core.runtime.Model on onnxruntime, fp32 with its own thread choice (by
       model width), then 1 and 2 threads, then the int8 variant
-  (d) transformers' GPT2LMHeadModel.generate(use_cache=True), the same weights ported into it
+  (d) transformers' GPT2LMHeadModel.generate(use_cache=True), the same weights ported into it, called
+      plainly as its users do
 and the per-call floor of onnxruntime on a trivial graph. Weights are random-init (speed does not
 depend on them; the port is checked by comparing logits). Each figure is the median of several
 whole generations, the variants interleaved so the machine's drift hits all alike; ms/token is the
@@ -82,7 +83,7 @@ def trivial_graph_floor(threads: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def bench_shape(name, mcfg, tokenizer, threads, repeats):
+def bench_shape(name, mcfg, tokenizer, threads, repeats, goal):
     import numpy as np
     import torch
     from core.export import ExportConfig, export_model
@@ -129,32 +130,12 @@ def bench_shape(name, mcfg, tokenizer, threads, repeats):
         return run
 
     def hf_generate(prompt, n):
-        import queue
-        import threading
-        tokens: queue.Queue = queue.Queue()
-
-        class Streamer:   # transformers calls put() with the prompt, then with each new token
-            first = True
-
-            def put(self, value):
-                if self.first:
-                    self.first = False
-                    return
-                tokens.put(int(value.reshape(-1)[0]))
-
-            def end(self):
-                tokens.put(None)
-
-        def work():
-            with torch.no_grad():
-                hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n,
-                            min_new_tokens=n, do_sample=False, use_cache=True, pad_token_id=0,
-                            streamer=Streamer())
-        thread = threading.Thread(target=work)
-        thread.start()
-        while (t := tokens.get()) is not None:
-            yield t
-        thread.join()
+        # a plain call, as people run it (a streamer on a second thread alone made it 1.4-1.5x slower);
+        # the tokens are yielded after it returns, so the whole run is timed as the others are
+        with torch.no_grad():
+            out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n,
+                              min_new_tokens=n, do_sample=False, use_cache=True, pad_token_id=0)
+        yield from out[0, prompt.shape[1]:].tolist()
 
     variants = {"(a) torch, no cache": torch_full, "(b) torch, KV cache": torch_cache,
                 f"(c) runtime ({rt.threads} thread(s), its default)": runtime(rt),
@@ -176,6 +157,16 @@ def bench_shape(name, mcfg, tokenizer, threads, repeats):
             for _ in f(prompt, NEW):
                 pass
             times[k].append(time.perf_counter() - t0)
+            if f is hf_generate:        # no per-token stamps from a plain call: the last 20 steps by difference
+                t0 = time.perf_counter()
+                for _ in f(long_prompt, NEW - 20):
+                    pass
+                t1 = time.perf_counter()
+                for _ in f(long_prompt, NEW):
+                    pass
+                t2 = time.perf_counter()
+                late[k].append(((t2 - t1) - (t1 - t0)) / 20)
+                continue
             stamps = [time.perf_counter()]
             for _ in f(long_prompt, NEW):
                 stamps.append(time.perf_counter())
@@ -191,8 +182,8 @@ def bench_shape(name, mcfg, tokenizer, threads, repeats):
     i8_key = f"(c) runtime, int8 ({rt8.threads} thread(s))"
     for label, table in (("20-token prompt + 200 tokens", ms), ("one step at 256 tokens of context", ms_full)):
         c = table[c_key]
-        print(f"{label}: (c)/(d) {table[d_key] / c:.2f}x (target >= 3), (c)/(a) {table[a_key] / c:.2f}x "
-              f"(target >= 10); int8: (c)/(d) {table[d_key] / table[i8_key]:.2f}x")
+        print(f"{label}: (d)/(c) {table[d_key] / c:.2f}x faster than transformers (goal >= {goal}), "
+              f"(a)/(c) {table[a_key] / c:.2f}x; int8: (d)/(c) {table[d_key] / table[i8_key]:.2f}x")
     # what returning attention maps costs: a full 256-token pass with and without them
     full_ids = np.random.default_rng(3).integers(0, mcfg.vocab_size, (1, mcfg.block_size))
     rt.attention(full_ids)
@@ -227,12 +218,12 @@ def main() -> None:
           f"{1000 * floor2:.1f} us ({args.threads} threads)")
     small = bench_shape("4L/4H/128, byte vocabulary",
                         ModelConfig(vocab_size=257, block_size=256, n_layer=4, n_head=4, n_embd=128),
-                        byte_tokenizer(), args.threads, args.repeats)
+                        byte_tokenizer(), args.threads, args.repeats, goal=8)
     corpus = load_corpus("tinyshakespeare", default_data_dir())
     bpe = train_bpe([corpus.text], 4096, name="bpe4096")
     big = bench_shape("6L/6H/384, 4k BPE vocabulary",
                       ModelConfig(vocab_size=bpe.n_vocab, block_size=256, n_layer=6, n_head=6, n_embd=384),
-                      bpe, args.threads, args.repeats)
+                      bpe, args.threads, args.repeats, goal=4)
     for name, ms in (("4L/128", small), ("6L/384", big)):
         c = min(v for k, v in ms.items() if k.startswith("(c) runtime") and "int8" not in k)
         print(f"{name}: best runtime step {1000 * c:.0f} us/token = {c / floor1:.0f}x the trivial-graph floor")

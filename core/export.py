@@ -13,7 +13,10 @@ directory's checkpoint through `export_gpt`), and `PeakMemory` (what an export c
                    k.{i}, v.{i} [batch, heads, seq, head_dim] (k and v repeated per query head under
                    grouped-query attention), heads.{i} and proj.{i} [batch, seq, n_embd]: the explicit
                    attention path for the pages, kept out of model.onnx so decoding never pays for it.
-  model.int8.onnx / model.fp16.onnx   optional variants, with size, logit drift and latency in the card.
+  model.int8.onnx  optional: 8-bit weights (`core.quantize`), kept only when its next tokens agree with
+                   fp32's (the card records the agreement, the recipe and the speed; one that does not
+                   agree is not kept, and the card says why in `variants_not_kept`).
+  model.fp16.onnx  optional, with size, logit drift and latency in the card.
   *.onnx.data      the weights of a graph larger than `ExportConfig.external_data_mb` (ONNX's protobuf
                    stops at 2 GB, and writing them apart streams them instead of building the whole file
                    in memory); attention.onnx then reads model.onnx.data rather than a second copy.
@@ -41,8 +44,7 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -50,18 +52,18 @@ import numpy as np
 import torch
 
 from core import cli
-from core.catalog import (ATTENTION_FILE, CARD_FILE, FORMAT, MODEL_FILE, RUN_FILE, TOKENIZER_DIR, VARIANT_FILES,
-                          model_checkpoint_dir, read_log, scrub_paths, shown_path)
+from core.catalog import (ATTENTION_FILE, CARD_FILE, EXTERNAL_DATA_SUFFIX, FORMAT, MODEL_FILE, RUN_FILE,
+                          TOKENIZER_DIR, VARIANT_FILES, cache_names, model_checkpoint_dir, read_log, scrub_paths,
+                          shown_path)
 from core.checks import PlaygroundError
 from core.checkpoint import load_model
 from core.config import TRAIN_PATH_FIELDS
 from core.files import make_readable, write_atomic
 from core.model import GPT
+from core.quantize import QuantizeConfig, QuantizeError, quantize_model, run_cached, session
 from core.runtime import ATTENTION_PARTS
 from core.tokenizer import Tokenizer, load_tokenizer
 
-# where torch.onnx (and onnx.save_model, as called here) put a graph's external weights: FILE + ".data"
-EXTERNAL_DATA_SUFFIX = ".data"
 
 
 class ExportError(PlaygroundError):
@@ -74,7 +76,8 @@ class ExportConfig:
     parity_tolerance: float = 1e-4    # max |logit difference| torch vs onnxruntime (fp32) before failing
     parity_prompt: int = 8        # prompt tokens prefilled in the parity check
     parity_steps: int = 50        # cached decode steps after it (fewer if the context is shorter)
-    int8: bool = False            # also write a dynamically quantized int8 model (smaller, faster matmuls)
+    int8: bool = False            # also write an int8 variant, kept only if it agrees with fp32 (core.quantize)
+    int8_approximate: bool = False    # keep the int8 variant even below the agreement bar, labelled approximate
     fp16: bool = False            # also write an fp16 model (half the size; slower on most CPUs)
     seed: int = 0                 # for the parity check's random tokens
     external_data_mb: float = 256     # graphs with more weight than this keep it in FILE.data beside FILE:
@@ -116,10 +119,6 @@ class PeakMemory:
     def report(self) -> dict:
         return {"seconds": round(time.perf_counter() - self.t0, 2), "peak_rss_mb": round(self.peak_mb(), 1),
                 "peak_since_start": self.since_start}
-
-
-def _names(n_layer: int, prefix: str) -> list[str]:
-    return [f"{prefix}.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
 
 
 class _CachedGraph(torch.nn.Module):
@@ -177,31 +176,6 @@ def _export_cached(model: GPT, path: Path, io: dict, metadata: dict, opset: int,
     _export(_CachedGraph(model), example,
             {"input_ids": {0: batch, 1: seq}, "past_flat": [{0: batch, 2: past_len} for _ in range(2 * mc.n_layer)]},
             io["inputs"], io["outputs"], path, opset, metadata, external)
-
-
-def _session(path: Path):
-    import onnxruntime as ort
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.enable_cpu_mem_arena = False
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def _run_cached(sess, ids: np.ndarray, n_prompt: int, n_layer: int, n_kv: int, head_dim: int,
-                dtype=np.float32) -> tuple[np.ndarray, list[float]]:
-    """Prefill n_prompt tokens, then decode the rest one by one; logits (B, T, V) and step times."""
-    B = ids.shape[0]
-    past = {name: np.zeros((B, n_kv, 0, head_dim), dtype) for name in _names(n_layer, "past_key_values")}
-    outs = sess.run(None, {"input_ids": ids[:, :n_prompt], **past})
-    logits, times = [outs[0]], []
-    for t in range(n_prompt, ids.shape[1]):
-        feeds = {"input_ids": ids[:, t:t + 1]}
-        feeds.update(zip(_names(n_layer, "past_key_values"), outs[1:]))
-        t0 = time.perf_counter()
-        outs = sess.run(None, feeds)
-        times.append(time.perf_counter() - t0)
-        logits.append(outs[0])
-    return np.concatenate(logits, axis=1).astype(np.float32), times
 
 
 def check_target(out_dir: Path) -> None:
@@ -284,9 +258,9 @@ def _training_card(ckpt, run_dir: Path) -> dict:
 def _export_into(work: Path, name: str, model: GPT, tokenizer: Tokenizer, cfg: ExportConfig, info: dict,
                  memory: PeakMemory, say: Callable[[str], None]) -> dict:
     mc = model.config
-    L, KV, D = mc.n_layer, mc.kv_heads, mc.head_dim
-    io = {"inputs": ["input_ids"] + _names(L, "past_key_values"),
-          "outputs": ["logits"] + _names(L, "present"),
+    L = mc.n_layer
+    io = {"inputs": ["input_ids"] + cache_names(L),
+          "outputs": ["logits"] + cache_names(L, "present"),
           "past_shape": ["batch", "n_kv_head", "past", "head_dim"],
           "attention_outputs": [f"attn.{i}" for i in range(L)],
           # the attention graph's inner vectors, for the Learn page's step-by-step attention
@@ -319,11 +293,11 @@ def _export_into(work: Path, name: str, model: GPT, tokenizer: Tokenizer, cfg: E
         ref_attn = [a.numpy() for a in ref_out.attentions]
         ref_attn += [p[kind].numpy() for kind in ATTENTION_PARTS for p in ref_out.attention_parts]
         del ref_out
-    sess = _session(work / MODEL_FILE)
-    got, step_times = _run_cached(sess, seq_ids.numpy(), n_prompt, L, KV, D)
+    sess = session(work / MODEL_FILE)
+    got, step_times = run_cached(sess, seq_ids.numpy(), n_prompt, mc)
     del sess
     parity = float(np.abs(got - ref).max())
-    attn_outs = _session(work / ATTENTION_FILE).run(None, {"input_ids": seq_ids.numpy()})
+    attn_outs = session(work / ATTENTION_FILE).run(None, {"input_ids": seq_ids.numpy()})
     attn_parity = max(float(np.abs(a - b).max()) for a, b in zip(attn_outs[1:], ref_attn))
     attn_logit_parity = float(np.abs(attn_outs[0] - ref).max())
     del attn_outs, ref_attn
@@ -338,14 +312,10 @@ def _export_into(work: Path, name: str, model: GPT, tokenizer: Tokenizer, cfg: E
     variants = {"fp32": {"file": MODEL_FILE, "bytes": _graph_bytes(work, MODEL_FILE),
                          "max_logit_diff_vs_torch": parity,
                          "decode_ms_median": 1000 * statistics.median(step_times)}}
-    if cfg.int8:
-        say("writing the int8 variant")
-        _export_int8(model, work, io, metadata, cfg, external)
-        variants["int8"] = _variant_report(work, "int8", seq_ids.numpy(), ref, n_prompt, L, KV, D, np.float32)
     if cfg.fp16:
         say("writing the fp16 variant")
         _export_fp16(work, external)
-        variants["fp16"] = _variant_report(work, "fp16", seq_ids.numpy(), ref, n_prompt, L, KV, D, np.float16)
+        variants["fp16"] = _variant_report(work, "fp16", seq_ids.numpy(), ref, n_prompt, mc, np.float16)
 
     tokenizer.save(work / TOKENIZER_DIR)
     card = {
@@ -372,6 +342,16 @@ def _export_into(work: Path, name: str, model: GPT, tokenizer: Tokenizer, cfg: E
         "export": memory.report(),
     }
     write_atomic(work / CARD_FILE, json.dumps(card, indent=2).encode())
+    if cfg.int8:
+        # from the fp32 graph just written, measured against it; one that does not agree is not kept,
+        # and the card says why (the fp32 model is kept either way)
+        try:
+            quantize_model(work, QuantizeConfig(approximate=cfg.int8_approximate), say=say)
+        except QuantizeError as e:
+            say(f"int8 variant not kept: {e}")
+            card["variants_not_kept"] = {"int8": str(e)}
+            write_atomic(work / CARD_FILE, json.dumps(card, indent=2).encode())
+        card = json.loads((work / CARD_FILE).read_text(encoding="utf-8"))
     return card
 
 
@@ -451,40 +431,6 @@ def _portable_command(command: str | None, cfg: dict | None) -> str | None:
     return scrub_paths(command)
 
 
-@contextmanager
-def _untied(model: GPT):
-    """The model with its head as a weight of its own (same values) for the length of the block.
-
-    A tied head reaches its MatMul through a Transpose of the embedding, which quantize_dynamic leaves in
-    fp32; at batch 1 the head is a large share of the bytes read per token. Only the head is copied
-    (no copy of the whole model), and the tie is restored afterwards."""
-    if not model.config.tie_embeddings:
-        yield model
-        return
-    config, wte = model.config, model.transformer.wte.weight
-    model.config = replace(config, tie_embeddings=False)
-    model.lm_head.weight = torch.nn.Parameter(wte.detach().clone())
-    try:
-        yield model
-    finally:
-        model.lm_head.weight = wte
-        model.config = config
-
-
-def _export_int8(model: GPT, work: Path, io: dict, metadata: dict, cfg: ExportConfig, external: bool) -> None:
-    """Dynamic int8 quantization of every MatMul weight, per output channel, from an untied graph."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    fp32 = work / "untied.fp32.onnx"
-    try:
-        with _untied(model) as untied:
-            _export_cached(untied, fp32, io, metadata, cfg.opset, external)
-        quantize_dynamic(str(fp32), str(work / VARIANT_FILES["int8"]), weight_type=QuantType.QInt8,
-                         per_channel=True, use_external_data_format=external)
-    finally:
-        fp32.unlink(missing_ok=True)
-        (work / (fp32.name + EXTERNAL_DATA_SUFFIX)).unlink(missing_ok=True)
-
-
 def _export_fp16(work: Path, external: bool) -> None:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -498,9 +444,9 @@ def _export_fp16(work: Path, external: bool) -> None:
 
 
 def _variant_report(work: Path, variant: str, ids: np.ndarray, ref: np.ndarray, n_prompt: int,
-                    L: int, KV: int, D: int, dtype) -> dict:
-    sess = _session(work / VARIANT_FILES[variant])
-    got, times = _run_cached(sess, ids, n_prompt, L, KV, D, dtype)
+                    mc, dtype) -> dict:
+    sess = session(work / VARIANT_FILES[variant])
+    got, times = run_cached(sess, ids, n_prompt, mc, dtype)
     return {"file": VARIANT_FILES[variant], "bytes": _graph_bytes(work, VARIANT_FILES[variant]),
             "max_logit_diff_vs_torch": float(np.abs(got - ref).max()),
             "top1_agreement": float((got.argmax(-1) == ref.argmax(-1)).mean()),
@@ -537,7 +483,12 @@ def main(argv: list[str] | None = None) -> int:
                                 description="Export a checkpoint (or a run directory's newest one) to ONNX.")
     p.add_argument("checkpoint", help="a checkpoint file or a run directory")
     p.add_argument("out_dir", help="the model directory to create, e.g. exported/shakespeare-byte")
-    p.add_argument("--int8", action="store_true", help="also write a dynamically quantized int8 variant")
+    p.add_argument("--int8", action="store_true",
+                   help="also write an int8 variant, kept only if its next tokens agree with fp32's on "
+                        + f"{QuantizeConfig.min_agreement:.0%}".replace("%", "%%")
+                        + " of positions (python -m core.quantize says how)")
+    p.add_argument("--int8-approximate", action="store_true",
+                   help="with --int8: keep the variant even below that bar, labelled approximate")
     p.add_argument("--fp16", action="store_true", help="also write an fp16 variant")
     p.add_argument("--opset", type=int, default=ExportConfig.opset)
     p.add_argument("--checkpoints", action="store_true",
@@ -546,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def export_all() -> dict:
-        card = export_model(args.checkpoint, args.out_dir, ExportConfig(opset=args.opset, int8=args.int8,
+        card = export_model(args.checkpoint, args.out_dir, ExportConfig(opset=args.opset, int8=args.int8 or args.int8_approximate,
+                                                                        int8_approximate=args.int8_approximate,
                                                                         fp16=args.fp16))
         if args.checkpoints:
             from core.checkpoint import list_checkpoints

@@ -83,7 +83,7 @@ class ImportConfig:
     block_size: int = 0           # context of the imported model; 0 = the checkpoint's own (n_positions or
                                   # max_position_embeddings); shorter makes smaller position tables
     revision: str | None = None   # a repo id's branch, tag or commit in the cache; None: main
-    int8: bool = False            # also write the int8 variant (faster decoding, a little drift)
+    int8: bool = False            # also write the int8 variant, kept if it agrees with fp32 (core.quantize)
     fp16: bool = False            # also write the fp16 variant (half the size; slower on most CPUs)
 
     def __post_init__(self):

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from core.catalog import ATTENTION_FILE, CARD_FILE, FORMAT, MODEL_FILE, TOKENIZER_DIR, VARIANT_FILES
+from core.catalog import ATTENTION_FILE, CARD_FILE, FORMAT, MODEL_FILE, TOKENIZER_DIR, VARIANT_FILES, cache_names
 from core.checks import ConfigError, PlaygroundError
 from core.config import ModelConfig
 from core.files import resolve_inside
@@ -126,7 +126,7 @@ class Model:
         self.session = self._open_session(VARIANT_FILES[variant])
         self._kv_dtype = (np.float16 if self.session.get_inputs()[1].type == "tensor(float16)"
                           else np.float32)
-        self._past_names = [f"past_key_values.{i}.{kv}" for i in range(self.n_layer) for kv in ("key", "value")]
+        self._past_names = cache_names(self.n_layer)
         expected = ["input_ids"] + self._past_names
         if [i.name for i in self.session.get_inputs()] != expected:
             raise ModelError(f"{self.directory.name}/{VARIANT_FILES[variant]} does not have the inputs of "

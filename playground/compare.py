@@ -15,7 +15,8 @@ from core.checks import PlaygroundError
 from core.compare import CUSTOM, PRESETS, Inputs, Strategy, run
 from core.generate import EARLY_STOPPING
 from core.sampling import SamplerConfig
-from playground.shared import figure, knob_slider, open_page, url_choice, url_choices, url_int, url_text, visible
+from playground.shared import (figure, knob_slider, model_key, open_page, url_choice, url_choices, url_int, url_text,
+                               visible)
 
 EARLY_STOPPING_HELP = {
     "false": "False (Hugging Face's default): stop once no live beam can beat the worst finished one at its "
@@ -59,7 +60,7 @@ st.caption(f"Beam search follows Hugging Face's rules with `early_stopping={earl
 strategies = [PRESETS[n] for n in names]
 if use_custom:
     strategies.append(Strategy(CUSTOM, SamplerConfig(**custom)))
-current = Inputs(str(model.directory), prompt, tuple(strategies), int(seed), int(max_new), early_stopping)
+current = Inputs(model_key(model), prompt, tuple(strategies), int(seed), int(max_new), early_stopping)
 
 if st.button("Run", type="primary", key="cmp_run") or "cmp_result" not in st.session_state:
     st.session_state.setdefault("cmp_result", None)

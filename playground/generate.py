@@ -8,8 +8,8 @@ from core.checks import PlaygroundError
 from core.generate import GenerationConfig
 from core.sampling import KNOBS, SamplerConfig, entropy_by_temperature
 from core.trace import Trace
-from playground.shared import (figure, knob_slider, open_page, prob_colour, tokens_html, url_float, url_int, url_text,
-                               visible)
+from playground.shared import (figure, knob_slider, model_key, open_page, prob_colour, tokens_html, url_float, url_int,
+                               url_text, visible)
 
 model, lim = open_page("Generate, step by step",
                        "Each step: the model scores every token, the sampler stages reshape those scores, one token "
@@ -34,7 +34,7 @@ sampler = SamplerConfig(**values)
 config = GenerationConfig(max_new_tokens=lim.max_new_tokens, sampler=sampler, seed=int(seed), top_n=10)
 prompt = st.text_area("Prompt", url_text("prompt", "ROMEO:\n", lim.max_prompt_chars), max_chars=lim.max_prompt_chars, key="prompt")
 st.query_params["prompt"] = prompt
-path = str(model.directory)
+path = model_key(model)
 
 
 def current_trace() -> Trace | None:
@@ -128,7 +128,7 @@ def stepper() -> None:
         pieces.append((s.text, f"id {s.token_id}{mark}: p={s.raw_prob:.3f}, entropy {s.entropy:.2f} nats; "
                                f"top: {alts}", prob_colour(s.raw_prob)))
     st.markdown(tokens_html(pieces), unsafe_allow_html=True)
-    st.caption(f"{len(steps)} tokens generated · branch `{trace.current}` · colour: probability under the "
+    st.caption(f"{len(steps)} token{'' if len(steps) == 1 else 's'} generated · branch `{trace.current}` · colour: probability under the "
                f"model (red unlikely, green likely); hover a token for its alternatives")
     if len(trace.branches) > 1:
         names = list(trace.branches)

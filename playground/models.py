@@ -7,6 +7,7 @@ import time
 import streamlit as st
 
 from core.jobs import JobError
+from core.quantize import QuantizeConfig
 from core.runtime import ModelError
 from playground.shared import figure, job_board, open_page, prob_colour, tokens_html, url_text, visitor_token
 
@@ -47,7 +48,8 @@ if board.limits.allow_imports:
         f1, f2 = st.columns([3, 2])
         f1.text_input("Checkpoint folder or repo id", key="import_source")
         f2.text_input("Name in the picker", key="import_name")
-        st.checkbox("Also an int8 variant (smaller and faster; it agrees with fp32 less)", key="import_int8")
+        st.checkbox(f"Also an int8 variant (smaller and faster; kept only if its next token is fp32's at "
+                    f"{QuantizeConfig.min_agreement:.0%} of positions or more)", key="import_int8")
         st.button("Import", on_click=start_import, key="import_start",
                   disabled=not (st.session_state.get("import_source") and st.session_state.get("import_name")))
         if "import_notice" in st.session_state:
@@ -103,10 +105,17 @@ with right:
 st.subheader("Export checks")
 st.caption(f"onnxruntime vs torch: max |logit difference| {card['parity']['max_abs_logit_diff']:.1e} over a "
            f"{card['parity']['prefill_tokens']}-token prefill and {card['parity']['cached_steps']} cached steps.")
-st.dataframe([{"variant": name, "file": v["file"], "MB": round(v["bytes"] / 1e6, 2),
-               "max logit diff": f"{v['max_logit_diff_vs_torch']:.1e}",
-               "top-1 agreement": v.get("top1_agreement", 1.0), "ms per decode step": round(v["decode_ms_median"], 3)}
+st.dataframe([{"variant": name + (" (approximate)" if v.get("approximate") else ""), "file": v["file"],
+               "MB": round(v["bytes"] / 1e6, 2), "how": v.get("recipe", "as trained" if name == "fp32" else ""),
+               "max logit diff vs torch": (f"{v['max_logit_diff_vs_torch']:.1e}"
+                                           if "max_logit_diff_vs_torch" in v else ""),
+               "same next token as fp32": v.get("top1_agreement", 1.0),
+               "measured on": (f"{v['agreement_positions']} positions of {v['agreement_text']}"
+                               if "agreement_positions" in v else ""),
+               "ms per decode step": round(v["decode_ms_median"], 3)}
               for name, v in card["variants"].items()], hide_index=True)
+for name, why in (card.get("variants_not_kept") or {}).items():
+    st.caption(f"No {name} variant was kept: {why}")
 
 st.subheader("Score a text")
 text = st.text_area("Text", url_text("score", "The night is long, and the morning will come.", lim.max_prompt_chars),

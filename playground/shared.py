@@ -89,8 +89,23 @@ def visitor_token() -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def open_model(path: str) -> Model:
-    return Model(path)
+def open_model(path: str, variant: str = "fp32") -> Model:
+    return Model(path, variant=variant)
+
+
+def model_key(model: Model) -> str:
+    """What a page's kept results were made by: the model's directory and the weights it runs."""
+    return str(model.directory) if model.variant == "fp32" else f"{model.directory} ({model.variant})"
+
+
+def variant_label(card: dict, variant: str) -> str:
+    """A variant as the picker offers it: its speed, and for a quantized one how often it agrees with fp32."""
+    v = card["variants"][variant]
+    speed = f"{v['decode_ms_median']:.2f} ms/token"
+    if "top1_agreement" not in v or variant == "fp32":
+        return f"{variant} · {speed}"
+    tag = " · approximate" if v.get("approximate") else ""
+    return f"{variant} · {speed} · same next token as fp32 {v['top1_agreement']:.1%}{tag}"
 
 
 def model_names() -> list[str]:
@@ -132,6 +147,21 @@ def pick_model(checkpoints: bool = False) -> Model | None:
                                                "model learns.")
         if chosen != final:
             model = open_model(str(dict(steps)[chosen]))
+    quantized = [v for v in model.card.get("variants", {}) if v == "int8"]
+    if quantized:
+        options = ["fp32", *quantized]
+        with st.sidebar:
+            wanted = url_choice("weights", "fp32", options)
+        variant = st.sidebar.radio("Weights", options, index=options.index(wanted), key=f"weights_{model.name}",
+                                   format_func=lambda v: variant_label(model.card, v),
+                                   help="int8: 8-bit weights, smaller and faster; 'same next token' is how often "
+                                        "its most likely next token is fp32's, measured on export (the card "
+                                        "says on what text). Attention maps always come from fp32.")
+        if variant != "fp32":
+            st.query_params["weights"] = variant
+            model = open_model(str(model.directory), variant)
+        else:
+            st.query_params.pop("weights", None)
     card = model.card
     val = f" · val {card['val_loss']:.3f} nats/token" if card.get("val_loss") else ""
     origin = " · imported" if (card.get("source") or {}).get("kind") == "pretrained" else ""

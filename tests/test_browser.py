@@ -104,12 +104,12 @@ def shot(page, name):
 
 
 def generated_count(page) -> int:
-    m = re.search(r"(\d+) tokens generated", page.inner_text("body"))
+    m = re.search(r"(\d+) tokens? generated", page.inner_text("body"))
     return int(m.group(1)) if m else -1
 
 
 def wait_count(page, n: int):
-    page.wait_for_function(f"document.body.innerText.includes('{n} tokens generated')", timeout=30_000)
+    page.wait_for_function(f"/\\b{n} tokens? generated/.test(document.body.innerText)", timeout=CEILING_MS)
     page.wait_for_selector(IDLE, timeout=30_000)
 
 

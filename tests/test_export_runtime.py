@@ -394,3 +394,18 @@ def test_a_large_export_streams_its_weights_and_shares_them_with_the_attention_g
     assert np.abs(m.logits(ids) - m0.logits(ids)).max() < 1e-5
     assert np.abs(m.attention(ids).probs[1] - m0.attention(ids).probs[1]).max() < 1e-5
     assert Model(tmp_path / "ext", variant="int8").logits(ids).shape == m.logits(ids).shape
+
+
+def test_an_int8_that_does_not_agree_is_not_kept_and_the_card_says_why(exported, tmp_path, monkeypatch):
+    from core import export
+    from core.quantize import QuantizeError
+
+    def refuse(directory, cfg, say):
+        raise QuantizeError("no int8 recipe agrees with fp32 on 99% of next tokens (the best on 97.0%)")
+    monkeypatch.setattr(export, "quantize_model", refuse)
+    card = export_model(exported.parent / "run", tmp_path / "out", ExportConfig(int8=True, parity_steps=5))
+    assert set(card["variants"]) == {"fp32"} and "97.0%" in card["variants_not_kept"]["int8"]
+    assert json.loads((tmp_path / "out" / "card.json").read_text()) == card
+    assert not (tmp_path / "out" / "model.int8.onnx").exists()
+    with pytest.raises(ModelError, match="has no model.int8.onnx"):
+        Model(tmp_path / "out", variant="int8").step([1])

@@ -1,0 +1,343 @@
+"""Quantized variants that agree with their model: 8-bit weights, measured against fp32 before they are kept.
+
+Holds `quantize_model()` and its CLI (`python -m core.quantize MODEL_DIR [--text FILE] [--approximate]`),
+which write an exported model's `model.int8.onnx` from its fp32 graph, torch-free, and record in the card
+how closely it agrees with fp32 and how fast it decodes. The exporter calls the same function.
+
+How: the weight of every matrix product becomes 8-bit integers in blocks of 32 along its input, each block
+with its own scale and zero point (onnxruntime's `MatMulNBits`). A whole-row scale (dynamic int8, what
+this module replaces) lets one large weight flatten all the small ones of its row and quantizes the
+activations with one scale per tensor: on the trained Shakespeare models one next token in thirteen
+changed. Blocks keep each scale local.
+
+Agreement: teacher-forced top-1 agreement, the share of positions of a text at which the variant's most
+likely next token is fp32's, over `QuantizeConfig.positions` positions of held-out text (`--text`: a
+run's validation split, say) or, when none is given, of text the fp32 model samples itself (seeded:
+text the model finds likely, from any checkpoint, with no corpus needed). The recipes in `RECIPES` are
+tried fastest first, and the first that reaches `min_agreement` (99 %) is kept; when none does, nothing
+is written, unless `approximate` is set: then the best is kept and labelled approximate, in the card and
+on the pages.
+
+Deliberately not here: torch (the fp32 graph comes from `core.export`), fp16, the runtime's own sessions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from core import checks, cli
+from core.catalog import CARD_FILE, EXTERNAL_DATA_SUFFIX, MODEL_FILE, VARIANT_FILES, cache_names
+from core.checks import PlaygroundError
+from core.config import ModelConfig
+from core.files import make_readable, write_atomic
+
+VARIANT = "int8"
+
+
+class QuantizeError(PlaygroundError):
+    """No quantized variant agrees well enough with fp32, or the model cannot be quantized; nothing was written."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One way to quantize, as the card and the pages name it."""
+
+    name: str
+    accuracy_level: int     # MatMulNBits: 4 = int8 arithmetic on blocks of the activations (fast);
+                            # 0 = the weights dequantized to fp32 (slower, the closest)
+    keep_head: bool         # the vocabulary projection stays fp32: its errors land on the logits directly
+    keep_blocks: tuple[str, ...] = ()   # "first", "last": transformer blocks left in fp32
+
+
+RECIPES = (
+    Recipe("8-bit weights and arithmetic", 4, False),
+    Recipe("8-bit weights and arithmetic, head in fp32", 4, True),
+    Recipe("8-bit weights and arithmetic, first block and head in fp32", 4, True, ("first",)),
+    Recipe("8-bit weights and arithmetic, first and last blocks and head in fp32", 4, True, ("first", "last")),
+    Recipe("8-bit weights, fp32 arithmetic, head in fp32", 0, True),
+)
+
+
+@dataclass
+class QuantizeConfig:
+    min_agreement: float = 0.99     # teacher-forced top-1 agreement with fp32 a variant must reach to be kept
+    approximate: bool = False       # keep the best variant even below min_agreement, labelled approximate
+    positions: int = 2048           # positions measured: at 99 %, +-0.4 % (two standard errors)
+    block: int = 32                 # weights per scale: smaller blocks agree better and take more bytes
+    seed: int = 0                   # for the sampled text, when no text is given
+
+    def __post_init__(self):
+        checks.number("min_agreement", self.min_agreement, 0.0, 1.0)
+        checks.integer("positions", self.positions, 64)
+        checks.choice("block", self.block, (16, 32, 64, 128))
+
+
+# -- onnxruntime sessions, as the export's checks and this module run them -----------------------------
+
+def session(path: Path, threads: int = 1):
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.enable_cpu_mem_arena = False
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def run_cached(sess, ids: np.ndarray, n_prompt: int, cfg: ModelConfig,
+               dtype=np.float32) -> tuple[np.ndarray, list[float]]:
+    """Prefill n_prompt tokens, then decode the rest one by one; logits (B, T, V) and each step's seconds."""
+    B, names = ids.shape[0], cache_names(cfg.n_layer)
+    past = {name: np.zeros((B, cfg.kv_heads, 0, cfg.head_dim), dtype) for name in names}
+    outs = sess.run(None, {"input_ids": ids[:, :n_prompt], **past})
+    logits, times = [outs[0]], []
+    for t in range(n_prompt, ids.shape[1]):
+        feeds = {"input_ids": ids[:, t:t + 1], **dict(zip(names, outs[1:]))}
+        t0 = time.perf_counter()
+        outs = sess.run(None, feeds)
+        times.append(time.perf_counter() - t0)
+        logits.append(outs[0])
+    return np.concatenate(logits, axis=1).astype(np.float32), times
+
+
+def _prefill(sess, ids: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+    """Logits (1, T, V) of a whole window in one call."""
+    past = {name: np.zeros((1, cfg.kv_heads, 0, cfg.head_dim), np.float32) for name in cache_names(cfg.n_layer)}
+    return sess.run(["logits"], {"input_ids": ids, **past})[0]
+
+
+# -- the text the agreement is measured on -------------------------------------------------------------
+
+def windows_of(ids: list[int], block_size: int, positions: int) -> list[np.ndarray]:
+    """The first `positions` tokens of `ids` as whole windows of the context (the last one shorter)."""
+    ids = list(ids)[:positions]
+    return [np.array([ids[i:i + block_size]], dtype=np.int64) for i in range(0, len(ids), block_size)
+            if len(ids[i:i + block_size]) >= 2]
+
+
+def sampled_windows(sess, cfg: ModelConfig, n_vocab: int, positions: int, seed: int) -> list[np.ndarray]:
+    """Text the fp32 model writes itself (temperature 1, seeded), in windows of the context."""
+    rng = np.random.default_rng(seed)
+    out, names, left = [], cache_names(cfg.n_layer), positions
+    while left >= 2:
+        length = min(cfg.block_size, left)
+        ids = [int(rng.integers(n_vocab))]
+        past = {name: np.zeros((1, cfg.kv_heads, 0, cfg.head_dim), np.float32) for name in names}
+        feeds = {"input_ids": np.array([ids], dtype=np.int64), **past}
+        while len(ids) < length:
+            outs = sess.run(None, feeds)
+            z = outs[0][0, -1, :n_vocab].astype(np.float64)
+            p = np.exp(z - z.max())
+            ids.append(int(rng.choice(n_vocab, p=p / p.sum())))
+            feeds = {"input_ids": np.array([[ids[-1]]], dtype=np.int64), **dict(zip(names, outs[1:]))}
+        out.append(np.array([ids], dtype=np.int64))
+        left -= length
+    return out
+
+
+# -- the graph -------------------------------------------------------------------------------------------
+
+def _weight_matmuls(graph, untie: bool) -> tuple[list, object | None]:
+    """The matrix products with a constant weight in graph order, and the head's among them (the last
+    one). A tied head reads the embedding through a Transpose: with `untie`, its weight becomes a constant
+    of its own (a quantized copy; the fp32 embedding stays for the lookup); without, it stays fp32 and is
+    not among the products."""
+    from onnx import numpy_helper
+    inits = {i.name: i for i in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    head = None
+    for node in graph.node:
+        if node.op_type != "MatMul":
+            continue
+        src = producer.get(node.input[1])
+        if src is not None and src.op_type == "Transpose" and src.input[0] in inits:
+            head = node             # tied: (V, C) embedding read as (C, V)
+            if not untie:
+                continue
+            untied = node.input[1] + ".untied"
+            array = numpy_helper.to_array(inits[src.input[0]]).T.copy()
+            graph.initializer.append(numpy_helper.from_array(array, untied))
+            node.input[1] = untied
+            inits[untied] = graph.initializer[-1]
+    matmuls = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+    if head is None and matmuls:
+        head = matmuls[-1]
+    return matmuls, head
+
+
+def _excluded(recipe: Recipe, matmuls: list, head, n_layer: int) -> list[str]:
+    body = [n for n in matmuls if n is not head]
+    keep = [head.name] if recipe.keep_head and head is not None else []
+    if recipe.keep_blocks and body and len(body) % n_layer == 0:
+        per = len(body) // n_layer
+        if "first" in recipe.keep_blocks:
+            keep += [n.name for n in body[:per]]
+        if "last" in recipe.keep_blocks:
+            keep += [n.name for n in body[-per:]]
+    return keep
+
+
+def _quantize(fp32: Path, target: Path, recipe: Recipe, cfg: QuantizeConfig, n_layer: int, external: bool) -> None:
+    import logging
+
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)    # a line per node otherwise
+    proto = onnx.load(str(fp32))
+    matmuls, head = _weight_matmuls(proto.graph, untie=not recipe.keep_head)
+    exclude = _excluded(recipe, matmuls, head, n_layer)
+    algo = DefaultWeightOnlyQuantConfig(block_size=cfg.block, is_symmetric=False, bits=8,
+                                        accuracy_level=recipe.accuracy_level)
+    q = MatMulNBitsQuantizer(proto, bits=8, block_size=cfg.block, is_symmetric=False,
+                             accuracy_level=recipe.accuracy_level, nodes_to_exclude=exclude, algo_config=algo)
+    q.process()
+    model = q.model.model
+    del proto
+    if external:
+        onnx.save_model(model, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=target.name + EXTERNAL_DATA_SUFFIX)
+    else:
+        write_atomic(target, model.SerializeToString())
+
+
+def _graph_bytes(path: Path) -> int:
+    data = path.with_name(path.name + EXTERNAL_DATA_SUFFIX)
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+# -- the whole job -----------------------------------------------------------------------------------------
+
+def quantize_model(model_dir: str | os.PathLike, cfg: QuantizeConfig | None = None,
+                   text_ids: list[int] | None = None, text_name: str | None = None,
+                   say=lambda line: None) -> dict:
+    """Write `model_dir`'s int8 variant (the first recipe that agrees with fp32) and record it in the card;
+    returns the card's report of it. `text_ids`: held-out text to measure on (`text_name` says what it is
+    in the card); None: text the fp32 model samples. Raises QuantizeError, writing nothing, when no recipe
+    reaches `cfg.min_agreement` and `cfg.approximate` is off."""
+    cfg = cfg or QuantizeConfig()
+    model_dir = Path(model_dir)
+    card_path = model_dir / CARD_FILE
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+        mc = ModelConfig.from_dict(card["model_config"])
+        n_vocab = int(card["tokenizer"]["n_vocab"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise QuantizeError(f"{model_dir} is not an exported model directory ({type(e).__name__}: {e}); "
+                            f"export the model first") from e
+    fp32 = model_dir / MODEL_FILE
+    external = fp32.with_name(fp32.name + EXTERNAL_DATA_SUFFIX).exists()
+    ref_sess = session(fp32, threads=_threads(mc))
+    if text_ids is not None:
+        bad = [t for t in text_ids if not 0 <= t < n_vocab]
+        if bad:
+            raise QuantizeError(f"the text's token ids must lie in [0, {n_vocab}); got {bad[0]}")
+        windows, source = windows_of(text_ids, mc.block_size, cfg.positions), text_name or "the given text"
+    else:
+        say(f"sampling {cfg.positions} tokens from the fp32 model to measure agreement on")
+        windows = sampled_windows(ref_sess, mc, n_vocab, cfg.positions, cfg.seed)
+        source = "text the fp32 model sampled (temperature 1)"
+    if sum(w.shape[1] for w in windows) < 64:
+        raise QuantizeError(f"the text gives {sum(w.shape[1] for w in windows)} positions; give at least 64")
+    ref = [_prefill(ref_sess, w, mc)[0, :, :n_vocab].argmax(-1) for w in windows]
+    fp32_ms = _decode_ms(ref_sess, windows[0], mc)
+    del ref_sess
+
+    work = Path(tempfile.mkdtemp(prefix=".int8-", dir=model_dir))
+    try:
+        best = None
+        for recipe in RECIPES:
+            candidate = work / recipe.name.replace(" ", "_").replace(",", "") / VARIANT_FILES[VARIANT]
+            candidate.parent.mkdir()
+            say(f"quantizing: {recipe.name}")
+            _quantize(fp32, candidate, recipe, cfg, mc.n_layer, external)
+            sess = session(candidate, threads=_threads(mc))
+            same = np.concatenate([_prefill(sess, w, mc)[0, :, :n_vocab].argmax(-1) == r
+                                   for w, r in zip(windows, ref)])
+            agreement = float(same.mean())
+            say(f"  top-1 agreement with fp32: {agreement:.2%} over {same.size} positions")
+            if best is None or agreement > best[1]:
+                best = (recipe, agreement, candidate, sess)
+            if agreement >= cfg.min_agreement:
+                break
+        recipe, agreement, candidate, sess = best
+        approximate = agreement < cfg.min_agreement
+        if approximate and not cfg.approximate:
+            raise QuantizeError(
+                f"no int8 recipe agrees with fp32 on {cfg.min_agreement:.0%} of next tokens (the best, "
+                f"{recipe.name}, on {agreement:.1%} of {same.size} positions of {source}); nothing was written. "
+                f"Keep fp32, or quantize again with --approximate to keep it labelled approximate")
+        report = {"file": VARIANT_FILES[VARIANT], "bytes": _graph_bytes(candidate), "recipe": recipe.name,
+                  "top1_agreement": agreement, "agreement_positions": int(same.size), "agreement_text": source,
+                  "min_agreement": cfg.min_agreement, "approximate": approximate,
+                  "decode_ms_median": _decode_ms(sess, windows[0], mc), "fp32_decode_ms_median": fp32_ms,
+                  "quantize": asdict(cfg)}
+        del sess
+        # into place: the external weights first, then the graph that names them, then the card
+        for path in sorted(candidate.parent.iterdir(), key=lambda p: p.suffix != EXTERNAL_DATA_SUFFIX):
+            make_readable(path)
+            if "files" in card:
+                card["files"][path.name] = path.stat().st_size
+            os.replace(path, model_dir / path.name)
+        card.setdefault("variants", {})[VARIANT] = report
+        card.get("variants_not_kept", {}).pop(VARIANT, None)
+        write_atomic(card_path, json.dumps(card, indent=2).encode())
+        return report
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _threads(mc: ModelConfig) -> int:
+    from core.runtime import default_threads      # the runtime's choice, so the timings are the pages'
+    return default_threads(mc.n_embd)
+
+
+def _decode_ms(sess, window: np.ndarray, mc: ModelConfig, steps: int = 32) -> float:
+    """Median milliseconds of a cached decode step after an 8-token prefill."""
+    n = min(window.shape[1], 8 + steps)
+    if n <= 8:
+        return float("nan")
+    _, times = run_cached(sess, window[:, :n], 8, mc)
+    return 1000 * statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m core.quantize",
+        description="Write an exported model's int8 variant: the first recipe whose next tokens agree with fp32 "
+                    "on at least --min-agreement of the positions measured; nothing is written when none does.")
+    p.add_argument("model_dir", help="an exported model directory, e.g. exported/shakespeare-char")
+    p.add_argument("--text", help="a UTF-8 text file to measure agreement on (held-out text, such as a "
+                                  "validation split); default: text the fp32 model samples")
+    cli.add_dataclass_args(p, QuantizeConfig)
+    args = p.parse_args(argv)
+    try:
+        cfg = QuantizeConfig(**cli.dataclass_kwargs(args, QuantizeConfig))
+        ids = name = None
+        if args.text:
+            from core.data import read_text_file
+            from core.tokenizer import load_tokenizer
+            from core.catalog import TOKENIZER_DIR, shown_path
+            text = read_text_file(args.text).text
+            ids = load_tokenizer(Path(args.model_dir) / TOKENIZER_DIR).encode(text[:cfg.positions * 64])
+            name = shown_path(args.text)
+        report = quantize_model(args.model_dir, cfg, ids, name, say=lambda line: print(line, flush=True))
+    except (PlaygroundError, OSError) as e:
+        return cli.report_error(e, "free some space and quantize again: nothing was written")
+    print(f"{args.model_dir}/{report['file']}: {report['recipe']}; top-1 agreement {report['top1_agreement']:.2%} "
+          f"over {report['agreement_positions']} positions of {report['agreement_text']}"
+          + (" (approximate)" if report["approximate"] else "")
+          + f"; {report['decode_ms_median']:.2f} ms per decode step (fp32 {report['fp32_decode_ms_median']:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
