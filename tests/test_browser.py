@@ -288,6 +288,21 @@ def test_every_page_renders_in_light_and_dark(server, browser, scheme):
     page.close()
 
 
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_the_int8_weights_are_chosen_with_their_agreement_in_view(server, browser, scheme):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, color_scheme=scheme)
+    page.goto(f"{server}/generate?weights=int8&prompt=ROMEO%3A")
+    page.wait_for_selector(IDLE, timeout=CEILING_MS)
+    page.wait_for_function("document.body.innerText.includes('same next token as fp32')", timeout=CEILING_MS)
+    for n in (1, 2):
+        page.get_by_role("button", name="Sample one").click()
+        wait_count(page, n)
+    assert page.locator("[data-testid='stException']").count() == 0
+    assert page.get_by_role("radio", name=re.compile(r"^int8 ")).is_checked()
+    shot(page, f"int8-weights-{scheme}")
+    page.close()
+
+
 @pytest.fixture(scope="module")
 def pretrained_server(tmp_path_factory):
     """A server whose picker holds an imported model: a GPT-2 checkpoint made here by transformers (12 heads, so

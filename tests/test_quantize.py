@@ -72,7 +72,7 @@ def test_a_variant_that_does_not_agree_is_not_written_unless_asked_for_and_then_
 
 def test_held_out_text_and_bad_input(model_copy, tmp_path, capsys):
     text = tmp_path / "held-out.txt"
-    text.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 40)
+    text.write_text("GARDENER:\nThe rain came late this year, and the roses waited for it.\n" * 40)
     assert quantize.main([str(model_copy), "--text", str(text), "--positions", "512"]) == 0
     assert "positions of held-out.txt" in capsys.readouterr().out
     card = json.loads((model_copy / catalog.CARD_FILE).read_text())
