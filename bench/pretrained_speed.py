@@ -9,8 +9,10 @@
    the copy bandwidth beside it for reference.
 2. Import + export of a GPT-2-small-shaped checkpoint (random init, written by transformers'
    GPT2LMHeadModel.save_pretrained with a small byte-level BPE tokenizer beside it, so the embedding has
-   more rows than the tokenizer has ids, as Qwen2's does): `python -m core.pretrained DIR OUT --int8` run
-   as its users run it, in its own process; wall time, the card's peak memory and the process's.
+   more rows than the tokenizer has ids, as Qwen2's does): `python -m core.pretrained DIR OUT` run as its
+   users run it, in its own process; wall time, the card's peak memory and the process's; then its int8
+   variant (`python -m core.quantize OUT --min-agreement 0`: the fastest recipe, since random weights
+   make agreement meaningless), timed.
 3. Decoding, batch 1, a 20-token prompt and 200 new tokens, greedy: core.runtime.Model (fp32, then
    int8) against transformers' `generate(use_cache=True)` on the same weights (the checkpoint above),
    each on the main thread, interleaved and repeated; medians of whole generations; ratios.
@@ -75,7 +77,8 @@ def read_bandwidth_gbs(threads: int, mb: int = 512, repeats: int = 5) -> float:
 def bytes_per_token(card: dict, variant: str) -> float:
     """Weight bytes one decode step reads: every matrix that multiplies (the head included, tied or not)
     and the vectors (norms, biases); a lookup of wte or wpe reads one row. int8 reads its matrices at one
-    byte each (their per-channel scales are negligible), the rest at four."""
+    byte each plus a 4-byte scale and a 1-byte zero point per block of 32 (core.quantize's first recipe,
+    the head included), the rest at four."""
     from core.config import ModelConfig, count_parameters
     mc = ModelConfig.from_dict(card["model_config"])
     C, H = mc.n_embd, mc.mlp_width
@@ -84,7 +87,7 @@ def bytes_per_token(card: dict, variant: str) -> float:
     layers = mc.n_layer * (C * qkv + C * C + C * fc + H * C)
     vectors = count_parameters(mc)["non_embedding"] - layers
     matrices = layers + mc.vocab_size * C
-    return (matrices + 4 * vectors) if variant == "int8" else 4 * (matrices + vectors)
+    return (matrices * (1 + 5 / 32) + 4 * vectors) if variant == "int8" else 4 * (matrices + vectors)
 
 
 def make_checkpoint(directory: Path, shape: str) -> None:
@@ -106,17 +109,26 @@ def make_checkpoint(directory: Path, shape: str) -> None:
 
 
 def measure_import(checkpoint: Path, out: Path, threads: int) -> dict:
-    """`python -m core.pretrained CHECKPOINT OUT --int8` in its own process, timed."""
+    """`python -m core.pretrained CHECKPOINT OUT` in its own process, timed; then its int8 variant by
+    `python -m core.quantize` with the agreement bar at 0 (random weights' flat logits make agreement
+    meaningless; this is for speed: the first, fastest recipe), timed apart."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "core.pretrained", str(checkpoint), str(out), "--int8"], cwd=ROOT,
+    res = subprocess.run([sys.executable, "-m", "core.pretrained", str(checkpoint), str(out)], cwd=ROOT,
                          env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if res.returncode:
         raise SystemExit(f"the import failed:\n{res.stdout}\n{res.stderr}")
+    t0 = time.perf_counter()
+    q = subprocess.run([sys.executable, "-m", "core.quantize", str(out), "--min-agreement", "0", "--positions", "256"],
+                       cwd=ROOT, env=env, capture_output=True, text=True)
+    quantize_s = time.perf_counter() - t0
+    if q.returncode:
+        raise SystemExit(f"the int8 variant failed:\n{q.stdout}\n{q.stderr}")
     # the peak comes from the card (the child resets its high-water mark as the import starts): a
     # child's getrusage maxrss also counts the pages it shared with this process between fork and exec
-    return {"wall_s": wall, "card": json.loads((out / "card.json").read_text()), "log": res.stdout}
+    return {"wall_s": wall, "quantize_s": quantize_s, "card": json.loads((out / "card.json").read_text()),
+            "log": res.stdout + q.stdout}
 
 
 def bench_decode(out: Path, checkpoint: Path, repeats: int) -> dict:
@@ -217,6 +229,8 @@ def main() -> None:
           f"(the import's process, libraries included)")
     for name, nbytes in card["files"].items():
         print(f"  {name:24s} {nbytes / 1e6:9.1f} MB")
+    int8 = card["variants"]["int8"]
+    print(f"int8 variant (python -m core.quantize, first recipe: {int8['recipe']}): {imp['quantize_s']:.1f} s wall")
 
     dec = bench_decode(out, checkpoint, args.repeats)
     bw = max(bw, read_bandwidth_gbs(args.threads))      # measured again beside the decoding: the best of both

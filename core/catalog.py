@@ -45,17 +45,22 @@ FORMAT = "llm-playground-onnx/1"
 MODEL_FILE = "model.onnx"
 VARIANT_FILES = {"fp32": MODEL_FILE, "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 ATTENTION_FILE = "attention.onnx"
-EXTERNAL_DATA_SUFFIX = ".data"
+EXTERNAL_DATA_SUFFIX = ".data"    # a large graph keeps its weights in FILE + ".data" beside it
+CARD_FILE = "card.json"
+MODEL_CHECKPOINT_DIR = "checkpoints"      # earlier checkpoints exported beside a model, step_NNNNNNNN/
+_MODEL_STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
 def cache_names(n_layer: int, prefix: str = "past_key_values") -> list[str]:
     """model.onnx's KV-cache inputs (`past_key_values`) or outputs (`present`): {prefix}.{i}.key|value."""
     return [f"{prefix}.{i}.{kind}" for i in range(n_layer) for kind in ("key", "value")]
 
-    # a large graph keeps its weights in FILE + ".data" beside it
-CARD_FILE = "card.json"
-MODEL_CHECKPOINT_DIR = "checkpoints"      # earlier checkpoints exported beside a model, step_NNNNNNNN/
-_MODEL_STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+def graph_bytes(path: str | os.PathLike) -> int:
+    """A graph's size on disk: the file and its external data, if any."""
+    path = Path(path)
+    data = path.with_name(path.name + EXTERNAL_DATA_SUFFIX)
+    return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
 
 
 @dataclass(frozen=True)

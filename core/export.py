@@ -53,7 +53,7 @@ import torch
 
 from core import cli
 from core.catalog import (ATTENTION_FILE, CARD_FILE, EXTERNAL_DATA_SUFFIX, FORMAT, MODEL_FILE, RUN_FILE,
-                          TOKENIZER_DIR, VARIANT_FILES, cache_names, model_checkpoint_dir, read_log, scrub_paths,
+                          TOKENIZER_DIR, VARIANT_FILES, cache_names, graph_bytes, model_checkpoint_dir, read_log, scrub_paths,
                           shown_path)
 from core.checks import PlaygroundError
 from core.checkpoint import load_model
@@ -309,7 +309,7 @@ def _export_into(work: Path, name: str, model: GPT, tokenizer: Tokenizer, cfg: E
     if attn_parity > cfg.parity_tolerance:
         raise ExportError(f"attention probabilities differ from torch's explicit path by {attn_parity:.3g}")
 
-    variants = {"fp32": {"file": MODEL_FILE, "bytes": _graph_bytes(work, MODEL_FILE),
+    variants = {"fp32": {"file": MODEL_FILE, "bytes": graph_bytes(work / MODEL_FILE),
                          "max_logit_diff_vs_torch": parity,
                          "decode_ms_median": 1000 * statistics.median(step_times)}}
     if cfg.fp16:
@@ -347,18 +347,15 @@ def _export_into(work: Path, name: str, model: GPT, tokenizer: Tokenizer, cfg: E
         # and the card says why (the fp32 model is kept either way)
         try:
             quantize_model(work, QuantizeConfig(approximate=cfg.int8_approximate), say=say)
-        except QuantizeError as e:
-            say(f"int8 variant not kept: {e}")
-            card["variants_not_kept"] = {"int8": str(e)}
+        except Exception as e:      # the quantizer's own errors too: a checked fp32 export is never lost to them
+            if isinstance(e, OSError):
+                raise                   # a full disk: the caller says how to continue
+            why = str(e) if isinstance(e, QuantizeError) else f"the quantizer failed ({type(e).__name__}: {e})"
+            say(f"int8 variant not kept: {why}")
+            card["variants_not_kept"] = {"int8": why}
             write_atomic(work / CARD_FILE, json.dumps(card, indent=2).encode())
         card = json.loads((work / CARD_FILE).read_text(encoding="utf-8"))
     return card
-
-
-def _graph_bytes(work: Path, filename: str) -> int:
-    """A graph's size on disk: the file and its external data, if any."""
-    data = work / (filename + EXTERNAL_DATA_SUFFIX)
-    return (work / filename).stat().st_size + (data.stat().st_size if data.is_file() else 0)
 
 
 def _share_weights(work: Path, filename: str, owner: str) -> None:
@@ -447,7 +444,7 @@ def _variant_report(work: Path, variant: str, ids: np.ndarray, ref: np.ndarray, 
                     mc, dtype) -> dict:
     sess = session(work / VARIANT_FILES[variant])
     got, times = run_cached(sess, ids, n_prompt, mc, dtype)
-    return {"file": VARIANT_FILES[variant], "bytes": _graph_bytes(work, VARIANT_FILES[variant]),
+    return {"file": VARIANT_FILES[variant], "bytes": graph_bytes(work / VARIANT_FILES[variant]),
             "max_logit_diff_vs_torch": float(np.abs(got - ref).max()),
             "top1_agreement": float((got.argmax(-1) == ref.argmax(-1)).mean()),
             "decode_ms_median": 1000 * statistics.median(times)}

@@ -37,12 +37,14 @@ from pathlib import Path
 import numpy as np
 
 from core import checks, cli
-from core.catalog import CARD_FILE, EXTERNAL_DATA_SUFFIX, MODEL_FILE, VARIANT_FILES, cache_names
+from core.catalog import CARD_FILE, EXTERNAL_DATA_SUFFIX, MODEL_FILE, VARIANT_FILES, cache_names, graph_bytes
 from core.checks import PlaygroundError
 from core.config import ModelConfig
 from core.files import make_readable, write_atomic
 
 VARIANT = "int8"
+WINDOW = 256        # tokens per teacher-forced call: a window's logits are WINDOW x vocabulary floats (150k wide
+                    # for Qwen2: 155 MB at 256, 1.2 GB at 2,048)
 
 
 class QuantizeError(PlaygroundError):
@@ -83,6 +85,15 @@ class QuantizeConfig:
         checks.choice("block", self.block, (16, 32, 64, 128))
 
 
+def is_approximate(report: dict) -> bool:
+    """Whether a card's int8 variant is below the agreement bar, or was made before there was one (dynamic
+    int8, which changed about one next token in thirteen on the default models)."""
+    if "recipe" not in report or "top1_agreement" not in report:
+        return True
+    bar = report.get("min_agreement", QuantizeConfig.min_agreement)
+    return bool(report.get("approximate")) or report["top1_agreement"] < bar
+
+
 # -- onnxruntime sessions, as the export's checks and this module run them -----------------------------
 
 def session(path: Path, threads: int = 1):
@@ -118,18 +129,18 @@ def _prefill(sess, ids: np.ndarray, cfg: ModelConfig) -> np.ndarray:
 # -- the text the agreement is measured on -------------------------------------------------------------
 
 def windows_of(ids: list[int], block_size: int, positions: int) -> list[np.ndarray]:
-    """The first `positions` tokens of `ids` as whole windows of the context (the last one shorter)."""
-    ids = list(ids)[:positions]
-    return [np.array([ids[i:i + block_size]], dtype=np.int64) for i in range(0, len(ids), block_size)
-            if len(ids[i:i + block_size]) >= 2]
+    """The first `positions` tokens of `ids` in windows of the context (at most WINDOW; the last shorter)."""
+    ids, size = list(ids)[:positions], min(block_size, WINDOW)
+    return [np.array([ids[i:i + size]], dtype=np.int64) for i in range(0, len(ids), size)
+            if len(ids[i:i + size]) >= 2]
 
 
 def sampled_windows(sess, cfg: ModelConfig, n_vocab: int, positions: int, seed: int) -> list[np.ndarray]:
-    """Text the fp32 model writes itself (temperature 1, seeded), in windows of the context."""
+    """Text the fp32 model writes itself (temperature 1, seeded), in windows of the context (at most WINDOW)."""
     rng = np.random.default_rng(seed)
     out, names, left = [], cache_names(cfg.n_layer), positions
     while left >= 2:
-        length = min(cfg.block_size, left)
+        length = min(cfg.block_size, WINDOW, left)
         ids = [int(rng.integers(n_vocab))]
         past = {name: np.zeros((1, cfg.kv_heads, 0, cfg.head_dim), np.float32) for name in names}
         feeds = {"input_ids": np.array([ids], dtype=np.int64), **past}
@@ -174,10 +185,14 @@ def _weight_matmuls(graph, untie: bool) -> tuple[list, object | None]:
     return matmuls, head
 
 
-def _excluded(recipe: Recipe, matmuls: list, head, n_layer: int) -> list[str]:
+def _excluded(recipe: Recipe, matmuls: list, head, n_layer: int) -> list[str] | None:
+    """The products a recipe keeps in fp32; None when the graph does not show its blocks (a recipe that
+    keeps a block cannot be applied, and is not claimed)."""
     body = [n for n in matmuls if n is not head]
     keep = [head.name] if recipe.keep_head and head is not None else []
-    if recipe.keep_blocks and body and len(body) % n_layer == 0:
+    if recipe.keep_blocks:
+        if not body or len(body) % n_layer:
+            return None
         per = len(body) // n_layer
         if "first" in recipe.keep_blocks:
             keep += [n.name for n in body[:per]]
@@ -186,7 +201,8 @@ def _excluded(recipe: Recipe, matmuls: list, head, n_layer: int) -> list[str]:
     return keep
 
 
-def _quantize(fp32: Path, target: Path, recipe: Recipe, cfg: QuantizeConfig, n_layer: int, external: bool) -> None:
+def _quantize(fp32: Path, target: Path, recipe: Recipe, cfg: QuantizeConfig, n_layer: int, external: bool) -> bool:
+    """Write `recipe`'s variant of `fp32` to `target`; False (nothing written) when it cannot be applied."""
     import logging
 
     import onnx
@@ -195,6 +211,8 @@ def _quantize(fp32: Path, target: Path, recipe: Recipe, cfg: QuantizeConfig, n_l
     proto = onnx.load(str(fp32))
     matmuls, head = _weight_matmuls(proto.graph, untie=not recipe.keep_head)
     exclude = _excluded(recipe, matmuls, head, n_layer)
+    if exclude is None:
+        return False
     algo = DefaultWeightOnlyQuantConfig(block_size=cfg.block, is_symmetric=False, bits=8,
                                         accuracy_level=recipe.accuracy_level)
     q = MatMulNBitsQuantizer(proto, bits=8, block_size=cfg.block, is_symmetric=False,
@@ -207,11 +225,7 @@ def _quantize(fp32: Path, target: Path, recipe: Recipe, cfg: QuantizeConfig, n_l
                         location=target.name + EXTERNAL_DATA_SUFFIX)
     else:
         write_atomic(target, model.SerializeToString())
-
-
-def _graph_bytes(path: Path) -> int:
-    data = path.with_name(path.name + EXTERNAL_DATA_SUFFIX)
-    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+    return True
 
 
 # -- the whole job -----------------------------------------------------------------------------------------
@@ -234,6 +248,8 @@ def quantize_model(model_dir: str | os.PathLike, cfg: QuantizeConfig | None = No
         raise QuantizeError(f"{model_dir} is not an exported model directory ({type(e).__name__}: {e}); "
                             f"export the model first") from e
     fp32 = model_dir / MODEL_FILE
+    if not fp32.is_file():
+        raise QuantizeError(f"{model_dir} has a card but no {MODEL_FILE}; export the model again")
     external = fp32.with_name(fp32.name + EXTERNAL_DATA_SUFFIX).exists()
     ref_sess = session(fp32, threads=_threads(mc))
     if text_ids is not None:
@@ -248,7 +264,7 @@ def quantize_model(model_dir: str | os.PathLike, cfg: QuantizeConfig | None = No
     if sum(w.shape[1] for w in windows) < 64:
         raise QuantizeError(f"the text gives {sum(w.shape[1] for w in windows)} positions; give at least 64")
     ref = [_prefill(ref_sess, w, mc)[0, :, :n_vocab].argmax(-1) for w in windows]
-    fp32_ms = _decode_ms(ref_sess, windows[0], mc)
+    fp32_ms = _decode_ms(ref_sess, windows, mc)
     del ref_sess
 
     work = Path(tempfile.mkdtemp(prefix=".int8-", dir=model_dir))
@@ -258,7 +274,9 @@ def quantize_model(model_dir: str | os.PathLike, cfg: QuantizeConfig | None = No
             candidate = work / recipe.name.replace(" ", "_").replace(",", "") / VARIANT_FILES[VARIANT]
             candidate.parent.mkdir()
             say(f"quantizing: {recipe.name}")
-            _quantize(fp32, candidate, recipe, cfg, mc.n_layer, external)
+            if not _quantize(fp32, candidate, recipe, cfg, mc.n_layer, external):
+                say("  (not applicable: the graph does not show its blocks)")
+                continue
             sess = session(candidate, threads=_threads(mc))
             same = np.concatenate([_prefill(sess, w, mc)[0, :, :n_vocab].argmax(-1) == r
                                    for w, r in zip(windows, ref)])
@@ -275,13 +293,17 @@ def quantize_model(model_dir: str | os.PathLike, cfg: QuantizeConfig | None = No
                 f"no int8 recipe agrees with fp32 on {cfg.min_agreement:.0%} of next tokens (the best, "
                 f"{recipe.name}, on {agreement:.1%} of {same.size} positions of {source}); nothing was written. "
                 f"Keep fp32, or quantize again with --approximate to keep it labelled approximate")
-        report = {"file": VARIANT_FILES[VARIANT], "bytes": _graph_bytes(candidate), "recipe": recipe.name,
+        report = {"file": VARIANT_FILES[VARIANT], "bytes": graph_bytes(candidate), "recipe": recipe.name,
                   "top1_agreement": agreement, "agreement_positions": int(same.size), "agreement_text": source,
                   "min_agreement": cfg.min_agreement, "approximate": approximate,
-                  "decode_ms_median": _decode_ms(sess, windows[0], mc), "fp32_decode_ms_median": fp32_ms,
+                  "decode_ms_median": _decode_ms(sess, windows, mc), "fp32_decode_ms_median": fp32_ms,
                   "quantize": asdict(cfg)}
         del sess
-        # into place: the external weights first, then the graph that names them, then the card
+        # into place: the card forgets the old variant first (a crash midway lists none rather than a
+        # mismatched one), then the external weights, the graph that names them, and the card again
+        if VARIANT in card.get("variants", {}):
+            card["variants"].pop(VARIANT)
+            write_atomic(card_path, json.dumps(card, indent=2).encode())
         for path in sorted(candidate.parent.iterdir(), key=lambda p: p.suffix != EXTERNAL_DATA_SUFFIX):
             make_readable(path)
             if "files" in card:
@@ -302,12 +324,11 @@ def _threads(mc: ModelConfig) -> int:
     return default_threads(mc.n_embd)
 
 
-def _decode_ms(sess, window: np.ndarray, mc: ModelConfig, steps: int = 32) -> float:
-    """Median milliseconds of a cached decode step after an 8-token prefill."""
-    n = min(window.shape[1], 8 + steps)
-    if n <= 8:
-        return float("nan")
-    _, times = run_cached(sess, window[:, :n], 8, mc)
+def _decode_ms(sess, windows: list[np.ndarray], mc: ModelConfig, steps: int = 32) -> float:
+    """Median milliseconds of a cached decode step (after a prefill of up to 8 tokens of the longest window)."""
+    window = max(windows, key=lambda w: w.shape[1])         # >= 2 tokens: at least one step
+    prefill = min(8, window.shape[1] - 1)
+    _, times = run_cached(sess, window[:, :prefill + steps], prefill, mc)
     return 1000 * statistics.median(times)
 
 

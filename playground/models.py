@@ -7,7 +7,7 @@ import time
 import streamlit as st
 
 from core.jobs import JobError
-from core.quantize import QuantizeConfig
+from core.quantize import QuantizeConfig, is_approximate
 from core.runtime import ModelError
 from playground.shared import figure, job_board, open_page, prob_colour, tokens_html, url_text, visitor_token
 
@@ -105,7 +105,7 @@ with right:
 st.subheader("Export checks")
 st.caption(f"onnxruntime vs torch: max |logit difference| {card['parity']['max_abs_logit_diff']:.1e} over a "
            f"{card['parity']['prefill_tokens']}-token prefill and {card['parity']['cached_steps']} cached steps.")
-st.dataframe([{"variant": name + (" (approximate)" if v.get("approximate") else ""), "file": v["file"],
+st.dataframe([{"variant": name + (" (approximate)" if name == "int8" and is_approximate(v) else ""), "file": v["file"],
                "MB": round(v["bytes"] / 1e6, 2), "how": v.get("recipe", "as trained" if name == "fp32" else ""),
                "max logit diff vs torch": (f"{v['max_logit_diff_vs_torch']:.1e}"
                                            if "max_logit_diff_vs_torch" in v else ""),
@@ -118,6 +118,8 @@ for name, why in (card.get("variants_not_kept") or {}).items():
     st.caption(f"No {name} variant was kept: {why}")
 
 st.subheader("Score a text")
+if model.variant != "fp32":
+    st.caption(f"Scored with the {model.variant} weights chosen in the sidebar.")
 text = st.text_area("Text", url_text("score", "The night is long, and the morning will come.", lim.max_prompt_chars),
                     max_chars=lim.max_prompt_chars, key="score_text")
 st.query_params["score"] = text

@@ -23,6 +23,7 @@ import streamlit as st
 
 from core import catalog, scaling
 from core.limits import Limits, allowed_models, hosted
+from core.quantize import is_approximate
 from core.runtime import Model, ModelError
 from core.sampling import KNOBS
 
@@ -104,7 +105,7 @@ def variant_label(card: dict, variant: str) -> str:
     speed = f"{v['decode_ms_median']:.2f} ms/token"
     if "top1_agreement" not in v or variant == "fp32":
         return f"{variant} · {speed}"
-    tag = " · approximate" if v.get("approximate") else ""
+    tag = " · approximate" if is_approximate(v) else ""
     return f"{variant} · {speed} · same next token as fp32 {v['top1_agreement']:.1%}{tag}"
 
 
@@ -148,7 +149,9 @@ def pick_model(checkpoints: bool = False) -> Model | None:
         if chosen != final:
             model = open_model(str(dict(steps)[chosen]))
     quantized = [v for v in model.card.get("variants", {}) if v == "int8"]
-    if quantized:
+    if not quantized:
+        st.query_params.pop("weights", None)        # an earlier checkpoint, or a model with fp32 only
+    else:
         options = ["fp32", *quantized]
         with st.sidebar:
             wanted = url_choice("weights", "fp32", options)
@@ -157,11 +160,15 @@ def pick_model(checkpoints: bool = False) -> Model | None:
                                    help="int8: 8-bit weights, smaller and faster; 'same next token' is how often "
                                         "its most likely next token is fp32's, measured on export (the card "
                                         "says on what text). Attention maps always come from fp32.")
-        if variant != "fp32":
-            st.query_params["weights"] = variant
-            model = open_model(str(model.directory), variant)
-        else:
+        if variant == "fp32":
             st.query_params.pop("weights", None)
+        else:
+            try:
+                model = open_model(str(model.directory), variant)
+                st.query_params["weights"] = variant
+            except ModelError as e:         # its file damaged or gone: the page goes on with fp32
+                st.sidebar.error(f"The {variant} weights cannot be opened ({e}); showing fp32.")
+                st.query_params.pop("weights", None)
     card = model.card
     val = f" · val {card['val_loss']:.3f} nats/token" if card.get("val_loss") else ""
     origin = " · imported" if (card.get("source") or {}).get("kind") == "pretrained" else ""

@@ -92,6 +92,23 @@ def open_page(browser, url):
     return page
 
 
+def choose(page, select: str, option: str) -> None:
+    """Pick `option` in the selectbox at `select`. A page with a live fragment reruns every second, and a
+    rerun that lands between opening the list and the click closes it: open it again until the click
+    lands (each try waits on the option itself, an event)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    deadline = time.time() + CEILING_MS / 1000
+    while True:
+        page.locator(select).click()
+        try:
+            page.get_by_role("option", name=option).click(timeout=10_000)
+            return
+        except PlaywrightTimeout:
+            if time.time() > deadline:
+                raise
+            page.keyboard.press("Escape")
+
+
 def shot(page, name):
     """The whole page: Streamlit scrolls inside its main block, so the viewport is stretched to it first."""
     ARTIFACTS.mkdir(exist_ok=True)
@@ -256,8 +273,7 @@ def test_a_reload_finds_the_run_again_and_another_visitor_only_watches(train_ser
     stranger.wait_for_selector(IDLE, timeout=CEILING_MS)
     stranger.wait_for_selector(".st-key-train_job", timeout=CEILING_MS)   # the server's runs are listed to them
     assert stranger.locator(".st-key-train_stop").count() == 0       # nothing of theirs is watched by default
-    stranger.locator(".st-key-train_job input").click()
-    stranger.get_by_role("option", name="reloaded-run").click()
+    choose(stranger, ".st-key-train_job input", "reloaded-run")
     stranger.wait_for_function("document.body.innerText.includes('Another visitor started this run')",
                                timeout=CEILING_MS)
     assert stranger.locator(".st-key-train_stop button").first.is_disabled()

@@ -99,11 +99,46 @@ def test_the_picker_offers_int8_with_its_agreement_and_a_link_chooses_it(model_c
     next(b for b in at.button if b.label == "Sample one").click().run()       # a step runs on the int8 graph
     assert not at.exception, at.exception
     assert "1 token generated" in " ".join(m.value for m in at.caption)
-    at.query_params["weights"] = "int4"                 # a stale or hostile link: fp32, with a note
-    at.sidebar.radio(key="weights_shakespeare-char").set_value("fp32").run()
-    assert not at.exception, at.exception
     at.switch_page("playground/models.py")
     at.run()
     assert not at.exception, at.exception
     table = next(df.value for df in at.dataframe if "how" in df.value.columns)
     assert table["how"].str.startswith("8-bit weights").any() and table["same next token as fp32"].min() >= 0.99
+    assert not table["variant"].str.contains("approximate").any()
+
+
+def open_generate(weights: str) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60)
+    at.query_params["weights"] = weights
+    at.run()
+    at.switch_page("playground/generate.py")
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_a_bad_link_an_old_variant_and_a_damaged_file_each_say_so(model_copy, monkeypatch):
+    monkeypatch.setattr(catalog, "EXPORTED_DIR", model_copy.parent)
+    at = open_generate("int4")                      # a stale or hostile link: fp32, with a note
+    assert at.sidebar.radio(key="weights_shakespeare-char").value == "fp32"
+    assert any("`weights` value 'int4' cannot be used" in w.value for w in at.warning)
+    # a card from before the agreement bar (dynamic int8, ~92 %): offered, labelled approximate
+    card = json.loads((model_copy / catalog.CARD_FILE).read_text())
+    card["variants"]["int8"] = {"file": "model.int8.onnx", "bytes": 1, "top1_agreement": 1.0,
+                                "decode_ms_median": 0.2, "max_logit_diff_vs_torch": 0.16}
+    (model_copy / catalog.CARD_FILE).write_text(json.dumps(card))
+    shared_open_model_cache_clear()
+    at = open_generate("int8")
+    assert "approximate" in at.sidebar.radio(key="weights_shakespeare-char").options[1]
+    # the variant's file damaged: the page goes on with fp32 and says why
+    (model_copy / "model.int8.onnx").write_bytes(b"not a graph")
+    shared_open_model_cache_clear()
+    at = open_generate("int8")
+    assert any("int8 weights cannot be opened" in e.value for e in at.sidebar.error)
+    next(b for b in at.button if b.label == "Sample one").click().run()
+    assert not at.exception, at.exception
+
+
+def shared_open_model_cache_clear():
+    from playground import shared
+    shared.open_model.cache_clear()
