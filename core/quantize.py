@@ -292,7 +292,8 @@ def quantize_model(model_dir: str | os.PathLike, cfg: QuantizeConfig | None = No
             raise QuantizeError(
                 f"no int8 recipe agrees with fp32 on {cfg.min_agreement:.0%} of next tokens (the best, "
                 f"{recipe.name}, on {agreement:.1%} of {same.size} positions of {source}); nothing was written. "
-                f"Keep fp32, or quantize again with --approximate to keep it labelled approximate")
+                f"Keep fp32, or keep it labelled approximate: --approximate (python -m core.quantize) or "
+                f"--int8-approximate (python -m core.export)")
         report = {"file": VARIANT_FILES[VARIANT], "bytes": graph_bytes(candidate), "recipe": recipe.name,
                   "top1_agreement": agreement, "agreement_positions": int(same.size), "agreement_text": source,
                   "min_agreement": cfg.min_agreement, "approximate": approximate,
