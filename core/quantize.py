@@ -104,12 +104,16 @@ def session(path: Path, threads: int = 1):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def empty_past(cfg: ModelConfig, batch: int = 1, dtype=np.float32) -> dict[str, np.ndarray]:
+    """The KV-cache inputs of a first call: every layer's keys and values for no position yet."""
+    return {name: np.zeros((batch, cfg.kv_heads, 0, cfg.head_dim), dtype) for name in cache_names(cfg.n_layer)}
+
+
 def run_cached(sess, ids: np.ndarray, n_prompt: int, cfg: ModelConfig,
                dtype=np.float32) -> tuple[np.ndarray, list[float]]:
     """Prefill n_prompt tokens, then decode the rest one by one; logits (B, T, V) and each step's seconds."""
     B, names = ids.shape[0], cache_names(cfg.n_layer)
-    past = {name: np.zeros((B, cfg.kv_heads, 0, cfg.head_dim), dtype) for name in names}
-    outs = sess.run(None, {"input_ids": ids[:, :n_prompt], **past})
+    outs = sess.run(None, {"input_ids": ids[:, :n_prompt], **empty_past(cfg, B, dtype)})
     logits, times = [outs[0]], []
     for t in range(n_prompt, ids.shape[1]):
         feeds = {"input_ids": ids[:, t:t + 1], **dict(zip(names, outs[1:]))}
@@ -122,8 +126,7 @@ def run_cached(sess, ids: np.ndarray, n_prompt: int, cfg: ModelConfig,
 
 def _prefill(sess, ids: np.ndarray, cfg: ModelConfig) -> np.ndarray:
     """Logits (1, T, V) of a whole window in one call."""
-    past = {name: np.zeros((1, cfg.kv_heads, 0, cfg.head_dim), np.float32) for name in cache_names(cfg.n_layer)}
-    return sess.run(["logits"], {"input_ids": ids, **past})[0]
+    return sess.run(["logits"], {"input_ids": ids, **empty_past(cfg)})[0]
 
 
 # -- the text the agreement is measured on -------------------------------------------------------------
@@ -142,8 +145,7 @@ def sampled_windows(sess, cfg: ModelConfig, n_vocab: int, positions: int, seed: 
     while left >= 2:
         length = min(cfg.block_size, WINDOW, left)
         ids = [int(rng.integers(n_vocab))]
-        past = {name: np.zeros((1, cfg.kv_heads, 0, cfg.head_dim), np.float32) for name in names}
-        feeds = {"input_ids": np.array([ids], dtype=np.int64), **past}
+        feeds = {"input_ids": np.array([ids], dtype=np.int64), **empty_past(cfg)}
         while len(ids) < length:
             outs = sess.run(None, feeds)
             z = outs[0][0, -1, :n_vocab].astype(np.float64)
