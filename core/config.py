@@ -23,6 +23,7 @@ POS_ENCODINGS = ("learned", "sinusoidal", "rope")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "gelu_tanh", "swiglu")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+OPTIMIZERS = ("adamw", "muon")
 
 
 @dataclass
@@ -152,6 +153,12 @@ class TrainConfig:
     weight_decay: float = 0.1               # applied to matrices only; norms and biases are not decayed
     beta1: float = 0.9
     beta2: float = 0.99                     # 0.99 rather than 0.999: small batches, few tokens per step
+    optimizer: str = "adamw"                # adamw | muon: Muon (orthogonalised momentum) for the blocks' 2-D
+                                            # matrices, AdamW for embeddings, head, biases and norms (as nanochat
+                                            # and modded-nanogpt do): the same loss in fewer steps
+    muon_lr: float = 0.02                   # Muon's peak lr (its updates have a fixed size, so its scale is not
+                                            # AdamW's); it follows the same warmup and decay as learning_rate
+    muon_momentum: float = 0.95             # Muon's Nesterov momentum (torch's and Keller Jordan's default)
     grad_clip: float = 1.0                  # max global grad norm; 0 disables clipping (the norm is still logged)
     dtype: str = "auto"                     # auto | float32 | bfloat16 | float16 (autocast for matmuls)
     compile: bool = False                   # torch.compile: pays a one-off compile for faster steps
@@ -161,8 +168,19 @@ class TrainConfig:
     seed: int = 1337                        # one seed for init, batches and dropout: same seed, same run
     eval_interval: int = 250                # steps between val-loss estimates
     eval_iters: int = 200                   # batches per loss estimate (fixed batches: comparable over time)
+    eval_batch_size: int = 0                # sequences per eval batch; 0: batch_size (nanoGPT's estimate is 200
+                                            # batches of 12: a run with a larger batch keeps its cost with 12)
     eval_at_start: bool = True              # the untrained loss (about ln vocab) anchors the curve; a
                                             # sweep that needs only the final loss skips it
+    eval_train: bool = True                 # estimate the train loss with eval_iters batches too; False halves an
+                                            # eval's cost and reports the mean loss of the last (<= 50) steps instead
+    exact_final_eval: bool = False          # the last eval also measures the whole val split (every non-overlapping
+                                            # window: no sampling noise), once, as the figure to publish
+    max_seconds: float = 0.0                # wall-time budget of the training loop (steps and the evals within;
+                                            # the last eval comes after it); 0: none. When set, the lr decay follows
+                                            # elapsed / max_seconds, so it ends on the deadline, and the run stops
+                                            # there (or at max_steps, whichever comes first). Not bit-for-bit
+                                            # resumable: each step's lr depends on the clock
     checkpoint_interval: int = 250          # steps between checkpoints; 0 saves only at the end
     keep_checkpoints: int = 5               # newest checkpoints kept; 0 keeps all
     milestones: int = 0                     # also keep this many checkpoints spread over the run (the
@@ -177,13 +195,21 @@ class TrainConfig:
                      "bpe_vocab_size"):
             checks.integer(name, getattr(self, name), 1)
         for name in ("warmup_steps", "eval_interval", "checkpoint_interval", "keep_checkpoints",
-                     "sample_interval", "threads", "milestones"):
+                     "sample_interval", "threads", "milestones", "eval_batch_size"):
             checks.integer(name, getattr(self, name), 0)
         if self.lr_decay_steps is not None:
             checks.integer("lr_decay_steps", self.lr_decay_steps, 1)
-        for name in ("min_lr", "weight_decay", "grad_clip", "divergence_factor"):
+        for name in ("min_lr", "weight_decay", "grad_clip", "divergence_factor", "max_seconds"):
             checks.number(name, getattr(self, name), 0.0)
         checks.number("learning_rate", self.learning_rate, 0.0, low_open=True)
+        checks.choice("optimizer", self.optimizer, OPTIMIZERS)
+        checks.number("muon_lr", self.muon_lr, 0.0, low_open=True)
+        checks.number("muon_momentum", self.muon_momentum, 0.0, 1.0, high_open=True)
+        for name in ("eval_train", "exact_final_eval"):
+            checks.choice(name, getattr(self, name), (True, False))
+        if self.max_seconds and self.lr_decay_steps is not None:
+            raise ConfigError(f"lr_decay_steps ({self.lr_decay_steps}) counts steps, but with max_seconds "
+                              f"({self.max_seconds:g}) the decay ends on the deadline: drop one of them")
         checks.number("beta1", self.beta1, 0.0, 1.0, high_open=True)
         checks.number("beta2", self.beta2, 0.0, 1.0, high_open=True)
         checks.number("val_fraction", self.val_fraction, 0.0, 1.0, low_open=True, high_open=True)
@@ -203,4 +229,6 @@ TRAIN_PATH_FIELDS = ("out_dir", "corpus", "data_dir", "tokenizer")
 # Fields a resumed run may change: they do not alter the math of the steps already taken.
 RESUMABLE_OVERRIDES = {"out_dir", "data_dir", "max_steps", "lr_decay_steps", "compile", "device",
                        "threads", "eval_interval", "eval_at_start", "checkpoint_interval", "keep_checkpoints",
-                       "sample_interval", "sample_tokens", "resume", "milestones"}
+                       "sample_interval", "sample_tokens", "resume", "milestones", "max_seconds", "eval_train",
+                       "eval_batch_size",
+                       "exact_final_eval"}

@@ -3,9 +3,10 @@
 Holds the records a run yields (`Phase`, `RunStarted`, `ThreadsChosen`, `TrainStep`, `EvalResult`,
 `Sample`, `CheckpointSaved`, `RunFinished`), and `train()`, which reads like the run itself: prepare the
 data, build the model, evaluate, then one optimizer step after another, each yielding its record.
-AdamW (fused where available, weight decay on matrices only), linear warmup + cosine decay, gradient
-clipping, gradient accumulation, autocast (bf16 / fp16 + scaler), optional torch.compile, DDP under
-torchrun, a divergence guard, torch threads chosen by measurement, and checkpoints that resume a run
+AdamW (fused where available, weight decay on matrices only) or Muon for the blocks' matrices beside it,
+linear warmup + cosine decay (over steps, or over a time budget that stops the run), gradient clipping,
+gradient accumulation, autocast (bf16 / fp16 + scaler), optional torch.compile, DDP under torchrun, a
+divergence guard, torch threads chosen by measurement, and checkpoints that resume a run
 bit-for-bit. Every record is also appended to the run's `log.jsonl`, so a process that only watches
 (a page, a job board) sees the same run. `python -m core.train` is the CLI.
 
@@ -103,6 +104,8 @@ class EvalResult:
     val_bits_per_byte: float    # val_loss / ln 2 / bytes-per-token: compares byte and BPE models
     elapsed: float
     seconds: float = 0.0        # what this evaluation itself took
+    val_loss_estimate: float | None = None  # with an exact val_loss (exact_final_eval): the eval_iters-batch
+                                            # estimate of the same model, comparable with the earlier evals
 
 
 @dataclass
@@ -168,27 +171,145 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to learning_rate, cosine decay to min_lr at lr_decay_steps, then min_lr."""
+def lr_at(step: int, cfg: TrainConfig, elapsed: float | None = None) -> float:
+    """Linear warmup to learning_rate, cosine decay to min_lr at lr_decay_steps, then min_lr.
+
+    With a time budget (max_seconds) the warmup still counts steps, but the decay's progress is
+    elapsed / max_seconds: the lr reaches min_lr on the deadline however fast the steps run."""
     decay_steps = cfg.lr_decay_steps or cfg.max_steps
     if step < cfg.warmup_steps:
         return cfg.learning_rate * (step + 1) / (cfg.warmup_steps + 1)
-    if step >= decay_steps:
+    if cfg.max_seconds and elapsed is not None:
+        ratio = min(1.0, max(0.0, elapsed / cfg.max_seconds))
+    elif step >= decay_steps:
         return cfg.min_lr
-    ratio = (step - cfg.warmup_steps) / max(1, decay_steps - cfg.warmup_steps)
+    else:
+        ratio = (step - cfg.warmup_steps) / max(1, decay_steps - cfg.warmup_steps)
     coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
 
 
-def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices (embeddings included) and none on biases and norms."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
+def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices (embeddings included) and none on biases and norms; with
+    optimizer = muon, the blocks' 2-D matrices go to Muon instead (embeddings, head, biases and norms
+    stay with AdamW: Muon's orthogonalised update suits hidden matrices only)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    muon = [p for n, p in named if cfg.optimizer == "muon" and n.startswith("transformer.h.") and p.dim() == 2]
+    taken = {id(p) for p in muon}
+    decay = [p for n, p in named if p.dim() >= 2 and id(p) not in taken]
+    no_decay = [p for n, p in named if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     # fused AdamW: one kernel for all parameters, on CUDA and (torch >= 2.4) on CPU
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=True)
+    adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=True)
+    if not muon:
+        return adamw
+    ns_dtype = torch.bfloat16 if device.type == "cuda" or cpu_has_native_bf16() else torch.float32
+    return MuonAdamW(Muon(muon, lr=cfg.muon_lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum,
+                          ns_dtype=ns_dtype), adamw)
+
+
+class Muon(torch.optim.Muon):
+    """torch.optim.Muon (same hyper-parameters, same state, same update) with its Newton-Schulz iteration
+    in `ns_dtype`: torch's runs it in bf16, which a CPU without native bf16 emulates; measured here (AVX2,
+    no AVX512-BF16) that made a 4L/128 step 1 s instead of 40 ms. fp32 there, bf16 where it is native."""
+
+    def __init__(self, params, ns_dtype: torch.dtype = torch.bfloat16, **kw):
+        super().__init__(params, **kw)
+        self.ns_dtype = ns_dtype
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            params, grads, bufs = [], [], []
+            self._init_group(group, params, grads, bufs)
+            lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
+            for p, g, buf in zip(params, grads, bufs):
+                buf.lerp_(g, 1 - momentum)
+                update = g.lerp(buf, momentum) if group["nesterov"] else buf
+                update = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"],
+                                       self.ns_dtype)
+                rows, cols = p.shape
+                scale = (math.sqrt(max(1.0, rows / cols)) if group["adjust_lr_fn"] in (None, "original")
+                         else 0.2 * math.sqrt(max(rows, cols)))
+                p.mul_(1 - lr * wd)
+                p.add_(update.to(p.dtype), alpha=-lr * scale)
+
+
+def newton_schulz(g: torch.Tensor, coefficients, steps: int, eps: float, dtype: torch.dtype) -> torch.Tensor:
+    """Muon's quintic Newton-Schulz iteration (Keller Jordan's, as in torch.optim.Muon): g's nearest
+    semi-orthogonal matrix, roughly (singular values land in about 0.5-1.5)."""
+    a, b, c = coefficients
+    x = g.to(dtype)
+    tall = g.size(0) > g.size(1)
+    if tall:
+        x = x.T
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if tall else x
+
+
+# train loss of an eval without eval_train: the mean of at most this many of the latest steps' losses
+RECENT_STEPS = 50
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Muon and AdamW stepped as one optimizer: one param_groups list (Muon's groups first, each marked
+    `muon`), one state_dict (parameter ids numbered across both), so clipping, the grad scaler and
+    checkpoints treat it like any other optimizer."""
+
+    def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer):
+        self.parts = (muon, adamw)
+        for g in muon.param_groups:
+            g["muon"] = True
+        self.param_groups = muon.param_groups + adamw.param_groups
+        self.defaults = {}
+        self._step_supports_amp_scaling = False
+
+    @property
+    def state(self):
+        return {**self.parts[0].state, **self.parts[1].state}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.parts:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for opt in self.parts:
+            opt.step()
+
+    def state_dict(self) -> dict:
+        state, groups, offset = {}, [], 0
+        for opt in self.parts:
+            sd = opt.state_dict()
+            n = sum(len(g["params"]) for g in sd["param_groups"])
+            state.update({pid + offset: v for pid, v in sd["state"].items()})
+            groups += [{**g, "params": [pid + offset for pid in g["params"]]} for g in sd["param_groups"]]
+            offset += n
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        groups, offset = state_dict["param_groups"], 0
+        if len(groups) != len(self.param_groups) or sum(bool(g.get("muon")) for g in groups) != \
+                len(self.parts[0].param_groups):
+            raise ValueError("the saved optimizer state is not a Muon + AdamW one of this model")
+        for opt in self.parts:
+            mine, groups = groups[:len(opt.param_groups)], groups[len(opt.param_groups):]
+            n = sum(len(g["params"]) for g in mine)
+            opt.load_state_dict({
+                "state": {pid - offset: v for pid, v in state_dict["state"].items() if offset <= pid < offset + n},
+                "param_groups": [{**g, "params": [pid - offset for pid in g["params"]]} for g in mine]})
+            offset += n
+        self.param_groups = self.parts[0].param_groups + self.parts[1].param_groups
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, cfg: TrainConfig) -> None:
+    """The scheduled lr into every group; Muon's groups get it scaled by muon_lr / learning_rate."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * cfg.muon_lr / cfg.learning_rate if group.get("muon") else lr
 
 
 def build_tokenizer(cfg: TrainConfig, train_text: str, corpus_sha256: str) -> Tokenizer:
@@ -394,6 +515,7 @@ class _Trainer:
             ckpt_io.restore_model(self.raw_model, resume_ckpt)
         self.raw_model.to(device)
         self.optimizer = make_optimizer(self.raw_model, cfg, device)
+        self.recent_losses: list[float] = []    # train losses since the last eval (eval_train = False)
         if resume_ckpt is not None:
             self._restore(resume_ckpt)
         self.dtype = pick_dtype(cfg.dtype, device)
@@ -446,17 +568,18 @@ class _Trainer:
         yield phase("training", self.step)
         self.model.train()
         try:
-            while self.step < cfg.max_steps:
+            while self.step < cfg.max_steps and not self.out_of_time():
                 with self.threads.timing(self.step):
                     rec = self.train_step()
                 yield self.log.write(rec)
                 chosen = self.threads.decided()
                 if chosen is not None:
                     yield self.log.write(chosen)
-                at_end = self.step == cfg.max_steps
-                if cfg.eval_interval and (self.step % cfg.eval_interval == 0 or at_end):
+                at_end = self.step == cfg.max_steps or self.out_of_time()
+                if (cfg.eval_interval and self.step % cfg.eval_interval == 0) or \
+                        (at_end and (cfg.eval_interval or cfg.exact_final_eval)):
                     yield phase("evaluating", self.step)
-                    last_eval = yield from self._logged(self.evaluate())
+                    last_eval = yield from self._logged(self.evaluate(exact=at_end and cfg.exact_final_eval))
                     yield phase("training", self.step)
                 if cfg.sample_interval and self.step % cfg.sample_interval == 0 and self.d.master:
                     yield from self._logged(Sample(self.step, self.sample()))
@@ -478,15 +601,18 @@ class _Trainer:
         yield self.log.write(rec)
         return rec
 
+    def out_of_time(self) -> bool:
+        """The time budget (max_seconds) is spent: the step in hand is the last."""
+        return bool(self.cfg.max_seconds) and self.elapsed() >= self.cfg.max_seconds
+
     def train_step(self) -> TrainStep:
         """One optimizer step (its micro-batches, clipping, the divergence guard); fp16 overflow steps are
         skipped by the scaler and taken again."""
         cfg, d = self.cfg, self.d
         while True:
             t0 = time.perf_counter()
-            lr = lr_at(self.step, cfg)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+            lr = lr_at(self.step, cfg, self.elapsed())
+            set_lr(self.optimizer, lr, cfg)
             loss_sum = 0.0
             for micro in range(cfg.grad_accum_steps):
                 x, y = self.dataset.get_batch("train", cfg.batch_size, self.model_cfg.block_size, self.batch_rng)
@@ -515,6 +641,7 @@ class _Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             self.tokens_seen += self.tokens_per_step
+            self.recent_losses = self.recent_losses[-(RECENT_STEPS - 1):] + [loss_mean]
             dt = time.perf_counter() - t0
             return TrainStep(self.step, loss_mean, lr, self.tokens_seen, self.tokens_per_step / dt, grad_norm,
                              self.elapsed())
@@ -534,22 +661,63 @@ class _Trainer:
         return t.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else t
 
     @torch.no_grad()
-    def evaluate(self) -> EvalResult:
-        """Mean loss over the same fixed batches of both splits (see _eval_batches)."""
+    def evaluate(self, exact: bool = False) -> EvalResult:
+        """Mean loss over the same fixed batches of both splits (see _eval_batches); without eval_train,
+        the train loss is the mean of the last (at most RECENT_STEPS) steps' own losses since the last eval. `exact`: val_loss over
+        the whole val split, with the batch estimate kept beside it."""
         t0 = time.perf_counter()
         self.raw_model.eval()
         losses = {}
-        for split in ("train", "val"):
-            total = 0.0
+        # several of the fixed batches in one forward (equal sizes: the mean of their means is the mean),
+        # as many as keep the logits under about 64 MB: fewer, larger matmuls
+        rows = self.cfg.eval_batch_size or self.cfg.batch_size
+        per_call = max(1, min(self.cfg.eval_iters, (1 << 24) // (rows * self.model_cfg.block_size
+                                                                  * self.model_cfg.vocab_size)))
+        for split in ("train", "val") if self.cfg.eval_train else ("val",):
+            total, xs, ys = 0.0, [], []
             for x, y in _eval_batches(self.dataset, self.cfg, self.model_cfg.block_size, self.d.rank, split):
-                with self.autocast:
-                    total += self.raw_model(self._to_device(x), self._to_device(y)).loss.item()
+                xs.append(x)
+                ys.append(y)
+                if len(xs) == per_call:
+                    total += self._batch_loss(xs, ys) * len(xs)
+                    xs, ys = [], []
+            if xs:
+                total += self._batch_loss(xs, ys) * len(xs)
             losses[split] = _all_mean(total / self.cfg.eval_iters, self.d)
+        if not self.cfg.eval_train:
+            recent = self.recent_losses or [float("nan")]
+            losses["train"] = sum(recent) / len(recent)
+        self.recent_losses = []
+        estimate = None
+        if exact:
+            estimate, losses["val"] = losses["val"], self.exact_val_loss()
         self.raw_model.train()
         val = losses["val"]
         return EvalResult(self.step, losses["train"], val, math.exp(min(val, 700)),
                           val / math.log(2) / self.dataset.val_bytes_per_token, self.elapsed(),
-                          time.perf_counter() - t0)
+                          time.perf_counter() - t0, estimate)
+
+    def _batch_loss(self, xs: list[np.ndarray], ys: list[np.ndarray]) -> float:
+        x, y = (a[0] if len(a) == 1 else np.concatenate(a) for a in (xs, ys))
+        with self.autocast:
+            return self.raw_model(self._to_device(x), self._to_device(y)).loss.item()
+
+    def exact_val_loss(self, windows_per_batch: int = 64) -> float:
+        """Mean loss over every non-overlapping block_size window of the val split (no sampling noise);
+        under DDP the ranks share the windows."""
+        T = self.model_cfg.block_size
+        val = np.asarray(self.dataset.val, dtype=np.int64)
+        n = (len(val) - 1) // T
+        x_all = val[: n * T].reshape(n, T)
+        y_all = val[1: n * T + 1].reshape(n, T)
+        total, count = 0.0, 0
+        for i in range(self.d.rank * windows_per_batch, n, windows_per_batch * self.d.world_size):
+            x, y = x_all[i:i + windows_per_batch], y_all[i:i + windows_per_batch]
+            with self.autocast:
+                total += self.raw_model(self._to_device(np.ascontiguousarray(x)),
+                                        self._to_device(np.ascontiguousarray(y))).loss.item() * len(x)
+            count += len(x)
+        return _all_mean(total, self.d) / max(_all_mean(count, self.d), 1e-9)
 
     def sample(self) -> str:
         return _sample_text(self.raw_model, self.tokenizer, self.cfg.sample_tokens, self.device)
@@ -652,7 +820,7 @@ def _eval_batches(dataset: TokenDataset, cfg: TrainConfig, block_size: int, rank
     changes in the estimate then reflect the model, not the draw."""
     rng = np.random.default_rng([cfg.seed, rank, 0xE7A1, split == "val"])
     for _ in range(cfg.eval_iters):
-        yield dataset.get_batch(split, cfg.batch_size, block_size, rng)
+        yield dataset.get_batch(split, cfg.eval_batch_size or cfg.batch_size, block_size, rng)
 
 
 def _sample_text(model: GPT, tokenizer: Tokenizer, n_tokens: int, device: torch.device) -> str:
@@ -754,7 +922,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def write(text: str) -> None:
         if master:
-            (bar.write if bar else print)(text)
+            (bar.write if bar is not None else print)(text)
 
     try:
         for rec in gen:
@@ -766,7 +934,11 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"run {rec.run_dir}: {rec.parameters['total']:,} parameters "
                           f"({rec.parameters['non_embedding']:,} non-embedding), tokenizer {rec.tokenizer}, "
                           f"{rec.device} {rec.dtype}, {rec.world_size} process(es){resumed}", flush=True)
-                    bar = tqdm(total=rec.train_config["max_steps"], initial=rec.resumed_from or 0,
+                    timed = rec.train_config.get("max_seconds")
+                    if timed:
+                        print(f"time budget {timed:g} s: the lr decays over it and the run stops on it "
+                              f"(a resume continues its clock, not bit-for-bit)", flush=True)
+                    bar = tqdm(total=None if timed else rec.train_config["max_steps"], initial=rec.resumed_from or 0,
                                unit="step", dynamic_ncols=True, disable=None)
             elif isinstance(rec, ThreadsChosen):
                 write(f"torch threads: {rec.threads} (ms per step by thread count: "
@@ -776,12 +948,14 @@ def main(argv: list[str] | None = None) -> int:
                     bar.update(1)
                     bar.set_postfix(loss=f"{rec.loss:.4f}", lr=f"{rec.lr:.2e}", tok_s=f"{rec.tokens_per_s:,.0f}")
             elif isinstance(rec, EvalResult):
-                write(f"step {rec.step}: train {rec.train_loss:.4f}, val {rec.val_loss:.4f} "
+                exact = (f" exact over the whole val split; estimate {rec.val_loss_estimate:.4f}"
+                         if rec.val_loss_estimate is not None else "")
+                write(f"step {rec.step}: train {rec.train_loss:.4f}, val {rec.val_loss:.4f}{exact} "
                       f"(ppl {rec.val_perplexity:.2f}, {rec.val_bits_per_byte:.4f} bits/byte)")
             elif isinstance(rec, Sample):
                 write(f"--- sample at step {rec.step} ---\n{rec.text}\n---")
             elif isinstance(rec, RunFinished) and master:
-                if bar:
+                if bar is not None:
                     bar.close()
                 print(f"done: {rec.step} steps, {rec.tokens_seen:,} tokens, {rec.elapsed:.1f} s; "
                       f"checkpoint {rec.checkpoint}")
@@ -791,7 +965,7 @@ def main(argv: list[str] | None = None) -> int:
                     print("\nstopped: checkpoint saved; continue with --resume", file=sys.stderr)
                 return 130
     except (PlaygroundError, OSError) as e:
-        if bar:
+        if bar is not None:
             bar.close()
         return cli.report_error(e, "continue with --resume: the checkpoints already written are intact")
     finally:

@@ -267,3 +267,92 @@ def test_ddp_two_processes_on_cpu(tmp_path, corpus_file, data_dir):
     assert len(c.meta["rng_numpy"]) == 2 and "rng.torch.1" in c.tensors
     evals = [r for r in read_log(tmp_path / "ddp") if r["type"] == "EvalResult"]
     assert [e["step"] for e in evals] == [0, 6, 12] and evals[-1]["val_loss"] < evals[0]["val_loss"]
+
+
+# -- Muon, a time budget, cheaper evaluation ---------------------------------------------------------
+
+def test_muon_run_learns_and_resumes_identically(tmp_path, corpus_file, data_dir):
+    from core.train import MuonAdamW
+    muon = dict(optimizer="muon", muon_lr=0.02)
+    straight = [r for r in train(tiny_cfg(tmp_path / "a", corpus_file, data_dir, **muon), TINY)]
+    steps = [r for r in straight if isinstance(r, TrainStep)]
+    evals = [r for r in straight if isinstance(r, EvalResult)]
+    assert evals[-1].val_loss < evals[0].val_loss - 1.5
+    ckpt = ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(tmp_path / "a", 30))
+    groups = ckpt.meta["optimizer_param_groups"]
+    assert [bool(g.get("muon")) for g in groups] == [True, False, False]   # Muon's matrices, then AdamW's two
+    assert groups[0]["lr"] == pytest.approx(steps[-1].lr * 0.02 / 3e-3)     # one schedule, scaled
+    # stopped at step 13 and resumed: the same losses and weights as the straight run
+    gen = train(tiny_cfg(tmp_path / "b", corpus_file, data_dir, **muon), TINY)
+    for rec in gen:
+        if isinstance(rec, TrainStep) and rec.step == 13:
+            gen.close()
+    resumed = [r for r in train(tiny_cfg(tmp_path / "b", corpus_file, data_dir, resume=True))
+               if isinstance(r, TrainStep)]
+    assert [r.loss for r in resumed] == [r.loss for r in steps[13:]]
+    a, b = weights(ckpt_io.checkpoint_path(tmp_path / "a", 30)), weights(ckpt_io.checkpoint_path(tmp_path / "b", 30))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the optimizer state is one state dict over both parts
+    model = GPT(ckpt.model_config)
+    from core.train import make_optimizer
+    opt = make_optimizer(model, TrainConfig(**ckpt.meta["train_config"]), torch.device("cpu"))
+    assert isinstance(opt, MuonAdamW)
+    ckpt_io.restore_optimizer(opt, ckpt)
+    assert len(opt.state) == len([p for p in model.parameters()])
+
+
+def test_a_muon_checkpoint_exports(tmp_path, corpus_file, data_dir):
+    from core.export import ExportConfig, export_model
+    list(train(tiny_cfg(tmp_path / "run", corpus_file, data_dir, optimizer="muon", max_steps=10), TINY))
+    card = export_model(tmp_path / "run", tmp_path / "out", ExportConfig(parity_steps=5))
+    assert card["parity"]["max_abs_logit_diff"] < 1e-4
+
+
+def test_a_time_budget_stops_near_the_deadline_with_the_lr_at_its_floor(tmp_path, corpus_file, data_dir):
+    cfg = tiny_cfg(tmp_path / "run", corpus_file, data_dir, max_steps=10 ** 6, max_seconds=2.0, eval_interval=0,
+                   exact_final_eval=True, eval_train=False, checkpoint_interval=0, min_lr=1e-4)
+    t0 = time.perf_counter()
+    recs = list(train(cfg, TINY))
+    steps = [r for r in recs if isinstance(r, TrainStep)]
+    evals = [r for r in recs if isinstance(r, EvalResult)]
+    assert 2.0 <= steps[-1].elapsed < 2.0 + 1.0 and time.perf_counter() - t0 < 30
+    assert len(steps) > 20 and steps[-1].lr == pytest.approx(1e-4, rel=0.05)   # decay ended on the deadline
+    assert max(s.lr for s in steps) > 2e-3
+    assert [e.step for e in evals] == [steps[-1].step]                          # one eval, at the end
+    final = evals[0]
+    assert final.val_loss_estimate is not None and abs(final.val_loss - final.val_loss_estimate) < 0.5
+    assert final.train_loss == pytest.approx(sum(s.loss for s in steps[-50:]) / 50)
+    assert isinstance(recs[-1], RunFinished) and recs[-1].final is final
+    assert [s for s, _ in ckpt_io.list_checkpoints(tmp_path / "run")] == [steps[-1].step]
+
+
+def test_time_schedule_and_bad_values():
+    from core.checks import ConfigError
+    cfg = TrainConfig(max_steps=10 ** 6, warmup_steps=10, learning_rate=1e-3, min_lr=1e-4, max_seconds=100)
+    assert lr_at(5, cfg, 0.5) == pytest.approx(1e-3 * 6 / 11)          # warmup counts steps
+    assert lr_at(50, cfg, 50.0) == pytest.approx(5.5e-4)               # half the time: half the cosine
+    assert lr_at(50, cfg, 100.0) == pytest.approx(1e-4) and lr_at(51, cfg, 250.0) == pytest.approx(1e-4)
+    for kw, message in [(dict(max_seconds=-1), "max_seconds must be a finite number >= 0, got -1"),
+                        (dict(max_seconds=float("inf")), "max_seconds must be a finite number"),
+                        (dict(optimizer="sgd"), "optimizer must be one of adamw, muon; got 'sgd'"),
+                        (dict(muon_lr=0), "muon_lr must be a finite number > 0"),
+                        (dict(muon_momentum=1.0), "muon_momentum must be"),
+                        (dict(max_seconds=60, lr_decay_steps=100), "drop one of them")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            TrainConfig(**kw)
+
+
+def test_a_diverging_muon_recipe_stops_and_keeps_the_last_good_checkpoint(tmp_path, corpus_file, data_dir):
+    # both learning rates ramp over the warmup to absurd values: fine at first, then it blows up
+    cfg = tiny_cfg(tmp_path / "run", corpus_file, data_dir, optimizer="muon", max_steps=2000, warmup_steps=2000,
+                   learning_rate=50.0, muon_lr=500.0, checkpoint_interval=5, eval_interval=0, grad_clip=1.0)
+    seen = []
+    with pytest.raises(TrainingDiverged, match=r"diverged at step \d+: loss .*the last good checkpoint "
+                                               r"\(step \d+\) is kept at .*lower learning rate"):
+        for rec in train(cfg, TINY):
+            if isinstance(rec, CheckpointSaved):
+                seen.append((rec.step, file_digest(rec.path)))
+    assert seen, "the run should have checkpointed before diverging"
+    good = ckpt_io.latest_checkpoint(tmp_path / "run")
+    assert (good.step, file_digest(good.path)) == seen[-1]
+    assert all(torch.isfinite(t).all() for t in good.model_state().values())
