@@ -7,11 +7,16 @@ vocabulary (trained with rustbpe on tiny shakespeare), context 256, it times:
   (a) torch, full recomputation every step (nanoGPT's generate)
   (b) torch with the model's KV cache
   (c) this project's runtime: core.runtime.Model on onnxruntime, fp32 with its own thread choice (by
-      model width), then 1 and 2 threads, then the int8 variant
+      model width), then 1 and 2 threads, then the int8 variant, all on the export's default "shared"
+      KV-cache layout (one buffer per layer written in place, fused operators), and fp32 on the old
+      "concat" layout (plain ONNX, the cache copied every step), the lever measured rather than assumed
   (d) transformers' GPT2LMHeadModel.generate(use_cache=True), the same weights ported into it, called
       plainly as its users do
-and the per-call floor of onnxruntime on a trivial graph. Weights are random-init (speed does not
-depend on them; the port is checked by comparing logits). Each figure is the median of several
+and the per-call floor of onnxruntime on a trivial graph, and the memory-bandwidth floor of a decode
+step: the bytes it must read (every weight matrix, the head included, one embedding row, and the KV
+cache at that context) over the read bandwidth measured in the same run (a 256 MB sum on the bench's
+threads; the copy bandwidth is printed too). Weights are random-init (speed does not depend on them;
+the port is checked by comparing logits). Each figure is the median of several
 whole generations, the variants interleaved so the machine's drift hits all alike; ms/token is the
 whole generation (prefill included) divided by 200.
 """
@@ -83,7 +88,37 @@ def trivial_graph_floor(threads: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def bench_shape(name, mcfg, tokenizer, threads, repeats, goal):
+def measure_bandwidth(repeats: int = 10) -> tuple[float, float]:
+    """Read and copy bandwidth (GB/s, medians) on the current thread setting: a 256 MB sum, and a 256 MB
+    copy counted as bytes read plus bytes written (as STREAM does)."""
+    import torch
+    a, b = torch.randn(64 * 2 ** 20), torch.empty(64 * 2 ** 20)
+    read, copy = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a.sum()
+        t1 = time.perf_counter()
+        b.copy_(a)
+        t2 = time.perf_counter()
+        read.append(a.numel() * 4 / (t1 - t0) / 1e9)
+        copy.append(2 * a.numel() * 4 / (t2 - t1) / 1e9)
+    return statistics.median(read), statistics.median(copy)
+
+
+def bytes_per_step(mcfg, context: int) -> int:
+    """What one fp32 decode step must read: every weight matrix once (the head, tied or not, included),
+    one row of the embedding (and of the learned positions), the norms and biases, and the cached keys
+    and values of `context` positions."""
+    from core.config import count_parameters
+    p = count_parameters(mcfg)
+    head = mcfg.vocab_size * mcfg.n_embd
+    matrices = p["non_embedding"] + head                     # blocks, norms, biases + the head
+    rows = mcfg.n_embd * (2 if mcfg.pos_encoding == "learned" else 1)
+    kv = 2 * mcfg.n_layer * mcfg.kv_heads * mcfg.head_dim * context
+    return 4 * (matrices + rows + kv)
+
+
+def bench_shape(name, mcfg, tokenizer, threads, repeats, goal, bandwidth):
     import numpy as np
     import torch
     from core.export import ExportConfig, export_model
@@ -95,13 +130,16 @@ def bench_shape(name, mcfg, tokenizer, threads, repeats, goal):
     model = GPT(mcfg).eval()
     hf = port_to_transformers(model)
     tmp = Path(tempfile.mkdtemp(prefix="bench-gen-"))
-    export_model(make_run(tmp, model, tokenizer), tmp / "model", ExportConfig(parity_steps=50))
+    run_dir = make_run(tmp, model, tokenizer)
+    export_model(run_dir, tmp / "model", ExportConfig(parity_steps=50))
+    export_model(run_dir, tmp / "concat", ExportConfig(parity_steps=50, kv_cache="concat"))
     # int8 for its speed: random weights make agreement meaningless, so the bar is 0 (the fastest recipe)
     quantize_model(tmp / "model", QuantizeConfig(min_agreement=0.0, positions=256))
     rt = Model(tmp / "model")                      # the runtime's own thread choice
     rt1 = Model(tmp / "model", threads=1)
     rt2 = Model(tmp / "model", threads=threads)
     rt8 = Model(tmp / "model", variant="int8")
+    rtc = Model(tmp / "concat")
     prompt = torch.randint(0, mcfg.vocab_size, (1, PROMPT), generator=torch.Generator().manual_seed(1))
 
     # Each variant is a generator of greedy tokens after `prompt`, so whole runs and single steps
@@ -145,6 +183,7 @@ def bench_shape(name, mcfg, tokenizer, threads, repeats, goal):
                 "(c) runtime, 1 thread": runtime(rt1),
                 f"(c) runtime, {threads} threads": runtime(rt2),
                 f"(c) runtime, int8 ({rt8.threads} thread(s))": runtime(rt8),
+                f"(c) runtime, concat layout ({rtc.threads} thread(s))": runtime(rtc),
                 "(d) transformers generate(use_cache)": hf_generate}
     ref = list(torch_cache(prompt, NEW))
     agree = {k: sum(a == b for a, b in zip(f(prompt, NEW), ref)) / NEW for k, f in variants.items()}
@@ -176,12 +215,24 @@ def bench_shape(name, mcfg, tokenizer, threads, repeats, goal):
             late[k].extend(b - a for a, b in zip(stamps[-21:-1], stamps[-20:]))
     ms = {k: 1000 * statistics.median(v) / NEW for k, v in times.items()}
     ms_full = {k: 1000 * statistics.median(v) for k, v in late.items()}
+    spread = {k: (1000 * min(v) / NEW, 1000 * max(v) / NEW) for k, v in times.items()}
     print(f"\n## {name}: {sum(p.numel() for p in model.parameters()):,} parameters, vocab {mcfg.vocab_size}, "
-          f"context {mcfg.block_size}")
-    print(f"{'variant':42s} {'ms/token':>9s} {'tokens/s':>9s} {'ms/step @256':>13s}  greedy = (b)")
+          f"context {mcfg.block_size}; {repeats} runs each, interleaved")
+    print(f"{'variant':46s} {'ms/token':>9s} {'(min-max)':>15s} {'tokens/s':>9s} {'ms/step @256':>13s}  greedy = (b)")
     for k in variants:
-        print(f"{k:42s} {ms[k]:9.3f} {1000 / ms[k]:9.0f} {ms_full[k]:13.3f}  {100 * agree[k]:.0f} %")
-    c_key, d_key, a_key = f"(c) runtime ({rt.threads} thread(s), its default)", "(d) transformers generate(use_cache)", "(a) torch, no cache"
+        lo, hi = spread[k]
+        print(f"{k:46s} {ms[k]:9.3f} {f'({lo:.3f}-{hi:.3f})':>15s} {1000 / ms[k]:9.0f} {ms_full[k]:13.3f}  "
+              f"{100 * agree[k]:.0f} %")
+    read_bw, copy_bw = bandwidth
+    c_key = f"(c) runtime ({rt.threads} thread(s), its default)"
+    for label, context, table in (("whole generation", PROMPT + NEW // 2, ms), ("one step at 256", mcfg.block_size, ms_full)):
+        need = bytes_per_step(mcfg, context)
+        floor = need / (read_bw * 1e9) * 1000
+        print(f"bandwidth floor, {label}: {need / 1e6:.1f} MB per step / {read_bw:.1f} GB/s read = {floor:.3f} ms "
+              f"(at the {copy_bw:.1f} GB/s copy bandwidth: {need / (copy_bw * 1e9) * 1000:.3f} ms); fp32 runtime "
+              f"{table[c_key]:.3f} ms = {table[c_key] / floor:.2f}x the read floor (goal <= 1.3x); "
+              f"concat layout {table[f'(c) runtime, concat layout ({rtc.threads} thread(s))'] / floor:.2f}x")
+    d_key, a_key = "(d) transformers generate(use_cache)", "(a) torch, no cache"
     i8_key = f"(c) runtime, int8 ({rt8.threads} thread(s))"
     for label, table in (("20-token prompt + 200 tokens", ms), ("one step at 256 tokens of context", ms_full)):
         c = table[c_key]
@@ -212,21 +263,25 @@ def main() -> None:
     args = p.parse_args()
     set_threads(args.threads)
     quiet_transformers()
+    import logging
+    logging.disable(logging.INFO)           # the exporter's and rustbpe's progress lines
     from core.config import ModelConfig
     from core.data import load_corpus
     from core.tokenizer import byte_tokenizer, train_bpe
 
     floor1, floor2 = trivial_graph_floor(1), trivial_graph_floor(args.threads)
+    bandwidth = measure_bandwidth()
+    print(f"memory bandwidth on {args.threads} threads: read {bandwidth[0]:.1f} GB/s, copy {bandwidth[1]:.1f} GB/s")
     print(f"onnxruntime per-call floor (Identity on one float): {1000 * floor1:.1f} us (1 thread), "
           f"{1000 * floor2:.1f} us ({args.threads} threads)")
     small = bench_shape("4L/4H/128, byte vocabulary",
                         ModelConfig(vocab_size=257, block_size=256, n_layer=4, n_head=4, n_embd=128),
-                        byte_tokenizer(), args.threads, args.repeats, goal=8)
+                        byte_tokenizer(), args.threads, args.repeats, goal=8, bandwidth=bandwidth)
     corpus = load_corpus("tinyshakespeare", default_data_dir())
     bpe = train_bpe([corpus.text], 4096, name="bpe4096")
     big = bench_shape("6L/6H/384, 4k BPE vocabulary",
                       ModelConfig(vocab_size=bpe.n_vocab, block_size=256, n_layer=6, n_head=6, n_embd=384),
-                      bpe, args.threads, args.repeats, goal=4)
+                      bpe, args.threads, args.repeats, goal=4, bandwidth=bandwidth)
     for name, ms in (("4L/128", small), ("6L/384", big)):
         c = min(v for k, v in ms.items() if k.startswith("(c) runtime") and "int8" not in k)
         print(f"{name}: best runtime step {1000 * c:.0f} us/token = {c / floor1:.0f}x the trivial-graph floor")

@@ -51,6 +51,14 @@ MODEL_CHECKPOINT_DIR = "checkpoints"      # earlier checkpoints exported beside 
 _MODEL_STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
+# model.onnx's KV-cache layouts: "shared" takes one preallocated buffer per layer's keys and values and
+# writes each call's positions into it in place (the `past_length` input says where; onnxruntime's
+# GroupQueryAttention), "concat" is plain ONNX that returns past and new positions concatenated (a copy
+# of the whole cache every step, but any runtime runs it). Old exports are all "concat".
+KV_LAYOUTS = ("shared", "concat")
+PAST_LENGTH = "past_length"
+
+
 def cache_names(n_layer: int, prefix: str = "past_key_values") -> list[str]:
     """model.onnx's KV-cache inputs (`past_key_values`) or outputs (`present`): {prefix}.{i}.key|value."""
     return [f"{prefix}.{i}.{kind}" for i in range(n_layer) for kind in ("key", "value")]

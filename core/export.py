@@ -5,10 +5,16 @@ Holds `export_gpt()` (the one exporter: a model, its tokenizer and what the card
 it came from), `export_model()` and its CLI (`python -m core.export CHECKPOINT OUT_DIR`: a run
 directory's checkpoint through `export_gpt`), and `PeakMemory` (what an export cost in memory). It writes
 `OUT_DIR/` with:
-  model.onnx       one graph for prefill, cached decode and full recomputation:
-                   input_ids [batch, seq] + past_key_values.{i}.key|value [batch, n_kv_head, past, head_dim]
-                   -> logits [batch, seq, vocab] + present.{i}.key|value; positions start at past
-                   inside the graph, and past may be 0.
+  model.onnx       one graph for prefill, cached decode and full recomputation, in one of two KV-cache
+                   layouts (`ExportConfig.kv_cache`, `core.catalog.KV_LAYOUTS`):
+                   shared (the default): input_ids [batch, seq] + past_length [] (int64) +
+                   past_key_values.{i}.key|value [batch, n_kv_head, capacity, head_dim] -> logits
+                   [batch, seq, vocab] + present.{i}.key|value of the same shape: the new positions
+                   are written at past_length.. (GroupQueryAttention, com.microsoft), and a caller that
+                   binds present to past's memory (onnxruntime's I/O binding) never copies the cache;
+                   concat: input_ids + past_key_values [batch, n_kv_head, past, head_dim] -> logits +
+                   present [.., past + seq, ..], plain ONNX that any runtime runs. Either way the
+                   positions start at the past inside the graph, and past may be 0.
   attention.onnx   input_ids -> logits + attn.{i} [batch, heads, seq, seq], and each layer's q.{i},
                    k.{i}, v.{i} [batch, heads, seq, head_dim] (k and v repeated per query head under
                    grouped-query attention), heads.{i} and proj.{i} [batch, seq, n_embd]: the explicit
@@ -52,15 +58,15 @@ import numpy as np
 import torch
 
 from core import cli
-from core.catalog import (ATTENTION_FILE, CARD_FILE, EXTERNAL_DATA_SUFFIX, FORMAT, MODEL_FILE, RUN_FILE,
+from core.catalog import (ATTENTION_FILE, CARD_FILE, EXTERNAL_DATA_SUFFIX, FORMAT, KV_LAYOUTS, MODEL_FILE, PAST_LENGTH, RUN_FILE,
                           TOKENIZER_DIR, VARIANT_FILES, cache_names, graph_bytes, model_checkpoint_dir, read_log, scrub_paths,
                           shown_path)
 from core.checks import PlaygroundError
 from core.checkpoint import load_model
 from core.config import TRAIN_PATH_FIELDS
 from core.files import make_readable, write_atomic
-from core.model import GPT
-from core.quantize import QuantizeConfig, QuantizeError, quantize_model, run_cached, session
+from core.model import GPT, CacheBuffers
+from core.quantize import QuantizeConfig, QuantizeError, open_graph, quantize_model, run_cached, session
 from core.runtime import ATTENTION_PARTS
 from core.tokenizer import Tokenizer, load_tokenizer
 
@@ -73,6 +79,9 @@ class ExportError(PlaygroundError):
 @dataclass
 class ExportConfig:
     opset: int = 18               # 18: the dynamo exporter's well-trodden path, run by onnxruntime >= 1.14
+    kv_cache: str = "shared"      # model.onnx's cache layout (core.catalog.KV_LAYOUTS): "shared" never copies the
+                                  # cache (1.3-2x faster decoding here); "concat" for runtimes without
+                                  # onnxruntime's contrib operators
     parity_tolerance: float = 1e-4    # max |logit difference| torch vs onnxruntime (fp32) before failing
     parity_prompt: int = 8        # prompt tokens prefilled in the parity check
     parity_steps: int = 50        # cached decode steps after it (fewer if the context is shorter)
@@ -122,7 +131,7 @@ class PeakMemory:
 
 
 class _CachedGraph(torch.nn.Module):
-    """input_ids + flat past -> logits + flat present (what model.onnx computes)."""
+    """input_ids + flat past -> logits + flat present (what model.onnx computes in the "concat" layout)."""
 
     def __init__(self, model: GPT):
         super().__init__()
@@ -131,6 +140,19 @@ class _CachedGraph(torch.nn.Module):
     def forward(self, input_ids, past_flat):
         past = [(past_flat[2 * i], past_flat[2 * i + 1]) for i in range(len(past_flat) // 2)]
         out = self.model(input_ids, past=past, use_cache=True)
+        return out.logits, [t for kv in out.present for t in kv]
+
+
+class _SharedCacheGraph(torch.nn.Module):
+    """input_ids + past_length + flat buffers -> logits + flat buffers (the "shared" layout)."""
+
+    def __init__(self, model: GPT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, past_length, past_flat):
+        layers = [(past_flat[2 * i], past_flat[2 * i + 1]) for i in range(len(past_flat) // 2)]
+        out = self.model(input_ids, past=CacheBuffers(layers, past_length), use_cache=True)
         return out.logits, [t for kv in out.present for t in kv]
 
 
@@ -151,31 +173,89 @@ def _weight_bytes(model: torch.nn.Module) -> int:
             + sum(b.numel() * b.element_size() for b in model.buffers()))
 
 
+def _contrib_op(name: str, inputs: list[str], outputs: list[str], attributes: dict[str, str] = {}):
+    """onnxruntime's operator `name` (com.microsoft), declared for onnxscript (which knows only ONNX's own
+    operators); inputs ending in "?" are optional, every tensor is a float."""
+    import onnxscript
+    from onnx.defs import OpSchema
+    optional, single = OpSchema.FormalParameterOption.Optional, OpSchema.FormalParameterOption.Single
+
+    def arg(n: str):
+        types = "M" if n in ("seqlens_k", "total_sequence_length") else "T"
+        return OpSchema.FormalParameter(n.rstrip("?"), types, param_option=optional if n.endswith("?") else single)
+    schema = OpSchema(name, "com.microsoft", 1, inputs=[arg(n) for n in inputs], outputs=[arg(n) for n in outputs],
+                      type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], ""),
+                                        ("M", ["tensor(int32)"], "")],
+                      attributes=[OpSchema.Attribute(k, OpSchema.AttrType.INT, why) for k, why in attributes.items()])
+    return onnxscript.values.Op(onnxscript.values.Opset("com.microsoft", 1), name, schema)
+
+
+def _translations() -> dict:
+    """How the "shared" graph maps torch operators onto onnxruntime's fused ones (one node where plain
+    ONNX takes five to ten: per-node overhead, not arithmetic, is most of a small model's decode step):
+    core.model's buffered attention -> GroupQueryAttention, exact GELU -> Gelu, tanh GELU -> FastGelu."""
+    gqa = _contrib_op("GroupQueryAttention",
+                      ["query", "key?", "value?", "past_key", "past_value", "seqlens_k", "total_sequence_length",
+                       "cos_cache?", "sin_cache?"], ["output", "present_key", "present_value"],
+                      {"num_heads": "query heads", "kv_num_heads": "key/value heads",
+                       "do_rotary": "rotate q and k (RoPE)"})
+    gelu, fast_gelu = _contrib_op("Gelu", ["X"], ["Y"]), _contrib_op("FastGelu", ["X", "bias?"], ["Y"])
+
+    def buffered_attention(qkv, k_buf, v_buf, seqlens_k, total, cos, sin, n_head: int, n_kv: int):
+        # packed q, k, v (no key or value input); GroupQueryAttention's rotary is RoPE's rotate-half form
+        # (rotary_interleaved 0), at positions it derives from seqlens_k as core.model does
+        return gqa(qkv, None, None, k_buf, v_buf, seqlens_k, total, cos, sin, num_heads=n_head,
+                   kv_num_heads=n_kv, do_rotary=int(cos is not None), _outputs=3)
+
+    def any_gelu(x, approximate: str = "none"):
+        return fast_gelu(x) if approximate == "tanh" else gelu(x)
+
+    return {torch.ops.playground.buffered_attention.default: buffered_attention,
+            torch.ops.aten.gelu.default: any_gelu}
+
+
 def _export(module, args, dynamic_shapes, input_names, output_names, path: Path, opset: int,
-            metadata: dict, external: bool) -> None:
+            metadata: dict, external: bool, fused: bool) -> None:
     """Trace `module` and write it to `path`, with the metadata set on the in-memory graph (never by
-    loading the written file again), its weights in `path`.data when `external`."""
+    loading the written file again), its weights in `path`.data when `external`; with `fused`, onto
+    onnxruntime's fused operators (`_translations`), else plain ONNX."""
     module.eval()
     program = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=dynamic_shapes,
                                 opset_version=opset, input_names=input_names,
-                                output_names=output_names, verbose=False)
+                                output_names=output_names, verbose=False,
+                                custom_translation_table=_translations() if fused else None)
     program.model.metadata_props.update(metadata)
     # external_data=False still goes external past 2 GB (torch's own rule); the runtime reads either
     program.save(str(path), external_data=external)
 
 
 def _export_cached(model: GPT, path: Path, io: dict, metadata: dict, opset: int, external: bool) -> None:
-    """The prefill / cached-decode graph, dynamic in batch, sequence and past length. The example has
-    batch 2, seq 3 and past 4, so that no dimension specializes to 0 or 1."""
+    """The prefill / cached-decode graph, dynamic in batch, sequence and past length (or capacity). The
+    example has batch 2, seq 3 and past 4 (capacity 8), so that no dimension specializes to 0 or 1."""
     mc = model.config
     batch = torch.export.Dim("batch")
     seq = torch.export.Dim("seq", max=mc.block_size)
+    if io["kv_cache"] == "shared":
+        capacity = torch.export.Dim("capacity", min=2, max=mc.block_size)
+        example = (torch.randint(0, mc.vocab_size, (2, 3)), torch.tensor(4),
+                   [torch.zeros(2, mc.kv_heads, 8, mc.head_dim) for _ in range(2 * mc.n_layer)])
+        _export(_SharedCacheGraph(model), example,
+                {"input_ids": {0: batch, 1: seq}, "past_length": None,
+                 "past_flat": [{0: batch, 2: capacity} for _ in range(2 * mc.n_layer)]},
+                io["inputs"], io["outputs"], path, opset, metadata, external, fused=True)
+        return
     past_len = torch.export.Dim("past", min=0, max=mc.block_size)
     example = (torch.randint(0, mc.vocab_size, (2, 3)),
                [torch.zeros(2, mc.kv_heads, 4, mc.head_dim) for _ in range(2 * mc.n_layer)])
     _export(_CachedGraph(model), example,
             {"input_ids": {0: batch, 1: seq}, "past_flat": [{0: batch, 2: past_len} for _ in range(2 * mc.n_layer)]},
-            io["inputs"], io["outputs"], path, opset, metadata, external)
+            io["inputs"], io["outputs"], path, opset, metadata, external, fused=False)
+
+
+def _layout_for(mc, wanted: str) -> str:
+    """The KV-cache layout a model can have: "shared" needs head_dim % 8 == 0 (GroupQueryAttention's
+    kernels refuse other sizes at run time), else it falls back to "concat"."""
+    return "concat" if wanted == "shared" and mc.head_dim % 8 else wanted
 
 
 def check_target(out_dir: Path) -> None:
@@ -215,6 +295,8 @@ def export_gpt(model: GPT, tokenizer: Tokenizer, out_dir: str | os.PathLike, cfg
     """
     memory = memory or PeakMemory()
     cfg = cfg or ExportConfig()
+    if cfg.kv_cache not in KV_LAYOUTS:
+        raise ExportError(f"unknown KV-cache layout {cfg.kv_cache!r}; choose one of {', '.join(KV_LAYOUTS)}")
     out_dir = Path(out_dir)
     check_target(out_dir)
     model = model.float().eval()
@@ -259,9 +341,15 @@ def _export_into(work: Path, name: str, model: GPT, tokenizer: Tokenizer, cfg: E
                  memory: PeakMemory, say: Callable[[str], None]) -> dict:
     mc = model.config
     L = mc.n_layer
-    io = {"inputs": ["input_ids"] + cache_names(L),
+    layout = _layout_for(mc, cfg.kv_cache)
+    if layout != cfg.kv_cache:
+        say(f"the shared KV-cache layout needs a head dimension divisible by 8 (onnxruntime's "
+            f"GroupQueryAttention); this model's is {mc.head_dim}: exporting the concat layout")
+    shared = layout == "shared"
+    io = {"inputs": ["input_ids"] + ([PAST_LENGTH] if shared else []) + cache_names(L),
           "outputs": ["logits"] + cache_names(L, "present"),
-          "past_shape": ["batch", "n_kv_head", "past", "head_dim"],
+          "kv_cache": layout,
+          "past_shape": ["batch", "n_kv_head", "capacity" if shared else "past", "head_dim"],
           "attention_outputs": [f"attn.{i}" for i in range(L)],
           # the attention graph's inner vectors, for the Learn page's step-by-step attention
           "attention_parts": {kind: [f"{kind}.{i}" for i in range(L)] for kind in ATTENTION_PARTS}}
@@ -277,7 +365,7 @@ def _export_into(work: Path, name: str, model: GPT, tokenizer: Tokenizer, cfg: E
     _export(_AttentionGraph(model), (torch.randint(0, mc.vocab_size, (2, 3)),),
             {"input_ids": {0: batch, 1: seq}}, ["input_ids"],
             ["logits"] + io["attention_outputs"] + [n for kind in ATTENTION_PARTS for n in io["attention_parts"][kind]],
-            work / ATTENTION_FILE, cfg.opset, metadata, external)
+            work / ATTENTION_FILE, cfg.opset, metadata, external, fused=shared)
     if external:
         _share_weights(work, ATTENTION_FILE, MODEL_FILE)
 
@@ -293,9 +381,7 @@ def _export_into(work: Path, name: str, model: GPT, tokenizer: Tokenizer, cfg: E
         ref_attn = [a.numpy() for a in ref_out.attentions]
         ref_attn += [p[kind].numpy() for kind in ATTENTION_PARTS for p in ref_out.attention_parts]
         del ref_out
-    sess = session(work / MODEL_FILE)
-    got, step_times = run_cached(sess, seq_ids.numpy(), n_prompt, mc)
-    del sess
+    got, step_times = run_cached(open_graph(work / MODEL_FILE, mc), seq_ids.numpy(), n_prompt)
     parity = float(np.abs(got - ref).max())
     attn_outs = session(work / ATTENTION_FILE).run(None, {"input_ids": seq_ids.numpy()})
     attn_parity = max(float(np.abs(a - b).max()) for a, b in zip(attn_outs[1:], ref_attn))
@@ -315,7 +401,7 @@ def _export_into(work: Path, name: str, model: GPT, tokenizer: Tokenizer, cfg: E
     if cfg.fp16:
         say("writing the fp16 variant")
         _export_fp16(work, external)
-        variants["fp16"] = _variant_report(work, "fp16", seq_ids.numpy(), ref, n_prompt, mc, np.float16)
+        variants["fp16"] = _variant_report(work, "fp16", seq_ids.numpy(), ref, n_prompt, mc)
 
     tokenizer.save(work / TOKENIZER_DIR)
     card = {
@@ -440,10 +526,8 @@ def _export_fp16(work: Path, external: bool) -> None:
         write_atomic(target, half.SerializeToString())
 
 
-def _variant_report(work: Path, variant: str, ids: np.ndarray, ref: np.ndarray, n_prompt: int,
-                    mc, dtype) -> dict:
-    sess = session(work / VARIANT_FILES[variant])
-    got, times = run_cached(sess, ids, n_prompt, mc, dtype)
+def _variant_report(work: Path, variant: str, ids: np.ndarray, ref: np.ndarray, n_prompt: int, mc) -> dict:
+    got, times = run_cached(open_graph(work / VARIANT_FILES[variant], mc), ids, n_prompt)
     return {"file": VARIANT_FILES[variant], "bytes": graph_bytes(work / VARIANT_FILES[variant]),
             "max_logit_diff_vs_torch": float(np.abs(got - ref).max()),
             "top1_agreement": float((got.argmax(-1) == ref.argmax(-1)).mean()),
@@ -488,22 +572,25 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --int8: keep the variant even below that bar, labelled approximate")
     p.add_argument("--fp16", action="store_true", help="also write an fp16 variant")
     p.add_argument("--opset", type=int, default=ExportConfig.opset)
+    p.add_argument("--kv-cache", choices=KV_LAYOUTS, default=ExportConfig.kv_cache,
+                   help="model.onnx's cache layout: shared (one buffer per layer, written in place; "
+                        "onnxruntime) or concat (plain ONNX, a copy of the cache every step)")
     p.add_argument("--checkpoints", action="store_true",
                    help="also export the run's earlier checkpoints into OUT_DIR/checkpoints/step_N "
                         "(the pages' checkpoint scrubber)")
     args = p.parse_args(argv)
 
     def export_all() -> dict:
-        card = export_model(args.checkpoint, args.out_dir, ExportConfig(opset=args.opset, int8=args.int8 or args.int8_approximate,
-                                                                        int8_approximate=args.int8_approximate,
-                                                                        fp16=args.fp16))
+        card = export_model(args.checkpoint, args.out_dir,
+                            ExportConfig(opset=args.opset, kv_cache=args.kv_cache, int8=args.int8 or args.int8_approximate,
+                                         int8_approximate=args.int8_approximate, fp16=args.fp16))
         if args.checkpoints:
             from core.checkpoint import list_checkpoints
             final = card["training"]["step"]
             for step, path in list_checkpoints(args.checkpoint):
                 if step != final:
                     export_model(path, model_checkpoint_dir(args.out_dir, step),
-                                 ExportConfig(parity_steps=10))
+                                 ExportConfig(parity_steps=10, kv_cache=args.kv_cache))
         return card
     return export_from_cli(args.out_dir, export_all,
                            "free some space and export again: nothing half-written was kept")

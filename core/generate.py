@@ -407,7 +407,7 @@ def beam_search(source: LogitsSource, prompt: str | Sequence[int], width: int = 
                 reason = "eos"                               # no live beam can beat the worst finished one
                 break
         order = np.array([beam.parent for beam in live])
-        cache = type(cache)(tuple(a[order] for a in cache.arrays), cache.length, len(live))
+        cache = cache.select(order)
         step_logits, cache = source.step(np.array([[beam.tokens[-1]] for beam in live]), cache)
         logps = sampling.log_softmax(step_logits[:, -1])   # row i is live[i]: the next step's parents
     best = finished[:n_best]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -28,6 +29,24 @@ from core.config import ModelConfig, count_parameters, flops_per_token
 
 # A layer's KV cache: (key, value), each (B, n_kv, T_past, hs); n_kv = n_head without grouped-query attention.
 KVCache = tuple[torch.Tensor, torch.Tensor]
+
+
+class BufferedStep(NamedTuple):
+    """What every layer needs to know of a call on CacheBuffers: its shape (the residual stream is then
+    two-dimensional, (B*T, C), so that each Linear exports as one Gemm with its bias) and the positions
+    attended over."""
+    batch: int
+    seq: int
+    total: torch.Tensor                  # () int32: cached positions + seq
+
+
+@dataclass
+class CacheBuffers:
+    """A preallocated KV cache, the layout of the exported decode graph: per layer (key, value) buffers
+    (B, n_kv, capacity, hs) whose first `length` positions are filled; a call writes its own positions
+    after them instead of concatenating (in onnxruntime, GroupQueryAttention writes them in place)."""
+    layers: list[KVCache]
+    length: torch.Tensor                 # () int64: positions already in the buffers
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
@@ -68,6 +87,41 @@ def causal_mask(t_query: int, t_key: int, device) -> torch.Tensor:
     return k <= q + offset
 
 
+@torch.library.custom_op("playground::buffered_attention", mutates_args=())
+def buffered_attention(qkv: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, seqlens_k: torch.Tensor,
+                       total: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, n_head: int,
+                       n_kv: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Causal attention of T new positions over a preallocated cache, with the semantics of
+    onnxruntime's GroupQueryAttention (com.microsoft), which `core.export` maps it to, one node per layer:
+    qkv (B, T, (nh + 2 n_kv) * hs) is c_attn's output for the new positions (query heads, then key heads,
+    then value heads); with RoPE tables cos and sin (context, hs/2), q and k are rotated at their
+    positions total-T .. total-1; k and v go into the buffers (B, n_kv, capacity, hs) at those
+    positions; seqlens_k (B,) int32 is total-1 and total () int32 the positions attended over. Returns
+    the heads' output (B, T, nh * hs) and the filled buffers (new tensors here; the same memory in the
+    exported graph)."""
+    B, T, _ = qkv.shape
+    hs = k_buf.size(-1)
+    end = int(total)
+    qkv = qkv.view(B, T, n_head + 2 * n_kv, hs)
+    qk, v = qkv[:, :, :n_head + n_kv], qkv[:, :, n_head + n_kv:]
+    if cos is not None:
+        qk = apply_rope(qk, cos[end - T:end, None, :], sin[end - T:end, None, :])
+    k_buf, v_buf = k_buf.clone(), v_buf.clone()
+    k_buf[:, :, end - T:end] = qk[:, :, n_head:].transpose(1, 2)
+    v_buf[:, :, end - T:end] = v.transpose(1, 2)
+    keys = k_buf[:, :, :end].repeat_interleave(n_head // n_kv, dim=1)          # (B, nh, total, hs)
+    values = v_buf[:, :, :end].repeat_interleave(n_head // n_kv, dim=1)
+    y = F.scaled_dot_product_attention(qk[:, :, :n_head].transpose(1, 2), keys, values,
+                                       attn_mask=causal_mask(T, end, qkv.device))
+    return y.transpose(1, 2).reshape(B, T, n_head * hs), k_buf, v_buf
+
+
+@buffered_attention.register_fake
+def _(qkv, k_buf, v_buf, seqlens_k, total, cos, sin, n_head, n_kv):
+    B, T, _ = qkv.shape
+    return qkv.new_empty(B, T, n_head * k_buf.size(-1)), torch.empty_like(k_buf), torch.empty_like(v_buf)
+
+
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config: ModelConfig):
@@ -84,14 +138,30 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                past: KVCache | None = None, explicit: bool = False
+                past: KVCache | None = None, explicit: bool = False, buffered: BufferedStep | None = None
                 ) -> tuple[torch.Tensor, KVCache, dict | None]:
         """Returns the output, this layer's (k, v) cache (B, n_kv, T_k, hs), and on the explicit path what a
         reader of the model wants to see: probs (B, nh, T, T_k), q, k, v (B, nh, T|T_k, hs; q and k after
         RoPE; k and v repeated to one per query head, so head h reads k[:, h] under grouped-query attention
         too), heads (B, T, C: every head's output side by side) and proj (B, T, C: after c_proj)."""
-        B, T, C = x.size()
         nh, nkv = self.n_head, self.n_kv
+        if buffered is not None:
+            # past holds preallocated buffers (CacheBuffers), x is (B*T, C) and rope the whole tables: one
+            # fused operator rotates, caches and attends
+            (B, T, total), C = buffered, x.size(-1)
+            hs = C // nh
+            qkv, tables = self.c_attn(x).view(B, T, -1), (None, None)
+            if rope is not None and hs % 16 == 0:
+                tables = rope              # the operator rotates (onnxruntime's kernel needs hs % 16 == 0)
+            elif rope is not None:
+                pos = torch.arange(T, device=x.device) + (total - T)
+                qkv = qkv.view(B, T, nh + 2 * nkv, hs)
+                qk = apply_rope(qkv[:, :, :nh + nkv], rope[0][pos][:, None, :], rope[1][pos][:, None, :])
+                qkv = torch.cat((qk, qkv[:, :, nh + nkv:]), dim=2).view(B, T, -1)
+            y, k_buf, v_buf = buffered_attention(qkv, past[0], past[1], (total - 1).expand(B), total,
+                                                 *tables, nh, nkv)
+            return self.resid_dropout(self.c_proj(y.view(B * T, C))), (k_buf, v_buf), None
+        B, T, C = x.size()
         hs = C // nh
         qkv = self.c_attn(x).view(B, T, nh + 2 * nkv, hs)             # (B, T, nh + 2 nkv, hs)
         qk, v = qkv[:, :, :nh + nkv], qkv[:, :, nh + nkv:]
@@ -169,8 +239,8 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope=None, past=None, explicit=False):
-        a, present, seen = self.attn(self.ln_1(x), rope, past, explicit)
+    def forward(self, x, rope=None, past=None, explicit=False, buffered=None):
+        a, present, seen = self.attn(self.ln_1(x), rope, past, explicit, buffered)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, present, seen
@@ -227,38 +297,50 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                past: list[KVCache] | None = None, use_cache: bool = False,
+                past: list[KVCache] | CacheBuffers | None = None, use_cache: bool = False,
                 return_attention: bool = False, last_only: bool = False) -> GPTOutput:
         """idx (B, T) token ids, positions starting after `past`'s length.
 
+        past: each layer's cache from an earlier call, or preallocated CacheBuffers (the exported decode
+        graph's layout: positions then start at its `length`, a tensor, and `present` is the buffers).
         targets (B, T): returns the mean cross-entropy (ids of -1 are ignored).
         use_cache: return `present`, each layer's keys and values, to pass as `past` next time.
         return_attention: take the explicit attention path and return every layer's probabilities.
         last_only: compute logits for the last position only (generation; saves the head's matmul).
         """
         B, T = idx.size()
-        t_past = past[0][0].size(2) if past else 0
-        if t_past + T > self.config.block_size:
-            raise ValueError(f"cannot attend over {t_past + T} positions: the context length "
-                             f"(block_size) is {self.config.block_size}")
+        buffered = None
+        if isinstance(past, CacheBuffers):
+            # a traced length (the exported graph's input): positions are gathered, never sliced by a Python int
+            pos = torch.arange(T, device=idx.device) + past.length
+            past, buffered = past.layers, BufferedStep(B, T, (past.length + T).to(torch.int32))
+        else:
+            t_past = past[0][0].size(2) if past else 0
+            if t_past + T > self.config.block_size:
+                raise ValueError(f"cannot attend over {t_past + T} positions: the context length "
+                                 f"(block_size) is {self.config.block_size}")
+            pos = torch.arange(t_past, t_past + T, device=idx.device)
         x = self.transformer.wte(idx)                          # (B, T, C)
         rope = None
         if self.config.pos_encoding == "learned":
-            pos = torch.arange(t_past, t_past + T, device=idx.device)
             x = x + self.transformer.wpe(pos)                  # (T, C) broadcast over B
         elif self.config.pos_encoding == "sinusoidal":
-            x = x + self.pos_table[t_past:t_past + T]
+            x = x + self.pos_table[pos]
+        elif buffered is not None:
+            rope = (self.rope_cos, self.rope_sin)               # whole tables: the buffered operator rotates
         else:
-            rope = (self.rope_cos[t_past:t_past + T], self.rope_sin[t_past:t_past + T])
+            rope = (self.rope_cos[pos], self.rope_sin[pos])
         x = self.transformer.drop(x)
+        if buffered is not None:
+            x = x.view(B * T, -1)                              # (B*T, C): see BufferedStep
         presents, parts = [], []
         for i, block in enumerate(self.transformer.h):
-            x, present, seen = block(x, rope, past[i] if past else None, return_attention)
+            x, present, seen = block(x, rope, past[i] if past else None, return_attention, buffered)
             if use_cache:
                 presents.append(present)
             if return_attention:
                 parts.append(seen)
-        x = self.transformer.ln_f(x)
+        x = self.transformer.ln_f(x).view(B, T, -1)
         if targets is not None:
             logits = self.lm_head(x)                           # (B, T, vocab)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),

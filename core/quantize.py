@@ -37,10 +37,11 @@ from pathlib import Path
 import numpy as np
 
 from core import checks, cli
-from core.catalog import CARD_FILE, EXTERNAL_DATA_SUFFIX, MODEL_FILE, VARIANT_FILES, cache_names, graph_bytes
+from core.catalog import CARD_FILE, EXTERNAL_DATA_SUFFIX, MODEL_FILE, VARIANT_FILES, graph_bytes
 from core.checks import PlaygroundError
 from core.config import ModelConfig
 from core.files import make_readable, write_atomic
+from core.runtime import CachedGraph
 
 VARIANT = "int8"
 WINDOW = 256        # tokens per teacher-forced call: a window's logits are WINDOW x vocabulary floats (150k wide
@@ -104,29 +105,26 @@ def session(path: Path, threads: int = 1):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def empty_past(cfg: ModelConfig, batch: int = 1, dtype=np.float32) -> dict[str, np.ndarray]:
-    """The KV-cache inputs of a first call: every layer's keys and values for no position yet."""
-    return {name: np.zeros((batch, cfg.kv_heads, 0, cfg.head_dim), dtype) for name in cache_names(cfg.n_layer)}
+def open_graph(path: Path, cfg: ModelConfig, threads: int = 1) -> CachedGraph:
+    """A variant's graph on its own session, run the way the runtime runs it (either cache layout)."""
+    return CachedGraph(session(path, threads), cfg.n_layer, cfg.block_size)
 
 
-def run_cached(sess, ids: np.ndarray, n_prompt: int, cfg: ModelConfig,
-               dtype=np.float32) -> tuple[np.ndarray, list[float]]:
+def run_cached(graph: CachedGraph, ids: np.ndarray, n_prompt: int) -> tuple[np.ndarray, list[float]]:
     """Prefill n_prompt tokens, then decode the rest one by one; logits (B, T, V) and each step's seconds."""
-    B, names = ids.shape[0], cache_names(cfg.n_layer)
-    outs = sess.run(None, {"input_ids": ids[:, :n_prompt], **empty_past(cfg, B, dtype)})
-    logits, times = [outs[0]], []
+    logits, cache = graph.step(ids[:, :n_prompt], graph.empty_cache(ids.shape[0]))
+    out, times = [logits], []
     for t in range(n_prompt, ids.shape[1]):
-        feeds = {"input_ids": ids[:, t:t + 1], **dict(zip(names, outs[1:]))}
         t0 = time.perf_counter()
-        outs = sess.run(None, feeds)
+        logits, cache = graph.step(ids[:, t:t + 1], cache)
         times.append(time.perf_counter() - t0)
-        logits.append(outs[0])
-    return np.concatenate(logits, axis=1).astype(np.float32), times
+        out.append(logits)
+    return np.concatenate(out, axis=1).astype(np.float32), times
 
 
-def _prefill(sess, ids: np.ndarray, cfg: ModelConfig) -> np.ndarray:
-    """Logits (1, T, V) of a whole window in one call."""
-    return sess.run(["logits"], {"input_ids": ids, **empty_past(cfg)})[0]
+def _prefill(graph: CachedGraph, ids: np.ndarray) -> np.ndarray:
+    """Logits (B, T, V) of a whole window in one call."""
+    return graph.step(ids, graph.empty_cache(ids.shape[0]))[0]
 
 
 # -- the text the agreement is measured on -------------------------------------------------------------
@@ -138,26 +136,83 @@ def windows_of(ids: list[int], block_size: int, positions: int) -> list[np.ndarr
             if len(ids[i:i + size]) >= 2]
 
 
-def sampled_windows(sess, cfg: ModelConfig, n_vocab: int, positions: int, seed: int) -> list[np.ndarray]:
+def sampled_windows(graph: CachedGraph, cfg: ModelConfig, n_vocab: int, positions: int,
+                    seed: int) -> list[np.ndarray]:
     """Text the fp32 model writes itself (temperature 1, seeded), in windows of the context (at most WINDOW)."""
     rng = np.random.default_rng(seed)
-    out, names, left = [], cache_names(cfg.n_layer), positions
+    out, left = [], positions
     while left >= 2:
         length = min(cfg.block_size, WINDOW, left)
         ids = [int(rng.integers(n_vocab))]
-        feeds = {"input_ids": np.array([ids], dtype=np.int64), **empty_past(cfg)}
+        step, cache = np.array([ids], dtype=np.int64), graph.empty_cache()
         while len(ids) < length:
-            outs = sess.run(None, feeds)
-            z = outs[0][0, -1, :n_vocab].astype(np.float64)
+            logits, cache = graph.step(step, cache)
+            z = logits[0, -1, :n_vocab].astype(np.float64)
             p = np.exp(z - z.max())
             ids.append(int(rng.choice(n_vocab, p=p / p.sum())))
-            feeds = {"input_ids": np.array([[ids[-1]]], dtype=np.int64), **dict(zip(names, outs[1:]))}
+            step = np.array([[ids[-1]]], dtype=np.int64)
         out.append(np.array([ids], dtype=np.int64))
         left -= length
     return out
 
 
 # -- the graph -------------------------------------------------------------------------------------------
+
+def _gemms_as_matmuls(graph) -> None:
+    """Gemm(x, W, b) with a constant W (the "shared" export's Linear layers, transB=1) as MatMul(x, W^T) +
+    Add(b): the quantizer makes MatMulNBits of MatMul only (`_fold_biases` puts b back inside)."""
+    from onnx import helper, numpy_helper
+    inits = {i.name: i for i in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0)
+                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+            nodes.append(node)
+            continue
+        weight = node.input[1]
+        if attrs.get("transB", 0):
+            weight = node.input[1] + ".t"
+            graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[node.input[1]]).T.copy(), weight))
+        has_bias = len(node.input) > 2 and node.input[2]
+        product = node.output[0] + ".product" if has_bias else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], weight], [product], name=node.name))
+        if has_bias:
+            nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=node.name + ".bias"))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for n in graph.node for i in n.input}
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
+def _fold_biases(graph) -> None:
+    """MatMulNBits followed by the Add of a constant bias: the bias as MatMulNBits' own input (one node)."""
+    inits = {i.name for i in graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+    outputs = {o.name for o in graph.output}
+    drop = set()
+    for node in graph.node:
+        if node.op_type != "MatMulNBits" or len(node.input) > 4:
+            continue
+        users = consumers.get(node.output[0], [])
+        if len(users) != 1 or node.output[0] in outputs:
+            continue
+        add = users[0]
+        bias = [i for i in add.input if i != node.output[0]]
+        if add.op_type != "Add" or len(bias) != 1 or bias[0] not in inits:
+            continue
+        node.input.extend([""] * (5 - len(node.input)) + [bias[0]])    # zero_points, g_idx unused, then bias
+        node.output[0] = add.output[0]
+        drop.add(id(add))
+    kept = [n for n in graph.node if id(n) not in drop]
+    del graph.node[:]
+    graph.node.extend(kept)
+
 
 def _weight_matmuls(graph, untie: bool) -> tuple[list, object | None]:
     """The matrix products with a constant weight in graph order, and the head's among them (the last
@@ -211,6 +266,7 @@ def _quantize(fp32: Path, target: Path, recipe: Recipe, cfg: QuantizeConfig, n_l
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)    # a line per node otherwise
     proto = onnx.load(str(fp32))
+    _gemms_as_matmuls(proto.graph)
     matmuls, head = _weight_matmuls(proto.graph, untie=not recipe.keep_head)
     exclude = _excluded(recipe, matmuls, head, n_layer)
     if exclude is None:
@@ -221,6 +277,7 @@ def _quantize(fp32: Path, target: Path, recipe: Recipe, cfg: QuantizeConfig, n_l
                              accuracy_level=recipe.accuracy_level, nodes_to_exclude=exclude, algo_config=algo)
     q.process()
     model = q.model.model
+    _fold_biases(model.graph)
     del proto
     if external:
         onnx.save_model(model, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -253,7 +310,7 @@ def quantize_model(model_dir: str | os.PathLike, cfg: QuantizeConfig | None = No
     if not fp32.is_file():
         raise QuantizeError(f"{model_dir} has a card but no {MODEL_FILE}; export the model again")
     external = fp32.with_name(fp32.name + EXTERNAL_DATA_SUFFIX).exists()
-    ref_sess = session(fp32, threads=_threads(mc))
+    ref_graph = open_graph(fp32, mc, threads=_threads(mc))
     if text_ids is not None:
         bad = [t for t in text_ids if not 0 <= t < n_vocab]
         if bad:
@@ -261,13 +318,13 @@ def quantize_model(model_dir: str | os.PathLike, cfg: QuantizeConfig | None = No
         windows, source = windows_of(text_ids, mc.block_size, cfg.positions), text_name or "the given text"
     else:
         say(f"sampling {cfg.positions} tokens from the fp32 model to measure agreement on")
-        windows = sampled_windows(ref_sess, mc, n_vocab, cfg.positions, cfg.seed)
+        windows = sampled_windows(ref_graph, mc, n_vocab, cfg.positions, cfg.seed)
         source = "text the fp32 model sampled (temperature 1)"
     if sum(w.shape[1] for w in windows) < 64:
         raise QuantizeError(f"the text gives {sum(w.shape[1] for w in windows)} positions; give at least 64")
-    ref = [_prefill(ref_sess, w, mc)[0, :, :n_vocab].argmax(-1) for w in windows]
-    fp32_ms = _decode_ms(ref_sess, windows, mc)
-    del ref_sess
+    ref = [_prefill(ref_graph, w)[0, :, :n_vocab].argmax(-1) for w in windows]
+    fp32_ms = _decode_ms(ref_graph, windows)
+    del ref_graph
 
     work = Path(tempfile.mkdtemp(prefix=".int8-", dir=model_dir))
     try:
@@ -279,16 +336,16 @@ def quantize_model(model_dir: str | os.PathLike, cfg: QuantizeConfig | None = No
             if not _quantize(fp32, candidate, recipe, cfg, mc.n_layer, external):
                 say("  (not applicable: the graph does not show its blocks)")
                 continue
-            sess = session(candidate, threads=_threads(mc))
-            same = np.concatenate([_prefill(sess, w, mc)[0, :, :n_vocab].argmax(-1) == r
+            graph = open_graph(candidate, mc, threads=_threads(mc))
+            same = np.concatenate([_prefill(graph, w)[0, :, :n_vocab].argmax(-1) == r
                                    for w, r in zip(windows, ref)])
             agreement = float(same.mean())
             say(f"  top-1 agreement with fp32: {agreement:.2%} over {same.size} positions")
             if best is None or agreement > best[1]:
-                best = (recipe, agreement, candidate, sess)
+                best = (recipe, agreement, candidate, graph)
             if agreement >= cfg.min_agreement:
                 break
-        recipe, agreement, candidate, sess = best
+        recipe, agreement, candidate, graph = best
         approximate = agreement < cfg.min_agreement
         if approximate and not cfg.approximate:
             raise QuantizeError(
@@ -299,9 +356,9 @@ def quantize_model(model_dir: str | os.PathLike, cfg: QuantizeConfig | None = No
         report = {"file": VARIANT_FILES[VARIANT], "bytes": graph_bytes(candidate), "recipe": recipe.name,
                   "top1_agreement": agreement, "agreement_positions": int(same.size), "agreement_text": source,
                   "min_agreement": cfg.min_agreement, "approximate": approximate,
-                  "decode_ms_median": _decode_ms(sess, windows, mc), "fp32_decode_ms_median": fp32_ms,
+                  "decode_ms_median": _decode_ms(graph, windows), "fp32_decode_ms_median": fp32_ms,
                   "quantize": asdict(cfg)}
-        del sess
+        del graph
         # into place: the card forgets the old variant first (a crash midway lists none rather than a
         # mismatched one), then the external weights, the graph that names them, and the card again
         if VARIANT in card.get("variants", {}):
@@ -327,11 +384,11 @@ def _threads(mc: ModelConfig) -> int:
     return default_threads(mc.n_embd)
 
 
-def _decode_ms(sess, windows: list[np.ndarray], mc: ModelConfig, steps: int = 32) -> float:
+def _decode_ms(graph: CachedGraph, windows: list[np.ndarray], steps: int = 32) -> float:
     """Median milliseconds of a cached decode step (after a prefill of up to 8 tokens of the longest window)."""
     window = max(windows, key=lambda w: w.shape[1])         # >= 2 tokens: at least one step
     prefill = min(8, window.shape[1] - 1)
-    _, times = run_cached(sess, window[:, :prefill + steps], prefill, mc)
+    _, times = run_cached(graph, window[:, :prefill + steps], prefill)
     return 1000 * statistics.median(times)
 
 

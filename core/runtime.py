@@ -4,8 +4,15 @@ Holds `Model`, which opens an exported model directory (see `core.export`) and a
 logits with a KV cache (`step`), logits for a whole sequence (`logits`), attention probabilities of
 every layer and head (`attention`), and a text's score (`score`: per-token logprobs, perplexity, bits
 per byte). One `Model` (and its onnxruntime sessions) is shared by every user of a server: it keeps
-no per-caller state; each caller holds its own `KVCache`, an immutable value that can be kept, forked
-and thrown away freely.
+no per-caller state; each caller holds its own `KVCache`, a value that can be kept, forked and thrown
+away freely. `CachedGraph` runs model.onnx's graph (any variant) from a `KVCache`, in either of the
+export's cache layouts: "shared" (one preallocated buffer per layer that onnxruntime writes each step's
+positions into, bound in place with I/O binding, so decoding never copies the cache) or "concat" (old
+exports, and any graph without onnxruntime's contrib operators: the graph returns a new, longer cache).
+
+A shared cache stays a value: the positions a KVCache holds are never written again, and only the
+cache that ends where its buffers are written may append in place; stepping any other (a fork, a
+kept beam, an older cache) first copies its positions into new buffers.
 
 Safety: only files inside the model directory are opened (symlinks out are refused); a graph may keep
 its weights in external-data files (a large model must: ONNX's protobuf stops at 2 GB), but only in
@@ -32,13 +39,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from core.catalog import ATTENTION_FILE, CARD_FILE, FORMAT, MODEL_FILE, TOKENIZER_DIR, VARIANT_FILES, cache_names
+from core.catalog import (ATTENTION_FILE, CARD_FILE, FORMAT, MODEL_FILE, PAST_LENGTH, TOKENIZER_DIR, VARIANT_FILES,
+                          cache_names)
 from core.checks import ConfigError, PlaygroundError
 from core.config import ModelConfig
 from core.files import resolve_inside
@@ -48,6 +57,7 @@ from core.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 # the attention graph's inner vectors per layer, beside attn.{i} (the exporter writes them under these names)
 ATTENTION_PARTS = ("q", "k", "v", "heads", "proj")
 THREADS_ENV = "LLM_PLAYGROUND_ORT_THREADS"     # onnxruntime intra-op threads, overriding the default
+MIN_CAPACITY = 64      # positions a fresh shared cache holds; it doubles when full, up to the context
 
 
 class ModelError(PlaygroundError):
@@ -64,13 +74,121 @@ def available_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in have]
 
 
+class _Buffers:
+    """The memory behind shared-layout caches: every layer's key and value arrays (B, n_kv, capacity,
+    hs), bound once as both the graph's past and its present, and how far they are written (`end`).
+    Each KVCache on them sees its first `length` positions; a step may append in place only from the
+    cache whose length is `end`, so one caller at a time runs the binding."""
+
+    def __init__(self, arrays: tuple[np.ndarray, ...], end: int):
+        self.arrays = arrays
+        self.end = end
+        self.capacity = arrays[0].shape[2]
+        self._binding = self._session = None
+        self._lock = threading.Lock()
+
+    def claim(self, start: int, end: int) -> bool:
+        """Take positions start..end-1 for writing, if nobody has written past `start` yet."""
+        with self._lock:
+            if self.end != start or end > self.capacity:
+                return False
+            self.end = end
+            return True
+
+    def binding(self, graph: "CachedGraph") -> ort.IOBinding:
+        """The graph's I/O binding with these buffers as past and present (made once per session, not
+        per step: a step only binds its ids, its length and its logits)."""
+        if self._session is not graph.session:
+            io = graph.session.io_binding()
+            for past, present, a in zip(graph.past_names, graph.present_names, self.arrays):
+                value = ort.OrtValue.ortvalue_from_numpy(a)
+                io.bind_ortvalue_input(past, value)
+                io.bind_ortvalue_output(present, value)     # the same memory: written in place, never copied
+            self._binding, self._session = io, graph.session
+        return self._binding
+
+
 @dataclass(frozen=True)
 class KVCache:
-    """Keys and values of the positions seen so far, per layer (numpy arrays, never mutated)."""
+    """Keys and values of the positions seen so far, per layer. Its positions are never written again
+    (see the module's note on shared buffers), so it can be kept and forked like an immutable value."""
 
-    arrays: tuple[np.ndarray, ...]   # past_key_values.{i}.key, .value for every layer, in order
+    arrays: tuple[np.ndarray, ...]   # past_key_values.{i}.key, .value for every layer, in order: (B, n_kv, T, hs),
+                                     # T = length ("concat") or the buffers' capacity ("shared")
     length: int                      # positions held
     batch: int
+    buffers: _Buffers | None = field(default=None, repr=False, compare=False)
+
+    def select(self, rows) -> "KVCache":
+        """The cache of these batch rows, in this order (beam search's reordering): a copy."""
+        rows = np.asarray(rows, dtype=np.int64)
+        arrays = tuple(a[rows] for a in self.arrays)
+        return KVCache(arrays, self.length, len(rows),
+                       _Buffers(arrays, self.length) if self.buffers is not None else None)
+
+
+class CachedGraph:
+    """model.onnx's graph (any variant) on one onnxruntime session, run from a KVCache in the graph's own
+    cache layout. It checks nothing about the ids or the context (`Model` does); `core.quantize` and
+    `core.export` measure graphs with it, so every caller runs a graph the same way."""
+
+    def __init__(self, session: ort.InferenceSession, n_layer: int, block_size: int):
+        self.session = session
+        inputs = session.get_inputs()
+        self.shared = PAST_LENGTH in [i.name for i in inputs]
+        self.past_names = cache_names(n_layer)
+        self.present_names = cache_names(n_layer, "present")
+        past = inputs[2 if self.shared else 1]
+        self.kv_shape = past.shape                     # [batch, heads, past|capacity, head_dim]
+        self.kv_dtype = np.float16 if past.type == "tensor(float16)" else np.float32
+        logits = session.get_outputs()[0]
+        self.vocab = logits.shape[-1]                  # the graph's rows (a padded embedding's included)
+        self.logits_dtype = np.float16 if logits.type == "tensor(float16)" else np.float32
+        self.block_size = block_size
+
+    def empty_cache(self, batch: int = 1) -> KVCache:
+        z = np.zeros((batch, self.kv_shape[1], 0, self.kv_shape[3]), self.kv_dtype)
+        return KVCache(tuple(z for _ in self.past_names), 0, batch)
+
+    def step(self, ids: np.ndarray, cache: KVCache) -> tuple[np.ndarray, KVCache]:
+        """Logits (B, T, graph vocab) for int64 ids (B, T) after the cached positions, and the new cache."""
+        total = cache.length + ids.shape[1]
+        if not self.shared:
+            feeds = {"input_ids": ids}
+            feeds.update(zip(self.past_names, cache.arrays))
+            outs = self.session.run(None, feeds)
+            return outs[0], KVCache(tuple(outs[1:]), total, cache.batch)
+        B, T = ids.shape
+        if B > 1 and T > 1 and cache.length:
+            # GroupQueryAttention takes several new positions after a cache only at batch 1: one at a time
+            out = []
+            for t in range(T):
+                logits, cache = self.step(ids[:, t:t + 1], cache)
+                out.append(logits)
+            return np.concatenate(out, axis=1), cache
+        buffers = cache.buffers
+        if buffers is None or not buffers.claim(cache.length, total):
+            buffers = self._copied(cache, total)
+        io = buffers.binding(self)
+        logits = np.empty((B, T, self.vocab), self.logits_dtype)
+        io.bind_cpu_input("input_ids", np.ascontiguousarray(ids))
+        io.bind_cpu_input(PAST_LENGTH, np.array(cache.length, dtype=np.int64))
+        io.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
+        self.session.run_with_iobinding(io)
+        return logits, KVCache(buffers.arrays, total, cache.batch, buffers)
+
+    def _copied(self, cache: KVCache, total: int) -> _Buffers:
+        """New buffers holding the cache's positions, room for `total` (doubling, up to the context)."""
+        capacity = MIN_CAPACITY
+        while capacity < total:
+            capacity *= 2
+        capacity = max(min(capacity, self.block_size), total)
+        arrays = []
+        for a in cache.arrays:
+            buf = np.zeros((cache.batch, a.shape[1], capacity, a.shape[3]), self.kv_dtype)
+            buf[:, :, :cache.length] = a[:, :, :cache.length]
+            arrays.append(buf)
+        return _Buffers(tuple(arrays), total)
 
 
 @dataclass
@@ -124,14 +242,13 @@ class Model:
         # ids this model reads and writes: the tokenizer's (a padded embedding's extra rows are never served)
         self.vocab_size = self.tokenizer.n_vocab
         self.session = self._open_session(VARIANT_FILES[variant])
-        self._kv_dtype = (np.float16 if self.session.get_inputs()[1].type == "tensor(float16)"
-                          else np.float32)
         self._past_names = cache_names(self.n_layer)
-        expected = ["input_ids"] + self._past_names
-        if [i.name for i in self.session.get_inputs()] != expected:
+        names = [i.name for i in self.session.get_inputs()]
+        if names not in (["input_ids"] + self._past_names, ["input_ids", PAST_LENGTH] + self._past_names):
             raise ModelError(f"{self.directory.name}/{VARIANT_FILES[variant]} does not have the inputs of "
-                             f"an exported playground model ({', '.join(expected[:2])}, ...)")
-        shape = self.session.get_inputs()[1].shape        # [batch, heads, past, head_dim]; named dims are str
+                             f"an exported playground model (input_ids, [{PAST_LENGTH},] {self._past_names[0]}, ...)")
+        self.graph = CachedGraph(self.session, self.n_layer, self.block_size)
+        shape = self.graph.kv_shape            # [batch, heads, past|capacity, head_dim]; named dims are str
         if len(shape) != 4 or shape[1] != self.n_kv_head or shape[3] != self.head_dim:
             raise ModelError(f"{self.directory.name}/{VARIANT_FILES[variant]} keeps a cache of shape {shape}, but "
                              f"its card says [batch, {self.n_kv_head}, past, {self.head_dim}]; re-export the model")
@@ -208,8 +325,7 @@ class Model:
 
     # -- running -----------------------------------------------------------------------------------
     def empty_cache(self, batch: int = 1) -> KVCache:
-        z = np.zeros((batch, self.n_kv_head, 0, self.head_dim), self._kv_dtype)
-        return KVCache(tuple(z for _ in self._past_names), 0, batch)
+        return self.graph.empty_cache(batch)
 
     def check_ids(self, ids) -> np.ndarray:
         """ids as an int64 (B, T) array, or ModelError naming the problem."""
@@ -242,7 +358,11 @@ class Model:
         if arr.shape[0] != cache.batch:
             raise ModelError(f"batch of {arr.shape[0]} does not match the cache's batch of {cache.batch}")
         want = (cache.batch, self.n_kv_head, cache.length, self.head_dim)
-        if len(cache.arrays) != len(self._past_names) or any(a.shape != want for a in cache.arrays):
+        # buffers this runtime made hold arrays of one shape: the first stands for all (a per-step saving)
+        arrays = cache.arrays[:1] if cache.buffers is not None else cache.arrays
+        if len(cache.arrays) != len(self._past_names) or any(
+                a.shape[:2] + a.shape[3:] != want[:2] + want[3:] or a.shape[2] < cache.length
+                or (a.shape[2] != cache.length and not self.graph.shared) for a in arrays):
             raise ModelError(f"the cache does not fit this model: it needs {len(self._past_names)} arrays of "
                              f"shape {want}; start from model.empty_cache()")
         total = cache.length + arr.shape[1]
@@ -250,10 +370,8 @@ class Model:
             raise ContextLimitError(
                 f"{total} positions exceed the context of {self.block_size} tokens "
                 f"({cache.length} cached + {arr.shape[1]} new); shorten the input or slide the window")
-        feeds = {"input_ids": arr}
-        feeds.update(zip(self._past_names, cache.arrays))
-        outs = self.session.run(None, feeds)
-        return self._served(outs[0]), KVCache(tuple(outs[1:]), total, cache.batch)
+        logits, cache = self.graph.step(arr, cache)
+        return self._served(logits), cache
 
     def _served(self, logits: np.ndarray) -> np.ndarray:
         """float32 logits of the ids the tokenizer has (a padded embedding's rows dropped: a view, no copy)."""

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from core.checkpoint import load_model
+from core.model import GPT
 from core.export import ExportConfig, ExportError, export_model
 from core.generate import GenerationConfig, decode
 from core.generate import main as generate_main
@@ -76,14 +77,14 @@ def test_a_llama_shaped_run_trains_exports_and_runs(tmp_path, corpus_file, data_
     card = export_model(run, tmp_path / "out", ExportConfig(parity_steps=15, int8=True, int8_approximate=True))
     assert card["parity"]["max_abs_logit_diff"] < 1e-4 and card["model_config"]["n_kv_head"] == 2
     assert card["variants"]["int8"]["bytes"] < card["variants"]["fp32"]["bytes"]
-    assert card["io"]["past_shape"] == ["batch", "n_kv_head", "past", "head_dim"]
+    assert card["io"]["past_shape"] == ["batch", "n_kv_head", "capacity", "head_dim"]
     m = Model(tmp_path / "out")
     assert m.empty_cache(3).arrays[0].shape == (3, 2, 0, 4)
     torch_model, _ = load_model(run)
     ids = np.random.default_rng(0).integers(0, m.vocab_size, (2, 20))
     logits, cache = m.step(ids[:, :6])
     rest, cache = m.step(ids[:, 6:], cache)
-    assert cache.arrays[0].shape == (2, 2, 20, 4)
+    assert cache.length == 20 and cache.arrays[0].shape[:2] == (2, 2) and cache.arrays[0].shape[2] >= 20
     with torch.no_grad():
         ref = torch_model(torch.from_numpy(ids)).logits.numpy()
     assert np.abs(np.concatenate([logits, rest], 1) - ref).max() < 1e-4
@@ -306,6 +307,104 @@ def test_cache_is_a_value_that_can_fork(exported):
     assert np.array_equal(a, a2) and not np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("kw", [
+    dict(n_embd=64, n_head=4, n_kv_head=2, pos_encoding="rope", mlp="gelu_tanh"),   # head_dim 16: the operator rotates
+    dict(n_embd=32, n_head=4, pos_encoding="rope", norm="rmsnorm", mlp="swiglu", bias=False, qkv_bias=True),
+    dict(n_embd=32, n_head=2, pos_encoding="learned", tie_embeddings=False),
+])
+def test_the_fused_decode_graph_matches_torch_for_every_shape(tmp_path, kw):
+    """The "shared" graph maps attention, GELU and the Linears onto onnxruntime's fused operators
+    (GroupQueryAttention with or without its own rotary, Gelu/FastGelu, Gemm): with biases and norms away
+    from 0 and 1, its prefill, cached steps and a chunk after them equal torch's recomputation."""
+    from core.export import export_gpt
+    from core.tokenizer import byte_tokenizer
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(**{**dict(vocab_size=257, block_size=40, n_layer=2), **kw}))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.2)
+    card = export_gpt(model, byte_tokenizer(), tmp_path / "m", ExportConfig(parity_steps=20))
+    assert card["parity"]["max_abs_logit_diff"] < 1e-4 and card["io"]["kv_cache"] == "shared"
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "m" / "model.onnx")).graph.node}
+    assert {"GroupQueryAttention", "Gemm"} <= ops and "Erf" not in ops and "Softmax" not in ops
+    m = Model(tmp_path / "m")
+    ids = np.random.default_rng(0).integers(0, 257, (2, 36))
+    with torch.no_grad():
+        ref = model.eval()(torch.from_numpy(ids)).logits.numpy()
+    assert np.abs(cached_logits(m, ids, prefill=5) - ref).max() < 1e-4
+    _, cache = m.step(ids[:, :30])
+    chunk, _ = m.step(ids[:, 30:], cache)
+    assert np.abs(chunk - ref[:, 30:]).max() < 1e-4
+
+
+@pytest.mark.parametrize("layout", ["shared", "concat"])
+def test_forked_caches_keep_their_branches_in_either_layout(exported, tmp_path, monkeypatch, layout):
+    """Shared buffers are written in place, so a fork must copy: branches that interleave, a kept beam
+    stepped again, and buffers that grow (capacity 4 -> 8 -> 16 -> 24) all match torch recomputing
+    every branch from scratch."""
+    import core.runtime
+    monkeypatch.setattr(core.runtime, "MIN_CAPACITY", 4)
+    d = exported
+    if layout == "concat":
+        d = tmp_path / "concat"
+        card = export_model(exported.parent / "run", d, ExportConfig(kv_cache="concat", parity_steps=10))
+        assert card["io"]["kv_cache"] == "concat" and "past_length" not in card["io"]["inputs"]
+    m = Model(d)
+    torch_model, _ = load_model(exported.parent / "run")
+    rng = np.random.default_rng(3)
+    stem, x, y = (rng.integers(0, m.vocab_size, n).tolist() for n in (3, 9, 12))
+
+    def truth(ids):
+        with torch.no_grad():
+            return torch_model(torch.tensor([ids])).logits[0, -1].numpy()
+    _, root = m.step([stem])
+    caches, ids = {"x": root, "y": root}, {"x": list(stem), "y": list(stem)}
+    for i in range(12):                  # the two branches step in turn from the same root
+        for name, seq in (("x", x), ("y", y)):
+            if i >= len(seq):
+                continue
+            logits, caches[name] = m.step([[seq[i]]], caches[name])
+            ids[name].append(seq[i])
+            assert np.abs(logits[0, -1] - truth(ids[name])).max() < 1e-4, (name, i)
+    again, _ = m.step([[7]], root)       # the root, stepped once more after both branches grew from it
+    assert np.abs(again[0, -1] - truth(stem + [7])).max() < 1e-4
+    chunk, _ = m.step([x[:4]], caches["y"])    # several tokens at once onto a branch
+    assert np.abs(chunk[0, -1] - truth(ids["y"] + x[:4])).max() < 1e-4
+    rows = caches["x"].select([0, 0])    # beam search's reordering: a copy per row
+    both, _ = m.step([[1], [2]], rows)
+    assert np.abs(both[1, -1] - truth(ids["x"] + [2])).max() < 1e-4
+
+
+def test_a_linear_decode_writes_one_buffer_in_place(exported):
+    m = Model(exported)
+    assert m.graph.shared
+    _, first = m.step([[1, 2, 3]])
+    cache = first
+    for t in range(5):
+        _, cache = m.step([[t]], cache)
+    assert cache.arrays[0] is first.arrays[0]          # no copy of the cache along the way
+    _, fork = m.step([[9]], first)                     # but a step from an older cache copies
+    assert fork.arrays[0] is not first.arrays[0] and fork.length == 4
+
+
+def test_a_head_size_the_fused_attention_cannot_take_exports_the_concat_layout(tmp_path):
+    from core.export import export_gpt
+    from core.tokenizer import byte_tokenizer
+    said = []
+    model = GPT(ModelConfig(vocab_size=257, block_size=16, n_layer=1, n_head=4, n_embd=48))   # head_dim 12
+    card = export_gpt(model, byte_tokenizer(), tmp_path / "m", ExportConfig(parity_steps=5), say=said.append)
+    assert card["io"]["kv_cache"] == "concat" and card["io"]["inputs"][1] == "past_key_values.0.key"
+    assert any("head dimension divisible by 8" in line and "12" in line for line in said)
+    assert not Model(tmp_path / "m").graph.shared
+
+
+def test_an_unknown_cache_layout_is_refused(exported, tmp_path):
+    with pytest.raises(ExportError, match="unknown KV-cache layout 'paged'; choose one of shared, concat"):
+        export_model(exported.parent / "run", tmp_path / "x", ExportConfig(kv_cache="paged"))
+    assert not (tmp_path / "x").exists()
+
+
 # -- external data: allowed only as plain files inside the model directory
 
 def externalized(exported, tmp_path) -> Path:
@@ -368,7 +467,7 @@ def test_card_and_graph_must_agree_and_the_tokenizer_must_fit(exported, tmp_path
     with pytest.raises(ModelError, match="the tokenizer has 257 ids, more than the model's 200"):
         Model(d)
     (d / "card.json").write_text(json.dumps({**card, "model_config": {**card["model_config"], "n_kv_head": 1}}))
-    with pytest.raises(ModelError, match=r"keeps a cache of shape \['batch', 2, 'past', 8\], but its card says "
+    with pytest.raises(ModelError, match=r"keeps a cache of shape \['batch', 2, 'capacity', 8\], but its card says "
                                          r"\[batch, 1, past, 8\]"):
         Model(d)
     m = Model(exported)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from core.config import NORMS, POS_ENCODINGS, ModelConfig, count_parameters, flops_per_token
-from core.model import GPT, sinusoidal_table
+from core.model import GPT, CacheBuffers, sinusoidal_table
 
 VARIANTS = list(itertools.product(POS_ENCODINGS, NORMS))
 
@@ -193,6 +193,16 @@ def test_every_option_keeps_explicit_fused_and_cached_paths_equal(kw):
     for t in range(5, 16):
         out = model(idx[:, t:t + 1], past=out.present, use_cache=True, return_attention=t % 2 == 0)
         logits.append(out.logits)
+    torch.testing.assert_close(torch.cat(logits, 1), fast, atol=1e-5, rtol=1e-5)
+    # the exported decode graph's path: preallocated buffers written at their length (prefill, one
+    # token, a chunk), as onnxruntime's GroupQueryAttention does
+    buffers = CacheBuffers([(torch.zeros(2, cfg.kv_heads, 16, cfg.head_dim),) * 2 for _ in range(cfg.n_layer)],
+                           torch.tensor(0))
+    logits = []
+    for start, end in ((0, 5), (5, 6), (6, 11), (11, 16)):
+        out = model(idx[:, start:end], past=buffers, use_cache=True)
+        logits.append(out.logits)
+        buffers = CacheBuffers(out.present, torch.tensor(end))
     torch.testing.assert_close(torch.cat(logits, 1), fast, atol=1e-5, rtol=1e-5)
 
 
