@@ -186,6 +186,10 @@ def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_
     # the learning rate ramps from 2e-3 to 20 over 10,000 steps: fine at first, then it blows up
     cfg = tiny_cfg(tmp_path / "run", corpus_file, data_dir, max_steps=10_000, warmup_steps=10_000,
                    learning_rate=20.0, checkpoint_interval=5, eval_interval=0, grad_clip=1.0)
+    assert_diverges_keeping_the_last_good_checkpoint(cfg, tmp_path / "run")
+
+
+def assert_diverges_keeping_the_last_good_checkpoint(cfg, run_dir):
     seen = []
     with pytest.raises(TrainingDiverged, match=r"diverged at step \d+: loss .*the last good checkpoint "
                                                r"\(step \d+\) is kept at .*lower learning rate"):
@@ -193,9 +197,8 @@ def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_
             if isinstance(rec, CheckpointSaved):
                 seen.append((rec.step, file_digest(rec.path)))
     assert seen, "the run should have checkpointed before diverging"
-    last_step, digest = seen[-1]
-    good = ckpt_io.latest_checkpoint(tmp_path / "run")
-    assert good.step == last_step and file_digest(good.path) == digest   # untouched by the divergence
+    good = ckpt_io.latest_checkpoint(run_dir)
+    assert (good.step, file_digest(good.path)) == seen[-1]        # untouched by the divergence
     assert all(torch.isfinite(t).all() for t in good.model_state().values())
 
 
@@ -346,13 +349,4 @@ def test_a_diverging_muon_recipe_stops_and_keeps_the_last_good_checkpoint(tmp_pa
     # both learning rates ramp over the warmup to absurd values: fine at first, then it blows up
     cfg = tiny_cfg(tmp_path / "run", corpus_file, data_dir, optimizer="muon", max_steps=2000, warmup_steps=2000,
                    learning_rate=50.0, muon_lr=500.0, checkpoint_interval=5, eval_interval=0, grad_clip=1.0)
-    seen = []
-    with pytest.raises(TrainingDiverged, match=r"diverged at step \d+: loss .*the last good checkpoint "
-                                               r"\(step \d+\) is kept at .*lower learning rate"):
-        for rec in train(cfg, TINY):
-            if isinstance(rec, CheckpointSaved):
-                seen.append((rec.step, file_digest(rec.path)))
-    assert seen, "the run should have checkpointed before diverging"
-    good = ckpt_io.latest_checkpoint(tmp_path / "run")
-    assert (good.step, file_digest(good.path)) == seen[-1]
-    assert all(torch.isfinite(t).all() for t in good.model_state().values())
+    assert_diverges_keeping_the_last_good_checkpoint(cfg, tmp_path / "run")
