@@ -448,10 +448,13 @@ def _share_weights(work: Path, filename: str, owner: str) -> None:
     """Point `filename`'s external tensors at identical ones in `owner`'s data file, keeping only the rest
     in its own: the attention graph holds the same weights as model.onnx, and a second copy of a 500 MB
     model on disk helps nobody. The exporter names folded weights anew in each graph (a transposed
-    matrix becomes `val_123`), so equal bytes decide, not names."""
+    matrix becomes `val_123`), so equal bytes decide, not names. model.onnx's Gemms keep a Linear's
+    weight as it is (out, in) where the attention graph's MatMuls keep it transposed: such a matrix is
+    read from model.onnx's bytes too, through a Transpose node (folded once when the graph loads)."""
     import hashlib
 
     import onnx
+    from onnx import helper
     from onnx.external_data_helper import ExternalDataInfo
 
     def externals(proto):
@@ -477,6 +480,16 @@ def _share_weights(work: Path, filename: str, owner: str) -> None:
         for t, info in externals(mine):
             data = read(src, info)
             other = theirs.get(hashlib.sha256(data).digest())
+            if other is None and len(t.dims) == 2:
+                dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
+                flipped = np.frombuffer(data, dtype=dtype).reshape(tuple(t.dims)).T.tobytes()
+                other = theirs.get(hashlib.sha256(flipped).digest())
+                if other is not None:        # this graph holds W^T, model.onnx W: read W, transpose here
+                    name, rows, cols = t.name, t.dims[0], t.dims[1]
+                    t.name = name + ".shared_transposed"
+                    t.dims[:] = [cols, rows]
+                    mine.graph.node.insert(0, helper.make_node("Transpose", [t.name], [name], perm=[1, 0],
+                                                               name=name + ".transpose"))
             if other is not None:
                 entries = {"location": owner_data.name, "offset": str(other.offset or 0), "length": str(len(data))}
             else:

@@ -70,7 +70,7 @@ def test_export_parity_for_every_encoding_and_norm(tmp_path, corpus_file, data_d
 def test_a_llama_shaped_run_trains_exports_and_runs(tmp_path, corpus_file, data_dir):
     """The options pretrained checkpoints need are the trainer's too: SwiGLU, grouped-query attention, a RoPE
     base, q/k/v biases only, RMSNorm's epsilon, an untied head; trained, checkpointed, exported, run."""
-    mc = dataclasses.replace(SMALL, n_head=4, n_kv_head=2, mlp="swiglu", mlp_hidden=40, pos_encoding="rope",
+    mc = dataclasses.replace(SMALL, n_embd=32, n_head=4, n_kv_head=2, mlp="swiglu", mlp_hidden=40, pos_encoding="rope",
                              rope_theta=5e5, norm="rmsnorm", norm_eps=1e-6, bias=False, qkv_bias=True,
                              tie_embeddings=False)
     run = make_run(tmp_path / "run", corpus_file, data_dir, mc, steps=5)
@@ -79,7 +79,7 @@ def test_a_llama_shaped_run_trains_exports_and_runs(tmp_path, corpus_file, data_
     assert card["variants"]["int8"]["bytes"] < card["variants"]["fp32"]["bytes"]
     assert card["io"]["past_shape"] == ["batch", "n_kv_head", "capacity", "head_dim"]
     m = Model(tmp_path / "out")
-    assert m.empty_cache(3).arrays[0].shape == (3, 2, 0, 4)
+    assert m.empty_cache(3).arrays[0].shape == (3, 2, 0, 8)
     torch_model, _ = load_model(run)
     ids = np.random.default_rng(0).integers(0, m.vocab_size, (2, 20))
     logits, cache = m.step(ids[:, :6])
