@@ -317,20 +317,35 @@ def export_gpt(model: GPT, tokenizer: Tokenizer, out_dir: str | os.PathLike, cfg
     return card
 
 
+STEP_CURVE_POINTS = 100    # the per-step training loss, averaged into at most this many points for the card
+
+
+def step_curve(records: list[dict], last_step: int) -> list[dict]:
+    """The training loss of every step up to `last_step`, averaged over consecutive steps into at most
+    STEP_CURVE_POINTS points ({"step": the bucket's last step, "loss": its mean}): the curve of a run that
+    evaluates rarely (a time-budgeted one evaluates once, at the end)."""
+    losses = [(r["step"], r["loss"]) for r in records if r.get("type") == "TrainStep" and r["step"] <= last_step
+              and math.isfinite(r["loss"])]
+    size = max(1, math.ceil(len(losses) / STEP_CURVE_POINTS))
+    return [{"step": chunk[-1][0], "loss": sum(loss for _, loss in chunk) / len(chunk)}
+            for chunk in (losses[i:i + size] for i in range(0, len(losses), size))]
+
+
 def _training_card(ckpt, run_dir: Path) -> dict:
-    """What a card says about a model trained here: its run, data, command, loss curve and losses."""
+    """What a card says about a model trained here: its run, data, command, loss curves and losses."""
     run_info = json.loads((run_dir / RUN_FILE).read_text()) if (run_dir / RUN_FILE).is_file() else {}
     last_eval = ckpt.meta.get("eval") or {}
+    records = read_log(run_dir)
     return {
         "training": {"step": ckpt.step, "tokens_seen": ckpt.meta["state"].get("tokens_seen"),
                      "train_config": _portable_train_config(ckpt.meta.get("train_config")),
                      "corpus": run_info.get("corpus") and shown_path(run_info["corpus"]),
                      "corpus_sha256": ckpt.meta.get("corpus_sha256"),
                      "command": _portable_command(run_info.get("command"), ckpt.meta.get("train_config")),
-                     # the loss curve, for the Models page (evals only: a few dozen points)
+                     # the loss curves, for the Models page: every evaluation, and the steps' own losses
                      "curve": [{k: r[k] for k in ("step", "train_loss", "val_loss", "val_bits_per_byte")}
-                               for r in read_log(run_dir) if r.get("type") == "EvalResult"
-                               and r["step"] <= ckpt.step]},
+                               for r in records if r.get("type") == "EvalResult" and r["step"] <= ckpt.step],
+                     "step_curve": step_curve(records, ckpt.step)},
         "train_loss": last_eval.get("train_loss"),
         "val_loss": last_eval.get("val_loss"),
         "val_bits_per_byte": last_eval.get("val_bits_per_byte"),

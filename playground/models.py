@@ -90,11 +90,14 @@ with right:
     else:
         st.subheader("Training")
         training = card.get("training", {})
-        curve = training.get("curve") or []
-        if curve:
+        curve, per_step = training.get("curve") or [], training.get("step_curve") or []
+        if curve or per_step:
             steps = [p["step"] for p in curve]
-            fig = figure([dict(type="scatter", x=steps, y=[p["train_loss"] for p in curve], name="train"),
-                          dict(type="scatter", x=steps, y=[p["val_loss"] for p in curve], name="val")],
+            train = (dict(type="scatter", x=[p["step"] for p in per_step], y=[p["loss"] for p in per_step],
+                          name="train (steps' own loss)", mode="lines") if per_step else
+                     dict(type="scatter", x=steps, y=[p["train_loss"] for p in curve], name="train"))
+            fig = figure([train, dict(type="scatter", x=steps, y=[p["val_loss"] for p in curve], name="val",
+                                      mode="lines+markers")],
                          xtitle="step", ytitle="loss (nats/token)", height=300, margin=dict(t=20, b=20))
             st.plotly_chart(fig, width="stretch", key="curve")
         st.caption(f"{training.get('step', '?')} steps, {training.get('tokens_seen') or 0:,} tokens · corpus sha256 "

@@ -128,6 +128,8 @@ def test_card_records_what_the_model_is(exported):
     assert card["model_config"]["pos_encoding"] == "rope" and card["tokenizer"]["name"] == "byte"
     assert card["parameters"]["total"] > 0 and card["val_loss"] > 0 and card["val_bits_per_byte"] > 0
     assert len(card["training"]["corpus_sha256"]) == 64 and card["training"]["step"] == 60
+    per_step = card["training"]["step_curve"]            # the steps' own losses, 60 <= STEP_CURVE_POINTS
+    assert [p["step"] for p in per_step] == list(range(1, 61)) and all(p["loss"] > 0 for p in per_step)
     assert set(card["variants"]) == {"fp32", "int8", "fp16"}
     assert card["variants"]["int8"]["bytes"] < card["variants"]["fp32"]["bytes"]
     assert card["variants"]["fp16"]["top1_agreement"] > 0.9
@@ -510,3 +512,12 @@ def test_an_int8_that_does_not_agree_is_not_kept_and_the_card_says_why(exported,
     assert not (tmp_path / "out" / "model.int8.onnx").exists()
     with pytest.raises(ModelError, match="has no model.int8.onnx"):
         Model(tmp_path / "out", variant="int8").step([1])
+
+
+def test_the_step_curve_averages_long_runs_into_at_most_its_points():
+    from core.export import STEP_CURVE_POINTS, step_curve
+    records = [{"type": "TrainStep", "step": i, "loss": float(i % 2)} for i in range(1, 1001)]
+    records += [{"type": "EvalResult", "step": 1000}, {"type": "TrainStep", "step": 1001, "loss": float("nan")}]
+    curve = step_curve(records, last_step=1000)
+    assert len(curve) == STEP_CURVE_POINTS and curve[-1] == {"step": 1000, "loss": 0.5}
+    assert step_curve(records, last_step=0) == []
