@@ -20,8 +20,8 @@ from core import checks
 from core.checks import ConfigError
 
 POS_ENCODINGS = ("learned", "sinusoidal", "rope")
-NORMS = ("layernorm", "rmsnorm")
-MLPS = ("gelu", "gelu_tanh", "swiglu")
+NORMS = ("layernorm", "rmsnorm", "none")
+MLPS = ("gelu", "gelu_tanh", "swiglu", "relu", "none")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 OPTIMIZERS = ("adamw", "muon")
 
@@ -36,10 +36,14 @@ class ModelConfig:
     dropout: float = 0.0        # 0 for small data/short runs (nanoGPT's CPU recipe); 0.1-0.2 to fight overfitting
     bias: bool = True           # biases in Linear and LayerNorm, as GPT-2 (q/k/v: qkv_bias); False is slightly faster
     pos_encoding: str = "learned"   # learned (GPT-2) | sinusoidal (Vaswani 2017) | rope (Su 2021)
-    norm: str = "layernorm"     # layernorm (GPT-2) | rmsnorm (cheaper, LLaMA)
+    norm: str = "layernorm"     # layernorm (GPT-2) | rmsnorm (cheaper, LLaMA) | none (every norm an identity: the
+                                # residual stream stays linear in the heads' outputs, as interpretability's toy
+                                # models and Nanda et al.'s grokking model have it)
     tie_embeddings: bool = True     # share wte with lm_head: fewer parameters, and GPT-2 does it
     mlp: str = "gelu"           # gelu (exact erf; nanoGPT) | gelu_tanh (GPT-2's "gelu_new") | swiglu (LLaMA,
-                                # Qwen: silu(gate) * up, one more matrix for a better loss at equal compute)
+                                # Qwen: silu(gate) * up, one more matrix for a better loss at equal compute) |
+                                # relu (Nanda et al.'s grokking model: its Fourier features are easiest to read) |
+                                # none (attention-only blocks, the induction-head circuits of Olsson et al. 2022)
     mlp_hidden: int = 0         # the MLP's inner width; 0 = 4 x n_embd (GPT-2's ratio; LLaMA-family models set theirs)
     n_kv_head: int = 0          # key/value heads (grouped-query attention): 0 = n_head; fewer shrink the KV cache,
                                 # each shared by n_head / n_kv_head query heads
@@ -107,12 +111,13 @@ def count_parameters(config: ModelConfig) -> dict[str, int]:
     rest; Kaplan et al. (2020) fit their laws on this N."""
     C, V, L, H = config.n_embd, config.vocab_size, config.n_layer, config.mlp_width
     b, bq = int(config.bias), int(config.has_qkv_bias)
-    norm = C * (2 if config.norm == "layernorm" and config.bias else 1)
+    norm = 0 if config.norm == "none" else C * (2 if config.norm == "layernorm" and config.bias else 1)
     qkv = C + 2 * config.kv_heads * config.head_dim          # q for every head, k and v for the kv heads
     attn = C * qkv + bq * qkv + C * C + b * C
     fc = 2 * H if config.mlp == "swiglu" else H               # swiglu's c_fc holds gate and up side by side
-    mlp = C * fc + b * fc + H * C + b * C
-    non_embedding = L * (2 * norm + attn + mlp) + norm
+    mlp = 0 if config.mlp == "none" else C * fc + b * fc + H * C + b * C
+    block_norms = norm * (1 if config.mlp == "none" else 2)  # an attention-only block has no ln_2
+    non_embedding = L * (block_norms + attn + mlp) + norm
     embedding = V * C
     if config.pos_encoding == "learned":
         embedding += config.block_size * C

@@ -3,7 +3,7 @@
 Holds the modules of a GPT-2-style transformer (GPT-2 names throughout: wte, wpe,
 h, ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj, ln_f, lm_head), with a choice of
 positional encoding (learned | sinusoidal | rope, with its base), norm (layernorm | rmsnorm, with its
-epsilon), MLP (gelu | gelu_tanh | swiglu, with its width), grouped-query attention (n_kv_head), biases
+epsilon, or none), MLP (gelu | gelu_tanh | swiglu | relu, with its width, or none: attention-only), grouped-query attention (n_kv_head), biases
 (all, or on q/k/v only) and a tied or untied head: enough for GPT-2 and LLaMA-family checkpoints to load
 by name (`core.pretrained`); an optional KV cache; two attention paths (fused
 `scaled_dot_product_attention`, and an explicit one that also returns the attention probabilities of
@@ -50,6 +50,8 @@ class CacheBuffers:
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
+    if config.norm == "none":
+        return nn.Identity()
     if config.norm == "rmsnorm":
         return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
     return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
@@ -213,6 +215,8 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, 2 * H if self.swiglu else H, bias=config.bias)
         if self.swiglu:
             self.act = nn.SiLU()
+        elif config.mlp == "relu":
+            self.act = nn.ReLU()
         else:
             # exact (erf) GELU by default, as nanoGPT: on the reference CPU its kernels ran 2.2x faster than
             # GPT-2's tanh form ("gelu_new"), which gelu_tanh is, for checkpoints trained with it
@@ -236,13 +240,15 @@ class Block(nn.Module):
         super().__init__()
         self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = make_norm(config)
-        self.mlp = MLP(config)
+        # an attention-only block (mlp "none") has neither MLP nor ln_2
+        self.ln_2 = None if config.mlp == "none" else make_norm(config)
+        self.mlp = None if config.mlp == "none" else MLP(config)
 
     def forward(self, x, rope=None, past=None, explicit=False, buffered=None):
         a, present, seen = self.attn(self.ln_1(x), rope, past, explicit, buffered)
         x = x + a
-        x = x + self.mlp(self.ln_2(x))
+        if self.mlp is not None:
+            x = x + self.mlp(self.ln_2(x))
         return x, present, seen
 
 
