@@ -2,10 +2,11 @@
 
 Holds the on-disk format, once: where runs, exported models and sweeps live, the files of a run
 directory (run.json, log.jsonl, checkpoints/, tokenizer/) and of an exported model (the format id,
-model.onnx and its variants, attention.onnx, card.json); `read_log` and `LogReader` (a run's log read
-incrementally, as a watcher needs it); summaries of runs, exported models and scaling sweeps for
-pickers and tables; and `shown_path` / `scrub_paths`, which turn this server's absolute paths into the
-short names a visitor or a shared card should see. Read without torch.
+model.onnx and its variants, attention.onnx, the inspection graphs inspect.onnx and lens.onnx, card.json);
+`read_log` and `LogReader` (a run's log read incrementally, as a watcher needs it); summaries of runs,
+exported models and scaling sweeps for pickers and tables; and `shown_path` / `scrub_paths`, which turn
+this server's absolute paths into the short names a visitor or a shared card should see. Read without
+torch.
 
 Deliberately not here: writing any of these (the trainer, the exporter and the sweep do), loading
 weights.
@@ -45,6 +46,17 @@ FORMAT = "llm-playground-onnx/1"
 MODEL_FILE = "model.onnx"
 VARIANT_FILES = {"fp32": MODEL_FILE, "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 ATTENTION_FILE = "attention.onnx"
+# the interpretability graphs (`core.interpret`): inspect.onnx runs the explicit path with edits (each head's
+# output z and the residual stream entering each block blended with given values) and returns the residual
+# stream at 2L + 1 points and every head's z; lens.onnx maps residual rows through the final norm and the
+# unembedding to the top tokens and the logits of chosen ones, never a whole (rows, vocab) matrix
+INSPECT_FILE = "inspect.onnx"
+INSPECT_INPUTS = ("input_ids", "head_mix", "head_value", "resid_mix", "resid_value")
+INSPECT_OUTPUTS = ("resid", "head_z")
+LENS_FILE = "lens.onnx"
+LENS_INPUTS = ("resid", "targets")
+LENS_OUTPUTS = ("top_ids", "top_logprobs", "target_logits", "target_logprobs", "entropy")
+INSPECTION_CARD_KEY = "inspection"      # the card's entry: its presence says the two graphs were exported
 EXTERNAL_DATA_SUFFIX = ".data"    # a large graph keeps its weights in FILE + ".data" beside it
 CARD_FILE = "card.json"
 MODEL_CHECKPOINT_DIR = "checkpoints"      # earlier checkpoints exported beside a model, step_NNNNNNNN/

@@ -50,6 +50,8 @@ class ModelConfig:
     rope_theta: float = 10000.0     # RoPE's base: a larger one turns the slowest pairs more slowly, for long contexts
     norm_eps: float = 1e-5      # added under every norm's square root; a checkpoint fixes its own (LLaMA, Qwen: 1e-6)
     qkv_bias: bool | None = None    # biases on the q/k/v projection; None follows `bias` (Qwen2: on, with bias off)
+    init_std: float = 0.02      # std of the initial weights (GPT-2's 0.02); grokking needs a model that can memorise
+                                # first: Nanda et al. initialise at about 1/sqrt(n_embd)
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -69,6 +71,7 @@ class ModelConfig:
                               f"key/value head serves the same number of query heads")
         checks.number("rope_theta", self.rope_theta, 0.0, low_open=True)
         checks.number("norm_eps", self.norm_eps, 0.0, 1.0, low_open=True)
+        checks.number("init_std", self.init_std, 0.0, 10.0, low_open=True)
         for name in ("bias", "tie_embeddings") + (("qkv_bias",) if self.qkv_bias is not None else ()):
             checks.choice(name, getattr(self, name), (True, False))
 
@@ -144,6 +147,11 @@ def flops_per_token(config: ModelConfig, seq_len: int | None = None, training: b
 class TrainConfig:
     out_dir: str = "runs/shakespeare-byte"   # run directory: checkpoints, tokenizer, log, run.json
     corpus: str = "tinyshakespeare"         # a named corpus (core.data.CORPORA) or a local text file
+    task: str = ""                          # a synthetic task instead of a corpus (core.tasks: "induction",
+                                            # "modular-addition:p=97,train_fraction=0.4", ...): generated from
+                                            # its spec and the seed, with its own symbol tokenizer
+    full_batch: bool = False                # every step on the task's whole training set (a finite task's
+                                            # examples), as grokking's papers train; batch_size is then unused
     data_dir: str | None = None             # corpus/token cache; None: $LLM_PLAYGROUND_DATA or ~/.cache
     tokenizer: str = "byte"                 # byte | bpe (trained on the train split) | a saved tokenizer dir
     bpe_vocab_size: int = 4096              # ordinary tokens of a trained BPE (256 bytes + merges)
@@ -164,6 +172,10 @@ class TrainConfig:
     muon_lr: float = 0.02                   # Muon's peak lr (its updates have a fixed size, so its scale is not
                                             # AdamW's); it follows the same warmup and decay as learning_rate
     muon_momentum: float = 0.95             # Muon's Nesterov momentum (torch's and Keller Jordan's default)
+    grokfast_alpha: float = 0.0             # Grokfast-EMA (Lee et al. 2024): add grokfast_lambda x an EMA (this
+                                            # decay) of past gradients to each gradient, amplifying the slow
+                                            # components that generalisation follows; 0 off, 0.98 the paper's
+    grokfast_lambda: float = 2.0            # the amplification of that EMA (the paper's default 2)
     grad_clip: float = 1.0                  # max global grad norm; 0 disables clipping (the norm is still logged)
     dtype: str = "auto"                     # auto | float32 | bfloat16 | float16 (autocast for matmuls)
     compile: bool = False                   # torch.compile: pays a one-off compile for faster steps
@@ -210,7 +222,15 @@ class TrainConfig:
         checks.choice("optimizer", self.optimizer, OPTIMIZERS)
         checks.number("muon_lr", self.muon_lr, 0.0, low_open=True)
         checks.number("muon_momentum", self.muon_momentum, 0.0, 1.0, high_open=True)
-        for name in ("eval_train", "exact_final_eval"):
+        checks.number("grokfast_alpha", self.grokfast_alpha, 0.0, 1.0, high_open=True)
+        checks.number("grokfast_lambda", self.grokfast_lambda, 0.0)
+        if self.task:
+            from core.tasks import make_task     # the spec is checked here, where every other field is
+            self.task = make_task(self.task).spec()
+        elif self.full_batch:
+            raise ConfigError("full_batch trains on a task's whole training set; a corpus has none: set a task "
+                              "(e.g. modular-addition) or leave full_batch off")
+        for name in ("eval_train", "exact_final_eval", "full_batch"):
             checks.choice(name, getattr(self, name), (True, False))
         if self.max_seconds and self.lr_decay_steps is not None:
             raise ConfigError(f"lr_decay_steps ({self.lr_decay_steps}) counts steps, but with max_seconds "

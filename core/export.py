@@ -19,13 +19,26 @@ directory's checkpoint through `export_gpt`), and `PeakMemory` (what an export c
                    k.{i}, v.{i} [batch, heads, seq, head_dim] (k and v repeated per query head under
                    grouped-query attention), heads.{i} and proj.{i} [batch, seq, n_embd]: the explicit
                    attention path for the pages, kept out of model.onnx so decoding never pays for it.
+  inspect.onnx     the inspection path for `core.interpret`: input_ids [batch, seq] + head_mix [batch, seq,
+                   n_layer, n_head] + head_value [1, seq, n_layer, n_head, head_dim] + resid_mix [batch, seq,
+                   n_layer + 1] + resid_value [1, seq, n_layer + 1, n_embd] -> resid [batch, seq, 2 n_layer + 1,
+                   n_embd] + head_z [batch, seq, n_layer, n_head, head_dim] (`core.model.Intervention`:
+                   each head's output and the stream entering each block blended with a value, one source
+                   for the whole batch of edited runs); no logits: they are lens.onnx on the last point.
+  lens.onnx        resid [rows, n_embd] + targets [rows, m] -> top_ids, top_logprobs [rows, k] (k on the card),
+                   target_logits, target_logprobs [rows, m] and entropy [rows], over the tokenizer's ids:
+                   the final norm and the unembedding for any point of the residual stream, so a scan never
+                   holds a (rows, vocab) matrix for long. Every export writes both (the card's `inspection`
+                   says so); `add_inspection` (`--add-inspection MODEL_DIR`) adds them to an older export from
+                   model.onnx's own weights, without touching model.onnx.
   model.int8.onnx  optional: 8-bit weights (`core.quantize`), kept only when its next tokens agree with
                    fp32's (the card records the agreement, the recipe and the speed; one that does not
                    agree is not kept, and the card says why in `variants_not_kept`).
   model.fp16.onnx  optional, with size, logit drift and latency in the card.
   *.onnx.data      the weights of a graph larger than `ExportConfig.external_data_mb` (ONNX's protobuf
                    stops at 2 GB, and writing them apart streams them instead of building the whole file
-                   in memory); attention.onnx then reads model.onnx.data rather than a second copy.
+                   in memory); attention.onnx and the inspection graphs then read model.onnx.data rather
+                   than a second copy.
   tokenizer/       the tokenizer (`Tokenizer.save`).
   card.json        config, parameter counts, tokenizer, where the weights came from (a run: data sha256,
                    losses, the training command; an import: the checkpoint and its files' sha256),
@@ -58,16 +71,17 @@ import numpy as np
 import torch
 
 from core import cli
-from core.catalog import (ATTENTION_FILE, CARD_FILE, EXTERNAL_DATA_SUFFIX, FORMAT, KV_LAYOUTS, MODEL_FILE, PAST_LENGTH, RUN_FILE,
-                          TOKENIZER_DIR, VARIANT_FILES, cache_names, graph_bytes, model_checkpoint_dir, read_log, scrub_paths,
-                          shown_path)
+from core.catalog import (ATTENTION_FILE, CARD_FILE, EXTERNAL_DATA_SUFFIX, FORMAT, INSPECT_FILE, INSPECT_INPUTS,
+                          INSPECT_OUTPUTS, INSPECTION_CARD_KEY, KV_LAYOUTS, LENS_FILE, LENS_INPUTS, LENS_OUTPUTS,
+                          MODEL_FILE, PAST_LENGTH, RUN_FILE, TOKENIZER_DIR, VARIANT_FILES, cache_names, graph_bytes,
+                          model_checkpoint_dir, model_checkpoints, read_log, scrub_paths, shown_path)
 from core.checks import PlaygroundError
 from core.checkpoint import load_model
-from core.config import TRAIN_PATH_FIELDS
+from core.config import TRAIN_PATH_FIELDS, ModelConfig
 from core.files import make_readable, write_atomic
-from core.model import GPT, CacheBuffers
+from core.model import GPT, CacheBuffers, Intervention
 from core.quantize import QuantizeConfig, QuantizeError, open_graph, quantize_model, run_cached, session
-from core.runtime import ATTENTION_PARTS
+from core.runtime import ATTENTION_PARTS, check_external_data
 from core.tokenizer import Tokenizer, load_tokenizer
 
 
@@ -89,6 +103,7 @@ class ExportConfig:
     int8_approximate: bool = False    # keep the int8 variant even below the agreement bar, labelled approximate
     fp16: bool = False            # also write an fp16 model (half the size; slower on most CPUs)
     seed: int = 0                 # for the parity check's random tokens
+    lens_top_k: int = 10          # top tokens lens.onnx returns per residual row
     external_data_mb: float = 256     # graphs with more weight than this keep it in FILE.data beside FILE:
                                       # streamed to disk one tensor at a time (a single file is built whole in
                                       # memory, twice) and required past ONNX's 2 GB protobuf limit
@@ -165,6 +180,39 @@ class _AttentionGraph(torch.nn.Module):
         out = self.model(input_ids, return_attention=True)
         parts = [[p[kind] for p in out.attention_parts] for kind in ATTENTION_PARTS]
         return out.logits, out.attentions, *parts
+
+
+class _InspectGraph(torch.nn.Module):
+    """input_ids + an Intervention's four tensors -> the residual stream's points and every head's z."""
+
+    def __init__(self, model: GPT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, head_mix, head_value, resid_mix, resid_value):
+        # last_only: the logits are not an output (lens.onnx makes them from the last point); what is left of
+        # the head is pruned from the graph
+        out = self.model(input_ids, intervention=Intervention(head_mix, head_value, resid_mix, resid_value),
+                         last_only=True)
+        return out.resid, out.head_z
+
+
+class _LensGraph(torch.nn.Module):
+    """Residual rows -> the final norm and the unembedding, reduced at once to what a page shows: the top k
+    tokens and the logits of chosen ones (a row's whole vocabulary never leaves the graph)."""
+
+    def __init__(self, model: GPT, n_vocab: int, top_k: int):
+        super().__init__()
+        self.ln_f, self.lm_head = model.transformer.ln_f, model.lm_head
+        self.n_vocab, self.top_k = n_vocab, top_k
+
+    def forward(self, resid, targets):
+        # only the tokenizer's ids: a padded embedding's rows are never served (core.runtime)
+        logits = torch.nn.functional.linear(self.ln_f(resid), self.lm_head.weight[:self.n_vocab])   # (N, V)
+        logprobs = torch.log_softmax(logits, dim=-1)
+        top_logprobs, top_ids = logprobs.topk(self.top_k, dim=-1)                                    # (N, k)
+        entropy = -(logprobs.exp() * logprobs).sum(-1)                                               # (N,)
+        return top_ids, top_logprobs, logits.gather(1, targets), logprobs.gather(1, targets), entropy
 
 
 def _weight_bytes(model: torch.nn.Module) -> int:
@@ -383,6 +431,8 @@ def _export_into(work: Path, name: str, model: GPT, tokenizer: Tokenizer, cfg: E
             work / ATTENTION_FILE, cfg.opset, metadata, external, fused=shared)
     if external:
         _share_weights(work, ATTENTION_FILE, MODEL_FILE)
+    say(f"exporting {INSPECT_FILE} and {LENS_FILE} (the interpretability instruments)")
+    inspection = _export_inspection(model, tokenizer.n_vocab, work, cfg, metadata, external, shared)
 
     # -- parity: onnxruntime prefill + cached decode vs torch full recomputation
     say("checking parity: onnxruntime against torch over a prefill and cached decode steps")
@@ -436,6 +486,7 @@ def _export_into(work: Path, name: str, model: GPT, tokenizer: Tokenizer, cfg: E
                    "prefill_tokens": n_prompt, "cached_steps": n_total - n_prompt,
                    "tolerance": cfg.parity_tolerance},
         "variants": variants,
+        INSPECTION_CARD_KEY: inspection,
         "files": {p.name: p.stat().st_size for p in sorted(work.iterdir()) if p.is_file()},
         "opset": cfg.opset,
         "exported_with": {"torch": torch.__version__},
@@ -523,6 +574,125 @@ def _share_weights(work: Path, filename: str, owner: str) -> None:
     write_atomic(work / filename, mine.SerializeToString())
 
 
+def _export_inspection(model: GPT, n_vocab: int, work: Path, cfg: ExportConfig, metadata: dict, external: bool,
+                       fused: bool) -> dict:
+    """Write inspect.onnx and lens.onnx into `work` (beside a model.onnx whose data they share when
+    `external`), check them against torch, and return the card's `inspection` entry."""
+    mc = model.config
+    L, nh, hs, C = mc.n_layer, mc.n_head, mc.head_dim, mc.n_embd
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=mc.block_size)
+    T = min(5, mc.block_size)
+    example = (torch.randint(0, mc.vocab_size, (2, T)), torch.ones(2, T, L, nh), torch.zeros(1, T, L, nh, hs),
+               torch.ones(2, T, L + 1), torch.zeros(1, T, L + 1, C))
+    dynamic = {"input_ids": {0: batch, 1: seq}, "head_mix": {0: batch, 1: seq}, "head_value": {1: seq},
+               "resid_mix": {0: batch, 1: seq}, "resid_value": {1: seq}}
+    _export(_InspectGraph(model), example, dynamic, list(INSPECT_INPUTS), list(INSPECT_OUTPUTS),
+            work / INSPECT_FILE, cfg.opset, metadata, external, fused)
+    k = min(cfg.lens_top_k, n_vocab)
+    rows, wanted = torch.export.Dim("rows"), torch.export.Dim("targets")
+    _export(_LensGraph(model, n_vocab, k), (torch.randn(3, C), torch.randint(0, n_vocab, (3, 2))),
+            {"resid": {0: rows}, "targets": {0: rows, 1: wanted}}, list(LENS_INPUTS), list(LENS_OUTPUTS),
+            work / LENS_FILE, cfg.opset, metadata, external, fused)
+    if external:
+        _share_weights(work, INSPECT_FILE, MODEL_FILE)
+        _share_weights(work, LENS_FILE, MODEL_FILE)
+
+    # parity: a patching-like edit (another sequence's activations blended in at random strengths), then
+    # the lens on every row of the last point against torch's own logits
+    gen = torch.Generator().manual_seed(cfg.seed)
+    T = min(16, mc.block_size)
+    ids = torch.randint(0, n_vocab, (2, T), generator=gen)
+    with torch.no_grad():
+        source = model(torch.randint(0, n_vocab, (1, T), generator=gen), intervention=Intervention())
+        # the points entering each block (and ln_f) are the even ones: 0, 2, ..., 2L
+        iv = Intervention(torch.rand(2, T, L, nh, generator=gen), source.head_z, torch.rand(2, T, L + 1, generator=gen),
+                          source.resid[:, :, ::2])
+        ref = model(ids, intervention=iv)
+    feeds = dict(zip(INSPECT_INPUTS, (ids.numpy(), *(t.numpy() for t in (iv.head_mix, iv.head_value, iv.resid_mix,
+                                                                         iv.resid_value)))))
+    resid, head_z = session(work / INSPECT_FILE).run(list(INSPECT_OUTPUTS), feeds)
+    inspect_diff = max(float(np.abs(resid - ref.resid.numpy()).max()), float(np.abs(head_z - ref.head_z.numpy()).max()))
+    last = resid[:, :, -1].reshape(-1, C)                                    # (2T, C)
+    targets = np.tile(np.arange(n_vocab), (last.shape[0], 1))
+    _, top_lp, logits, logprobs, _ = session(work / LENS_FILE).run(list(LENS_OUTPUTS), {"resid": last, "targets": targets})
+    want = ref.logits[..., :n_vocab].reshape(-1, n_vocab)
+    lens_diff = max(float(np.abs(logits - want.numpy()).max()),
+                    float(np.abs(logprobs - torch.log_softmax(want, -1).numpy()).max()))
+    worst = max(inspect_diff, lens_diff)
+    if not math.isfinite(worst) or worst > cfg.parity_tolerance:
+        raise ExportError(f"the inspection graphs differ from torch's explicit path by {worst:.3g} (tolerance "
+                          f"{cfg.parity_tolerance:g}); the export was not kept")
+    return {"files": [INSPECT_FILE, LENS_FILE], "points": 2 * L + 1, "lens_top_k": k, "lens_vocab": n_vocab,
+            "max_abs_diff": worst}
+
+
+def add_inspection(model_dir: str | os.PathLike, cfg: ExportConfig | None = None,
+                   say: Callable[[str], None] | None = None) -> dict:
+    """Give a model exported before the inspection graphs existed its inspect.onnx and lens.onnx, built from
+    model.onnx's own weights (checked first: the rebuilt model must reproduce model.onnx's logits); model.onnx
+    and every other file but the card are left as they are. Returns the updated card."""
+    import onnx
+    from onnx import numpy_helper
+    cfg = cfg or ExportConfig()
+    say = say or (lambda _: None)
+    d = Path(model_dir)
+    if not (d / CARD_FILE).is_file() or not (d / MODEL_FILE).is_file():
+        raise ExportError(f"{d} is not an exported model directory (no {CARD_FILE} or {MODEL_FILE})")
+    card = json.loads((d / CARD_FILE).read_text(encoding="utf-8"))
+    mc = ModelConfig.from_dict(card["model_config"])
+    tokenizer = load_tokenizer(d / TOKENIZER_DIR)
+    check_external_data(d / MODEL_FILE, d)
+    proto = onnx.load(str(d / MODEL_FILE), load_external_data=False)
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    model = GPT(mc)
+    wanted = model.state_dict()
+    found = {}
+    for init in proto.graph.initializer:
+        name = init.name.removeprefix("model.")
+        if init.name.startswith("model.") and name in wanted:
+            found[name] = torch.from_numpy(numpy_helper.to_array(init, base_dir=str(d)).copy())
+    del proto
+    tied = {"transformer.wte.weight"} if mc.tie_embeddings else set()
+    missing = sorted(set(wanted) - set(found) - tied)
+    if missing:
+        raise ExportError(f"{d.name}/{MODEL_FILE} does not hold {', '.join(missing[:3])}"
+                          + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+                          + ": export the model again from its checkpoint instead")
+    if tied and "lm_head.weight" in found:
+        found["transformer.wte.weight"] = found["lm_head.weight"]
+    model.load_state_dict(found, strict=False)
+    model.eval()
+    say(f"checking the weights read from {MODEL_FILE} against its own logits")
+    ids = torch.randint(0, tokenizer.n_vocab, (1, min(24, mc.block_size)), generator=torch.Generator().manual_seed(cfg.seed))
+    with torch.no_grad():
+        ref = model(ids).logits.numpy()
+    got, _ = run_cached(open_graph(d / MODEL_FILE, mc), ids.numpy(), ids.shape[1])
+    diff = float(np.abs(got[..., :ref.shape[-1]] - ref).max())
+    if not math.isfinite(diff) or diff > cfg.parity_tolerance:
+        raise ExportError(f"the weights read from {d.name}/{MODEL_FILE} do not reproduce its logits (max difference "
+                          f"{diff:.3g}): export the model again from its checkpoint instead")
+    for name in (INSPECT_FILE, LENS_FILE):
+        for stale in (d / name, d / (name + EXTERNAL_DATA_SUFFIX)):
+            stale.unlink(missing_ok=True)
+    say(f"exporting {INSPECT_FILE} and {LENS_FILE}")
+    external = (d / (MODEL_FILE + EXTERNAL_DATA_SUFFIX)).is_file()
+    try:
+        card[INSPECTION_CARD_KEY] = _export_inspection(model, tokenizer.n_vocab, d, cfg, metadata, external,
+                                                       card.get("io", {}).get("kv_cache") == "shared")
+    except BaseException:
+        for name in (INSPECT_FILE, LENS_FILE):
+            for partial in (d / name, d / (name + EXTERNAL_DATA_SUFFIX)):
+                partial.unlink(missing_ok=True)
+        raise
+    ours = [n for name in (INSPECT_FILE, LENS_FILE) for n in (name, name + EXTERNAL_DATA_SUFFIX)]
+    files = {k: v for k, v in card.get("files", {}).items() if k not in ours}
+    files.update({n: (d / n).stat().st_size for n in ours if (d / n).is_file()})
+    card["files"] = files
+    ending = "\n" if (d / CARD_FILE).read_text(encoding="utf-8").endswith("\n") else ""
+    write_atomic(d / CARD_FILE, (json.dumps(card, indent=2) + ending).encode())
+    return card
+
+
 def _portable_train_config(cfg: dict | None) -> dict | None:
     """The training settings as a shared card should carry them: no absolute path of the machine that
     trained (a card travels with the model; the corpus is identified by its sha256)."""
@@ -578,9 +748,11 @@ def print_card(out_dir: str | os.PathLike, card: dict) -> None:
     print(f"exported {out_dir}: {card['parameters']['total']:,} parameters, parity "
           f"{card['parity']['max_abs_logit_diff']:.2e}")
     for name, v in card["variants"].items():
+        # an int8 variant is judged by its next tokens' agreement, the others by their logits' distance
         drift = f", top-1 agreement {v['top1_agreement']:.3f}" if "top1_agreement" in v else ""
-        print(f"  {name}: {v['file']} {v['bytes'] / 1e6:.2f} MB, max logit diff {v['max_logit_diff_vs_torch']:.2e}, "
-              f"{v['decode_ms_median']:.3f} ms/decode step{drift}")
+        diff = (f", max logit diff {v['max_logit_diff_vs_torch']:.2e}" if "max_logit_diff_vs_torch" in v else "")
+        print(f"  {name}: {v['file']} {v['bytes'] / 1e6:.2f} MB{diff}, {v['decode_ms_median']:.3f} ms/decode "
+              f"step{drift}")
     cost = card.get("export") or {}
     if cost:
         print(f"  took {cost['seconds']:.1f} s, peak memory {cost['peak_rss_mb']:.0f} MB"
@@ -590,8 +762,12 @@ def print_card(out_dir: str | os.PathLike, card: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m core.export",
                                 description="Export a checkpoint (or a run directory's newest one) to ONNX.")
-    p.add_argument("checkpoint", help="a checkpoint file or a run directory")
-    p.add_argument("out_dir", help="the model directory to create, e.g. exported/shakespeare-byte")
+    p.add_argument("checkpoint", nargs="?", help="a checkpoint file or a run directory")
+    p.add_argument("out_dir", nargs="?", help="the model directory to create, e.g. exported/shakespeare-byte")
+    p.add_argument("--add-inspection", metavar="MODEL_DIR",
+                   help="instead of exporting: add the inspection graphs (inspect.onnx, lens.onnx) to a model "
+                        "exported before they existed, and to its exported checkpoints, from model.onnx's own "
+                        "weights (model.onnx is not changed)")
     p.add_argument("--int8", action="store_true",
                    help="also write an int8 variant, kept only if its next tokens agree with fp32's on "
                         + f"{QuantizeConfig.min_agreement:.0%}".replace("%", "%%")
@@ -607,6 +783,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="also export the run's earlier checkpoints into OUT_DIR/checkpoints/step_N "
                         "(the pages' checkpoint scrubber)")
     args = p.parse_args(argv)
+    if args.add_inspection:
+        if args.checkpoint or args.out_dir:
+            p.error("--add-inspection takes only the model directory")
+
+        try:
+            for step_dir in [d for _, d in model_checkpoints(args.add_inspection)] + [Path(args.add_inspection)]:
+                entry = add_inspection(step_dir, say=print)[INSPECTION_CARD_KEY]
+                print(f"added {INSPECT_FILE} and {LENS_FILE} to {step_dir}: max difference from torch "
+                      f"{entry['max_abs_diff']:.2e}")
+        except (PlaygroundError, OSError) as e:
+            return cli.report_error(e, "export the model again from its checkpoint")
+        return 0
+    if not (args.checkpoint and args.out_dir):
+        p.error("give a checkpoint (or run directory) and the model directory to create")
 
     def export_all() -> dict:
         card = export_model(args.checkpoint, args.out_dir,

@@ -167,14 +167,20 @@ def plan(request: TrainingRequest, limits: Limits = Limits(), runs_dir: Path | N
             threads=limits.train_threads)
     except checks.ConfigError as e:
         raise JobError(str(e)) from e
+    parameters = _check_size(train, model, limits)
+    tokens = request.steps * request.batch_size * block
+    return Plan(request, train, model, parameters, tokens, estimate(train, model, runs))
+
+
+def _check_size(train: TrainConfig, model: ModelConfig, limits: Limits) -> int:
+    """A run's parameters, or why this server will not train it."""
     parameters = count_parameters(model)["total"]
     if parameters > limits.max_parameters:
         raise JobError(f"this model has {parameters:,} parameters; this server trains at most "
                        f"{limits.max_parameters:,}: choose a smaller preset")
-    if request.steps > limits.max_steps:
-        raise JobError(f"{request.steps:,} steps asked; this server allows at most {limits.max_steps:,} per run")
-    tokens = request.steps * request.batch_size * block
-    return Plan(request, train, model, parameters, tokens, estimate(train, model, runs))
+    if train.max_steps > limits.max_steps:
+        raise JobError(f"{train.max_steps:,} steps asked; this server allows at most {limits.max_steps:,} per run")
+    return parameters
 
 
 def estimate(train: TrainConfig, model: ModelConfig, runs_dir: Path | None = None) -> Estimate:
@@ -264,6 +270,7 @@ class Progress:
     losses: list[float] = field(default_factory=list)
     rates: list[float] = field(default_factory=list)        # and its tokens per second
     evals: list[dict] = field(default_factory=list)
+    measures: list[dict] = field(default_factory=list)     # the Measures record of every evaluation
     last: dict | None = None            # the newest TrainStep record
     sample: dict | None = None          # the newest Sample record
     threads: dict | None = None         # the ThreadsChosen record, once measured
@@ -426,6 +433,8 @@ class TrainingJob:
                 p.step, p.last = r["step"], r
             elif kind == "EvalResult":
                 p.evals.append(r)
+            elif kind == "Measures":
+                p.measures.append(r)
             elif kind == "Sample":
                 p.sample = r
             elif kind == "Phase":
@@ -488,8 +497,9 @@ class TrainingJob:
     def view(self, token_hash: str | None) -> "JobView":
         p = self.progress
         return JobView(self.name, self.state, self.message, p.phase, p.step, self.train.max_steps,
-                       list(p.steps), list(p.losses), list(p.evals), p.last, p.sample, p.threads,
-                       self.owner == token_hash, self.started, self.export_dir.name if self.export_dir else None)
+                       list(p.steps), list(p.losses), list(p.evals), list(p.measures), p.last, p.sample, p.threads,
+                       self.owner == token_hash, self.started, self.export_dir.name if self.export_dir else None,
+                       self.train.task)
 
 
 def _child_env(runs_dir: Path, exported_dir: Path, **extra: str) -> dict:
@@ -518,12 +528,14 @@ class JobView:
     steps: list[int]
     losses: list[float]
     evals: list[dict]
+    measures: list[dict]
     last: dict | None
     sample: dict | None
     threads: dict | None
     mine: bool                          # the visitor asking owns it: may stop, resume, export
     started: float
     exported_as: str | None
+    task: str = ""                      # the run's synthetic task spec ("" for a corpus): the Emergence page's runs
 
     @property
     def can_stop(self) -> bool:
@@ -667,35 +679,50 @@ class JobBoard:
 
     def start(self, token: str, request: TrainingRequest) -> JobView:
         p = self.plan(request)
+        return self.start_runs(token, [(request.name, p.train, p.model)])[0]
+
+    def start_runs(self, token: str, runs: list[tuple[str, TrainConfig, ModelConfig]]) -> list[JobView]:
+        """Start runs from their configs (a plan's, or a preset's such as the Emergence page's pair of a run
+        and its control), all checked (capacity, size, names) before any of them starts."""
         with self.lock:
-            self._check_capacity()
-            run_dir = self.runs_dir / request.name
-            if run_dir.exists() or request.name in self.jobs:
-                raise JobError(f"a run named {request.name!r} exists already; choose another name (nothing was changed)")
-            self._check_model_name_free(request.name)
-            run_dir.mkdir(parents=True)
-            job = TrainingJob(request.name, _owner_hash(token), run_dir, p.train, p.model)
-            try:
-                job.launch(resume=False)
-            except OSError:
-                if job.process is not None:                     # launched, then could not record itself
-                    job.process.terminate()
-                    job.process.wait(timeout=60)
-                shutil.rmtree(run_dir, ignore_errors=True)     # nothing kept: the name stays free
-                raise
-            self.jobs[job.name] = job
-            return job.view(job.owner)
+            self._check_capacity(len(runs))
+            for name, train, model in runs:
+                check_name(name, "run name")
+                _check_size(train, model, self.limits)
+                if (self.runs_dir / name).exists() or name in self.jobs:
+                    raise JobError(f"a run named {name!r} exists already; choose another name (nothing was changed)")
+                self._check_model_name_free(name)
+            return [self._launch(token, name, train, model) for name, train, model in runs]
+
+    def _launch(self, token: str, name: str, train: TrainConfig, model: ModelConfig) -> JobView:
+        """Make the run directory and start its trainer (under the lock, every check passed); a launch that
+        fails leaves nothing behind, so the name stays free."""
+        run_dir = self.runs_dir / name
+        train = dataclasses.replace(train, out_dir=str(run_dir))
+        run_dir.mkdir(parents=True)
+        job = TrainingJob(name, _owner_hash(token), run_dir, train, model)
+        try:
+            job.launch(resume=False)
+        except OSError:
+            if job.process is not None:                     # launched, then could not record itself
+                job.process.terminate()
+                job.process.wait(timeout=60)
+            shutil.rmtree(run_dir, ignore_errors=True)     # nothing kept: the name stays free
+            raise
+        self.jobs[job.name] = job
+        return job.view(job.owner)
 
     def running(self) -> list:
         """Training jobs in progress, and imports (an export at 124M parameters is as heavy as training)."""
         return ([j for j in self.jobs.values() if j.state in ("starting", "running", "stopping")]
                 + [i for i in self.imports.values() if i.state == "importing"])
 
-    def _check_capacity(self) -> None:
+    def _check_capacity(self, wanted: int = 1) -> None:
         busy = self.running()
-        if len(busy) >= self.limits.max_running:
+        if len(busy) + wanted > self.limits.max_running:
+            asked = f"; {wanted} runs were asked together, nothing was started" if wanted > 1 else ""
             raise JobError(f"{len(busy)} job(s) already running on this server (training or importing; the limit is "
-                           f"{self.limits.max_running}); wait for one to finish or stop yours")
+                           f"{self.limits.max_running}){asked}; wait for one to finish or stop yours")
 
     def _check_model_name_free(self, name: str) -> None:
         if (self.exported_dir / name).exists() or self.imports.get(name, None) and self.imports[name].state == "importing":

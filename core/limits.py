@@ -1,7 +1,8 @@
 """Limits: what one request or one visitor may ask of this server, in one object.
 
 Holds `Limits`, the ceilings every page, decoding call and training job checks against (tokens, beams,
-samples, stop strings, prompt length, top-n alternatives and strategies per comparison; training
+samples, stop strings, prompt length, top-n alternatives and strategies per comparison; the size of a
+model and a prompt the interpretability scans take, and the memory of one of their calls; training
 jobs at once, their size, steps, wall time and heartbeat), with the defaults of a local playground
 and `Limits.hosted()` for a shared demo on a small machine (`LLM_PLAYGROUND_HOSTED=1`). Each check
 that uses a ceiling says which one in its message.
@@ -45,6 +46,10 @@ class Limits:
     max_attention_tokens: int = 256     # tokens whose attention maps a page draws at once (every layer's
                                         # T x T maps: at 12 x 12 heads, 256 tokens are 38 MB)
     max_branches: int = 64              # branches one stepper trace (or a link to one) may hold
+    # -- interpretability scans (core.interpret): each is up to (n_layer + 1) x tokens full forward passes
+    max_inspect_parameters: int = 0     # models larger than this are not inspected here; 0: no limit
+    max_inspect_tokens: int = 256       # tokens of a prompt that ablation, patching and the lens run on
+    inspect_batch_mb: int = 256         # memory one batched call of the inspection graph may return
     # -- training jobs started from the browser
     max_running: int = 2                # jobs training at once on this server
     max_parameters: int = 20_000_000
@@ -61,5 +66,6 @@ class Limits:
         closes."""
         return cls(max_new_tokens=256, max_beam_width=8, max_samples=4, max_stop_strings=4,
                    max_prompt_chars=2_000, max_top_n=20, max_strategies=6, max_attention_tokens=128, max_branches=16,
+                   max_inspect_parameters=30_000_000, max_inspect_tokens=64, inspect_batch_mb=64,
                    max_running=1, max_parameters=2_000_000, max_steps=2_000, max_wall_seconds=600.0,
                    heartbeat_seconds=60.0, train_threads=1, allow_imports=False)

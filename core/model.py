@@ -7,7 +7,9 @@ epsilon, or none), MLP (gelu | gelu_tanh | swiglu | relu, with its width, or non
 (all, or on q/k/v only) and a tied or untied head: enough for GPT-2 and LLaMA-family checkpoints to load
 by name (`core.pretrained`); an optional KV cache; two attention paths (fused
 `scaled_dot_product_attention`, and an explicit one that also returns the attention probabilities of
-every layer and head).
+every layer and head); on the explicit path, an `Intervention` (interpretability's edits: each head's
+output and the residual stream entering each block blended with given values), with the residual stream
+at every point and each head's output returned.
 
 Deliberately not here: its configuration, parameter counts and FLOPs per token (`core.config`, which
 the inference side reads without torch), training loops and optimizers' schedules (`core.train`), tokenization, data,
@@ -47,6 +49,36 @@ class CacheBuffers:
     after them instead of concatenating (in onnxruntime, GroupQueryAttention writes them in place)."""
     layers: list[KVCache]
     length: torch.Tensor                 # () int64: positions already in the buffers
+
+
+@dataclass
+class Intervention:
+    """Edits of one forward pass on the explicit path, for interpretability (`core.interpret` runs them
+    exported, as inspect.onnx). Each edit is a blend `mix * x + (1 - mix) * value`: mix 1 leaves x as it
+    is (exactly: value is then multiplied by 0), mix 0 replaces it by value (0: zero ablation, a mean:
+    mean ablation, another run's activation: patching). Any field may be None (no edit there).
+
+    head_mix (B, T, L, nh) and head_value (1 | B, T, L, nh, hs) edit each head's output z (its slice
+    of the heads' concatenation, before c_proj); resid_mix (B, T, L + 1) and resid_value
+    (1 | B, T, L + 1, C) edit the residual stream entering block l, l = L meaning entering ln_f. A value
+    of batch 1 serves every row: one source (a clean run, a mean) for a batch of edited runs."""
+    head_mix: torch.Tensor | None = None
+    head_value: torch.Tensor | None = None
+    resid_mix: torch.Tensor | None = None
+    resid_value: torch.Tensor | None = None
+
+
+def _blend(x: torch.Tensor, mix: torch.Tensor | None, value: torch.Tensor | None) -> torch.Tensor:
+    """mix * x + (1 - mix) * value, with mix broadcast over x's last dimension."""
+    if mix is None:
+        return x
+    mix = mix.unsqueeze(-1)
+    return mix * x + (1 - mix) * (value if value is not None else torch.zeros_like(x))
+
+
+def _layer(mix: torch.Tensor | None, value: torch.Tensor | None, i: int):
+    """Layer i's slice (dimension 2) of an Intervention's mix and value."""
+    return (None if mix is None else mix[:, :, i]), (None if value is None else value[:, :, i])
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
@@ -140,12 +172,15 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                past: KVCache | None = None, explicit: bool = False, buffered: BufferedStep | None = None
+                past: KVCache | None = None, explicit: bool = False, buffered: BufferedStep | None = None,
+                head_edit: tuple[torch.Tensor, torch.Tensor | None] | None = None
                 ) -> tuple[torch.Tensor, KVCache, dict | None]:
         """Returns the output, this layer's (k, v) cache (B, n_kv, T_k, hs), and on the explicit path what a
         reader of the model wants to see: probs (B, nh, T, T_k), q, k, v (B, nh, T|T_k, hs; q and k after
         RoPE; k and v repeated to one per query head, so head h reads k[:, h] under grouped-query attention
-        too), heads (B, T, C: every head's output side by side) and proj (B, T, C: after c_proj)."""
+        too), heads (B, T, C: every head's output side by side) and proj (B, T, C: after c_proj).
+        head_edit (explicit path only): (mix (B, T, nh), value (1 | B, T, nh, hs) or None) blended into
+        each head's output before c_proj (see `Intervention`); heads and proj are then the edited ones."""
         nh, nkv = self.n_head, self.n_kv
         if buffered is not None:
             # past holds preallocated buffers (CacheBuffers), x is (B*T, C) and rope the whole tables: one
@@ -191,6 +226,8 @@ class CausalSelfAttention(nn.Module):
             att = att.masked_fill(~causal_mask(T, T_k, x.device), float("-inf"))
             probs = F.softmax(att, dim=-1)
             y = F.dropout(probs, p=dropout_p, training=self.training) @ v       # (B, nh, T, hs)
+            if head_edit is not None:
+                y = _blend(y.transpose(1, 2), *head_edit).transpose(1, 2)     # blended as (B, T, nh, hs)
         elif past is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:
@@ -244,9 +281,11 @@ class Block(nn.Module):
         self.ln_2 = None if config.mlp == "none" else make_norm(config)
         self.mlp = None if config.mlp == "none" else MLP(config)
 
-    def forward(self, x, rope=None, past=None, explicit=False, buffered=None):
-        a, present, seen = self.attn(self.ln_1(x), rope, past, explicit, buffered)
+    def forward(self, x, rope=None, past=None, explicit=False, buffered=None, head_edit=None):
+        a, present, seen = self.attn(self.ln_1(x), rope, past, explicit, buffered, head_edit)
         x = x + a
+        if seen is not None:
+            seen["resid_mid"] = x                          # (B, T, C): the residual stream after attention
         if self.mlp is not None:
             x = x + self.mlp(self.ln_2(x))
         return x, present, seen
@@ -258,6 +297,11 @@ class GPTOutput:
     loss: torch.Tensor | None = None           # mean cross-entropy in nats/token, when targets are given
     present: list[KVCache] | None = None       # per layer (k, v) including this call's positions
     attention_parts: list[dict] | None = None      # per layer probs, q, k, v, heads, proj (explicit path only)
+    # with an Intervention (the inspection path): the residual stream at 2L + 1 points, (B, T, 2L + 1, C):
+    # entering block 0, then per block after its attention and after the block (the last: entering ln_f),
+    # and each head's output z (B, T, L, nh, hs), both as the edited pass computed them
+    resid: torch.Tensor | None = None
+    head_z: torch.Tensor | None = None
 
     @property
     def attentions(self) -> list[torch.Tensor] | None:
@@ -289,22 +333,23 @@ class GPT(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
         self.apply(self._init_weights)
-        # GPT-2's scaled init of the projections into the residual stream: 0.02/sqrt(2 * n_layer)
+        # GPT-2's scaled init of the projections into the residual stream: init_std/sqrt(2 * n_layer)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                nn.init.normal_(p, mean=0.0, std=config.init_std / math.sqrt(2 * config.n_layer))
 
     def _init_weights(self, module: nn.Module):
         if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 past: list[KVCache] | CacheBuffers | None = None, use_cache: bool = False,
-                return_attention: bool = False, last_only: bool = False) -> GPTOutput:
+                return_attention: bool = False, last_only: bool = False,
+                intervention: Intervention | None = None) -> GPTOutput:
         """idx (B, T) token ids, positions starting after `past`'s length.
 
         past: each layer's cache from an earlier call, or preallocated CacheBuffers (the exported decode
@@ -313,8 +358,14 @@ class GPT(nn.Module):
         use_cache: return `present`, each layer's keys and values, to pass as `past` next time.
         return_attention: take the explicit attention path and return every layer's probabilities.
         last_only: compute logits for the last position only (generation; saves the head's matmul).
+        intervention: the inspection path (explicit attention, no cache): apply its edits and return the
+        residual stream and every head's output (`GPTOutput.resid`, `head_z`); `Intervention()` edits nothing.
         """
         B, T = idx.size()
+        if intervention is not None:
+            if past is not None or use_cache:
+                raise ValueError("an intervention runs a whole sequence on the explicit path: no KV cache")
+            return_attention = True
         buffered = None
         if isinstance(past, CacheBuffers):
             # a traced length (the exported graph's input): positions are gathered, never sliced by a Python int
@@ -339,13 +390,29 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
         if buffered is not None:
             x = x.view(B * T, -1)                              # (B*T, C): see BufferedStep
-        presents, parts = [], []
+        presents, parts, points = [], [], []
+        iv = intervention
         for i, block in enumerate(self.transformer.h):
-            x, present, seen = block(x, rope, past[i] if past else None, return_attention, buffered)
+            head_edit = None
+            if iv is not None:
+                x = _blend(x, *_layer(iv.resid_mix, iv.resid_value, i))
+                points.append(x)
+                if iv.head_mix is not None:
+                    head_edit = _layer(iv.head_mix, iv.head_value, i)
+            x, present, seen = block(x, rope, past[i] if past else None, return_attention, buffered, head_edit)
             if use_cache:
                 presents.append(present)
             if return_attention:
                 parts.append(seen)
+            if iv is not None:
+                points.append(seen["resid_mid"])
+        resid = head_z = None
+        if iv is not None:
+            x = _blend(x, *_layer(iv.resid_mix, iv.resid_value, self.config.n_layer))
+            points.append(x)
+            resid = torch.stack(points, dim=2)                                    # (B, T, 2L + 1, C)
+            nh = self.config.n_head
+            head_z = torch.stack([p["heads"].view(B, T, nh, -1) for p in parts], dim=2)   # (B, T, L, nh, hs)
         x = self.transformer.ln_f(x).view(B, T, -1)
         if targets is not None:
             logits = self.lm_head(x)                           # (B, T, vocab)
@@ -354,7 +421,8 @@ class GPT(nn.Module):
         else:
             logits = self.lm_head(x[:, [-1], :] if last_only else x)
             loss = None
-        return GPTOutput(logits, loss, presents if use_cache else None, parts if return_attention else None)
+        return GPTOutput(logits, loss, presents if use_cache else None, parts if return_attention else None,
+                         resid, head_z)
 
     # -- sizes ---------------------------------------------------------------------------------------
     def count_parameters(self) -> dict[str, int]:

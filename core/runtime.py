@@ -252,7 +252,8 @@ class Model:
         if len(shape) != 4 or shape[1] != self.n_kv_head or shape[3] != self.head_dim:
             raise ModelError(f"{self.directory.name}/{VARIANT_FILES[variant]} keeps a cache of shape {shape}, but "
                              f"its card says [batch, {self.n_kv_head}, past, {self.head_dim}]; re-export the model")
-        self._attention_session = None
+        self._graphs: dict[str, ort.InferenceSession] = {}     # the directory's other graphs, opened on first use
+        self._graphs_lock = threading.Lock()
         self._weights: dict[str, np.ndarray] = {}
 
     @property
@@ -305,6 +306,14 @@ class Model:
         if card.get("format") != FORMAT:
             raise ModelError(f"{path}: unknown format {card.get('format')!r} (expected {FORMAT})")
         return card
+
+    def graph_session(self, filename: str) -> ort.InferenceSession:
+        """A session on another graph of the model directory (attention.onnx, the inspection graphs), opened
+        on first use with this model's threads and providers, then shared by every caller."""
+        with self._graphs_lock:
+            if filename not in self._graphs:
+                self._graphs[filename] = self._open_session(filename)
+            return self._graphs[filename]
 
     def _open_session(self, filename: str) -> ort.InferenceSession:
         path = self._inside(filename)
@@ -393,10 +402,9 @@ class Model:
         if arr.shape[1] > self.block_size:
             raise ContextLimitError(f"{arr.shape[1]} tokens exceed the context of {self.block_size}; "
                                     f"show attention for a shorter text")
-        if self._attention_session is None:
-            self._attention_session = self._open_session(ATTENTION_FILE)
-        names = [o.name for o in self._attention_session.get_outputs()]
-        outs = dict(zip(names, self._attention_session.run(None, {"input_ids": arr})))
+        attention = self.graph_session(ATTENTION_FILE)
+        names = [o.name for o in attention.get_outputs()]
+        outs = dict(zip(names, attention.run(None, {"input_ids": arr})))
         L = self.n_layer
         parts = []
         if all(f"q.{i}" in outs for i in range(L)):

@@ -12,6 +12,8 @@ One interface, `Tokenizer`, that every caller uses, over two backends:
                 library itself, for what tiktoken cannot express exactly: SentencePiece-style BPE with
                 byte fallback (Llama 2, Mistral), a normalizer (Qwen2's NFC), added tokens matched before
                 BPE, merges that tiktoken's rank rule would apply differently, ...
+  a fixed list (`SymbolTokenizer`), kind "symbols": a synthetic task's vocabulary (core.tasks), symbols
+                written separated by spaces, no merges.
 Our own tokenizers have `<|endoftext|>` as their one special token, placed right after the ordinary
 ones; a checkpoint's keep their own (eos, bos, pad, ...) and `eot_id` is the checkpoint's EOS.
 
@@ -190,7 +192,7 @@ class Tokenizer:
     backend = ""                      # "tiktoken" | "tokenizers"
 
     def __init__(self, kind: str, meta: dict | None = None):
-        self.kind = kind              # "byte" | "bpe" | "openai" | "pretrained" | "hf"
+        self.kind = kind              # "byte" | "bpe" | "openai" | "pretrained" | "hf" | "symbols"
         self.meta = dict(meta or {})  # pattern, corpus sha256, eos, source files, ... (saved)
 
     # -- identity ----------------------------------------------------------------------------------
@@ -1164,6 +1166,83 @@ def openai_tokenizer(name: str) -> Tokenizer:
     return TiktokenTokenizer(enc, "openai", {"source": "tiktoken"})
 
 
+# -- backend 3: a fixed list of symbols --------------------------------------------------------------------
+MAX_SYMBOLS = 4096
+
+
+class SymbolTokenizer(Tokenizer):
+    """A synthetic task's vocabulary (`core.tasks`): one token per symbol ("17", "+", "a", ...), text written
+    as the symbols separated by spaces. Each token's bytes are its symbol after one space (as GPT-2's
+    words carry theirs), so decoding is concatenation and every view of bytes and spans stays exact. No
+    merges and no special tokens: a task's sequences have none."""
+
+    backend = "symbols"
+
+    def __init__(self, name: str, symbols: list[str], meta: dict | None = None):
+        super().__init__("symbols", meta)
+        symbols = [str(s) for s in symbols]
+        if not 1 <= len(symbols) <= MAX_SYMBOLS:
+            raise TokenizerError(f"a symbol vocabulary needs 1 to {MAX_SYMBOLS} symbols, got {len(symbols)}")
+        bad = next((s for s in symbols if not s or any(c.isspace() for c in s)), None)
+        if bad is not None:
+            raise TokenizerError(f"symbol {bad!r} is empty or holds whitespace: symbols are separated by spaces")
+        if len(set(symbols)) != len(symbols):
+            raise TokenizerError("the symbols are not all different")
+        self._name, self.symbols = name, symbols
+        self._ids = {s: i for i, s in enumerate(symbols)}
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def n_vocab(self) -> int:
+        return len(self.symbols)
+
+    @property
+    def eot_id(self) -> int | None:
+        return None
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        return frozenset()
+
+    @property
+    def has_merges(self) -> bool:
+        return False
+
+    def _encode(self, text: str, allow_special: bool) -> list[int]:
+        ids = []
+        for word in text.split():
+            if word not in self._ids:
+                shown = " ".join(self.symbols[:12]) + (" ..." if len(self.symbols) > 12 else "")
+                raise TokenizerError(f"{word!r} is not a symbol of {self.name}: write its symbols separated by "
+                                     f"spaces ({shown})")
+            ids.append(self._ids[word])
+        return ids
+
+    def _decode(self, ids: list[int]) -> str:
+        return "".join(" " + self.symbols[i] for i in ids)
+
+    def _token_bytes(self, token_id: int) -> bytes:
+        return (" " + self.symbols[token_id]).encode("utf-8")
+
+    def split_pieces(self, text: str) -> list[str]:
+        return [" " + w for w in text.split()]
+
+    def replay_merges(self, piece: str) -> list[list[bytes]]:
+        ids = self._encode(piece, False)
+        return [[self._token_bytes(i) for i in ids]]
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        meta = {"name": self.name, "kind": self.kind, "symbols": self.symbols, "n_vocab": self.n_vocab,
+                **{k: v for k, v in self.meta.items() if k not in ("symbols",)}}
+        write_atomic(d / META_FILE, json.dumps(meta, indent=2).encode())
+        return d
+
+
 # -- loading what `save` wrote -----------------------------------------------------------------------------
 def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     """Load a tokenizer saved by `Tokenizer.save`, any kind. Reads only files inside `directory`."""
@@ -1185,9 +1264,15 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
         return openai_tokenizer(meta["name"])
     if kind == "hf":
         return _load_hf(d, meta)
+    if kind == "symbols":
+        symbols = meta.get("symbols")
+        if not isinstance(symbols, list):
+            raise TokenizerError(f"{meta_path}: a symbols tokenizer without its list of symbols: the file is damaged")
+        return SymbolTokenizer(str(meta.get("name") or "symbols"), symbols,
+                               {k: v for k, v in meta.items() if k not in ("name", "kind", "symbols", "n_vocab")})
     if kind not in ("bpe", "pretrained"):
         raise TokenizerError(f"{meta_path}: unknown tokenizer kind {kind!r}; this version reads byte, bpe, "
-                             f"openai, pretrained and hf")
+                             f"openai, pretrained, hf and symbols")
     data = _checked_file(d, RANKS_FILE, meta.get("ranks_sha256"), f"a {kind} tokenizer")
     ranks_path = d / RANKS_FILE
     try:

@@ -33,15 +33,18 @@ from typing import Iterator, Union
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from core import checkpoint as ckpt_io
 from core import cli
 from core.catalog import LOG_FILE, RUN_FILE, TOKENIZER_DIR
 from core.checks import PlaygroundError
 from core.config import RESUMABLE_OVERRIDES, ModelConfig, TrainConfig
+from core import measures
 from core.data import Corpus, TokenDataset, load_corpus, prepare_dataset
 from core.files import write_atomic
 from core.model import GPT
+from core.tasks import IGNORE, TaskDataset, make_task
 from core.tokenizer import META_FILE, Tokenizer, byte_tokenizer, load_tokenizer, train_bpe
 
 # ---------------------------------------------------------------------------------------------------
@@ -109,6 +112,21 @@ class EvalResult:
 
 
 @dataclass
+class Measures:
+    """Progress measures of the model at an evaluation (`core.measures` defines each): what shows a
+    capability forming, beside the loss."""
+    step: int
+    train_accuracy: float       # top-1 accuracy of the scored next tokens on the train eval batches
+    val_accuracy: float         # and on the held-out ones
+    icl_score: float            # loss at late positions minus early ones on the val batches (nats; negative:
+                                # the context helps)
+    weight_norm: float          # L2 norm of every parameter together (weight decay's pull shows here)
+    head_scores: dict[str, list[list[float]]]   # previous_token | induction | duplicate: [layer][head]
+    fourier: list[float] | None = None          # a modular task: the number embedding's norm per frequency
+    seconds: float = 0.0        # what computing these took
+
+
+@dataclass
 class Sample:
     step: int
     text: str
@@ -129,7 +147,8 @@ class RunFinished:
     checkpoint: str
 
 
-TrainEvent = Union[Phase, RunStarted, ThreadsChosen, TrainStep, EvalResult, Sample, CheckpointSaved, RunFinished]
+TrainEvent = Union[Phase, RunStarted, ThreadsChosen, TrainStep, EvalResult, Measures, Sample, CheckpointSaved,
+                   RunFinished]
 
 
 class TrainingDiverged(PlaygroundError):
@@ -431,14 +450,24 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
         return log.write(Phase(name, step, time.perf_counter() - clock))
 
     try:
-        yield phase("loading corpus")
-        corpus = load_corpus(cfg.corpus, cfg.data_dir)
-        fresh_bpe = resume_ckpt is None and cfg.tokenizer == "bpe" and not (run_dir / TOKENIZER_DIR / META_FILE).is_file()
-        if fresh_bpe:
-            yield phase("training tokenizer")
-        tokenizer = _run_tokenizer(cfg, run_dir, corpus, resume_ckpt)
-        yield phase("tokenizing")
-        dataset = _prepare_data(corpus, tokenizer, cfg, d)
+        if cfg.task:
+            yield phase("generating task")
+            task = make_task(cfg.task)
+            corpus = Corpus("", task.sha256(), f"task {task.spec()}")
+            tokenizer = task.tokenizer()
+            dataset = TaskDataset(task)
+            if cfg.full_batch:
+                task.full_batch()            # a task without a fixed training set says so before any work
+        else:
+            yield phase("loading corpus")
+            corpus = load_corpus(cfg.corpus, cfg.data_dir)
+            fresh_bpe = (resume_ckpt is None and cfg.tokenizer == "bpe"
+                         and not (run_dir / TOKENIZER_DIR / META_FILE).is_file())
+            if fresh_bpe:
+                yield phase("training tokenizer")
+            tokenizer = _run_tokenizer(cfg, run_dir, corpus, resume_ckpt)
+            yield phase("tokenizing")
+            dataset = _prepare_data(corpus, tokenizer, cfg, d)
         model_cfg = _fit_vocabulary(model_cfg, tokenizer, resume_ckpt)
         dataset.check_block_size(model_cfg.block_size)
         yield phase("building model")
@@ -502,7 +531,8 @@ class _Trainer:
     one optimizer step, an evaluation, a sample, a checkpoint."""
 
     def __init__(self, cfg: TrainConfig, model_cfg: ModelConfig, d: _Dist, device: torch.device, run_dir: Path,
-                 dataset: TokenDataset, tokenizer: Tokenizer, corpus_sha256: str, log: "_RunLog", resume_ckpt):
+                 dataset: TokenDataset | TaskDataset, tokenizer: Tokenizer, corpus_sha256: str, log: "_RunLog",
+                 resume_ckpt):
         self.cfg, self.model_cfg, self.d, self.device = cfg, model_cfg, d, device
         self.corpus_sha256 = corpus_sha256
         self.run_dir, self.dataset, self.tokenizer, self.log = run_dir, dataset, tokenizer, log
@@ -515,7 +545,10 @@ class _Trainer:
             ckpt_io.restore_model(self.raw_model, resume_ckpt)
         self.raw_model.to(device)
         self.optimizer = make_optimizer(self.raw_model, cfg, device)
+        self.grokfast = Grokfast(self.raw_model, cfg.grokfast_alpha, cfg.grokfast_lambda) if cfg.grokfast_alpha else None
         self.recent_losses: list[float] = []    # train losses since the last eval (eval_train = False)
+        self.eval_details: dict = {}            # the last evaluation's accuracies and per-position losses
+        self.full_batch = dataset.task.full_batch() if cfg.full_batch else None
         if resume_ckpt is not None:
             self._restore(resume_ckpt)
         self.dtype = pick_dtype(cfg.dtype, device)
@@ -528,13 +561,17 @@ class _Trainer:
         if d.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
             self.model = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
-        self.tokens_per_step = cfg.batch_size * model_cfg.block_size * cfg.grad_accum_steps * d.world_size
+        rows = len(self.full_batch[0]) if self.full_batch is not None else cfg.batch_size
+        seq = dataset.task.seq_len if isinstance(dataset, TaskDataset) else model_cfg.block_size
+        self.tokens_per_step = rows * seq * cfg.grad_accum_steps * d.world_size
         self.max_loss = cfg.divergence_factor * math.log(model_cfg.vocab_size)
         self.threads = ThreadChooser(cfg, device, d)
         self.t_start = time.perf_counter()
 
     def _restore(self, ckpt) -> None:
         ckpt_io.restore_optimizer(self.optimizer, ckpt)
+        if self.grokfast is not None:
+            self.grokfast.load(ckpt.tensors)
         state = ckpt.meta["state"]
         self.step, self.tokens_seen, self.elapsed_before = state["step"], state["tokens_seen"], state["elapsed"]
         rng_states = ckpt.meta.get("rng_numpy", [])
@@ -565,6 +602,7 @@ class _Trainer:
         if self.step == 0 and cfg.eval_interval and cfg.eval_at_start:
             yield phase("evaluating", self.step)
             last_eval = yield from self._logged(self.evaluate())
+            yield from self._logged(self.measure())
         yield phase("training", self.step)
         self.model.train()
         try:
@@ -580,6 +618,7 @@ class _Trainer:
                         (at_end and (cfg.eval_interval or cfg.exact_final_eval)):
                     yield phase("evaluating", self.step)
                     last_eval = yield from self._logged(self.evaluate(exact=at_end and cfg.exact_final_eval))
+                    yield from self._logged(self.measure())
                     yield phase("training", self.step)
                 if cfg.sample_interval and self.step % cfg.sample_interval == 0 and self.d.master:
                     yield from self._logged(Sample(self.step, self.sample()))
@@ -615,7 +654,8 @@ class _Trainer:
             set_lr(self.optimizer, lr, cfg)
             loss_sum = 0.0
             for micro in range(cfg.grad_accum_steps):
-                x, y = self.dataset.get_batch("train", cfg.batch_size, self.model_cfg.block_size, self.batch_rng)
+                x, y = self.full_batch if self.full_batch is not None else \
+                    self.dataset.get_batch("train", cfg.batch_size, self.model_cfg.block_size, self.batch_rng)
                 if d.enabled:  # all-reduce gradients only on the last micro-batch
                     self.model.require_backward_grad_sync = micro == cfg.grad_accum_steps - 1
                 with self.autocast:
@@ -623,6 +663,8 @@ class _Trainer:
                 self.scaler.scale(loss).backward()
                 loss_sum += loss.item()
             self.scaler.unscale_(self.optimizer)
+            if self.grokfast is not None:
+                self.grokfast.amplify()
             # The grad norm is the same on every rank (gradients are all-reduced), so every rank
             # takes the same decision below; a NaN loss on any rank makes it NaN everywhere.
             grad_norm = float(torch.nn.utils.clip_grad_norm_(
@@ -673,17 +715,21 @@ class _Trainer:
         rows = self.cfg.eval_batch_size or self.cfg.batch_size
         per_call = max(1, min(self.cfg.eval_iters, (1 << 24) // (rows * self.model_cfg.block_size
                                                                   * self.model_cfg.vocab_size)))
+        tally = {}
         for split in ("train", "val") if self.cfg.eval_train else ("val",):
-            total, xs, ys = 0.0, [], []
+            total, rows_seen, xs, ys, tally[split] = 0.0, 0, [], [], _Tally()
             for x, y in _eval_batches(self.dataset, self.cfg, self.model_cfg.block_size, self.d.rank, split):
                 xs.append(x)
                 ys.append(y)
                 if len(xs) == per_call:
-                    total += self._batch_loss(xs, ys) * len(xs)
+                    n = sum(len(a) for a in xs)
+                    total, rows_seen = total + self._batch_loss(xs, ys, tally[split]) * n, rows_seen + n
                     xs, ys = [], []
             if xs:
-                total += self._batch_loss(xs, ys) * len(xs)
-            losses[split] = _all_mean(total / self.cfg.eval_iters, self.d)
+                n = sum(len(a) for a in xs)
+                total, rows_seen = total + self._batch_loss(xs, ys, tally[split]) * n, rows_seen + n
+            losses[split] = _all_mean(total / max(rows_seen, 1), self.d)
+        self.eval_details = tally
         if not self.cfg.eval_train:
             recent = self.recent_losses or [float("nan")]
             losses["train"] = sum(recent) / len(recent)
@@ -697,19 +743,50 @@ class _Trainer:
                           val / math.log(2) / self.dataset.val_bytes_per_token, self.elapsed(),
                           time.perf_counter() - t0, estimate)
 
-    def _batch_loss(self, xs: list[np.ndarray], ys: list[np.ndarray]) -> float:
+    def _batch_loss(self, xs: list[np.ndarray], ys: list[np.ndarray], tally: "_Tally | None" = None) -> float:
         x, y = (a[0] if len(a) == 1 else np.concatenate(a) for a in (xs, ys))
         with self.autocast:
-            return self.raw_model(self._to_device(x), self._to_device(y)).loss.item()
+            out = self.raw_model(self._to_device(x), self._to_device(y))
+        if tally is not None:
+            tally.add(out.logits, self._to_device(y))
+        return out.loss.item()
+
+    @torch.no_grad()
+    def measure(self) -> Measures:
+        """The progress measures (`core.measures`) of the model now, after an evaluation: accuracies and
+        ICL from that evaluation's batches, head scores on repeated random tokens, the weight norm, and for
+        modular arithmetic the embedding's Fourier spectrum."""
+        t0 = time.perf_counter()
+        tally = self.eval_details
+        train_acc = tally["train"].accuracy() if "train" in tally else float("nan")
+        val = tally.get("val") or _Tally()
+        model, mc = self.raw_model, self.model_cfg
+        model.eval()
+        length = max(2, min(mc.block_size // 2, 32))
+        probe = measures.repeated_tokens(self.tokenizer.n_vocab, length, PROBE_SEQUENCES,
+                                         np.random.default_rng([self.cfg.seed, 0x5C0E]),
+                                         allowed=_ordinary_ids(self.tokenizer))
+        with self.autocast:
+            out = model(self._to_device(probe), return_attention=True)
+        probs = torch.stack(out.attentions, dim=1).float().cpu().numpy()      # (B, L, nh, T, T)
+        scores = measures.head_scores(probs, probe)
+        model.train()
+        weight_norm = math.sqrt(sum(float(p.detach().float().pow(2).sum()) for p in model.parameters()))
+        fourier = None
+        task = getattr(self.dataset, "task", None)
+        if task is not None and task.name == "modular-addition":
+            embedding = model.transformer.wte.weight[:task.p].detach().float().cpu().numpy()
+            fourier = [round(float(v), 6) for v in measures.fourier_norms(embedding)]
+        return Measures(self.step, train_acc, val.accuracy(), measures.icl_score(val.loss_by_position()),
+                        weight_norm, {k: np.round(v, 6).tolist() for k, v in scores.items()}, fourier,
+                        time.perf_counter() - t0)
 
     def exact_val_loss(self, windows_per_batch: int = 64) -> float:
-        """Mean loss over every non-overlapping block_size window of the val split (no sampling noise);
-        under DDP the ranks share the windows."""
-        T = self.model_cfg.block_size
-        val = np.asarray(self.dataset.val, dtype=np.int64)
-        n = (len(val) - 1) // T
-        x_all = val[: n * T].reshape(n, T)
-        y_all = val[1: n * T + 1].reshape(n, T)
+        """Mean loss over every non-overlapping block_size window of the val split (a task's whole held-out
+        set), with no sampling noise; under DDP the ranks share the windows."""
+        x_all, y_all = self.dataset.windows("val") if isinstance(self.dataset, TaskDataset) else \
+            _windows(self.dataset.val, self.model_cfg.block_size)
+        n = len(x_all)
         total, count = 0.0, 0
         for i in range(self.d.rank * windows_per_batch, n, windows_per_batch * self.d.world_size):
             x, y = x_all[i:i + windows_per_batch], y_all[i:i + windows_per_batch]
@@ -738,11 +815,92 @@ class _Trainer:
             if final_eval is not None:
                 meta["eval"] = dataclasses.asdict(final_eval)
             extra = {f"rng.torch.{r}": s for r, s in enumerate(rng_torch)}
+            if self.grokfast is not None:
+                extra.update(self.grokfast.tensors())
             extra.update({f"rng.cuda.{r}": s for r, s in enumerate(rng_cuda)})
             ckpt_io.save_checkpoint(path, self.raw_model, self.optimizer, meta, extra)
             ckpt_io.prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints, milestone_steps(self.cfg))
         _barrier(d)
         return path
+
+
+PROBE_SEQUENCES = 8     # repeated random sequences the head scores average over at each evaluation
+
+
+class _Tally:
+    """Correct next tokens and the loss at each position, summed over an evaluation's batches (targets of
+    IGNORE skipped): the accuracy and ICL score of `Measures`."""
+
+    def __init__(self):
+        self.correct = self.count = 0
+        self.loss_sum: torch.Tensor | None = None
+        self.loss_count: torch.Tensor | None = None
+
+    def add(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        logits = logits.float()
+        scored = y != IGNORE
+        self.correct += int(((logits.argmax(-1) == y) & scored).sum())
+        self.count += int(scored.sum())
+        loss = F.cross_entropy(logits.transpose(1, 2), y.clamp(min=0), reduction="none") * scored   # (B, T)
+        s, c = loss.sum(0).cpu(), scored.sum(0).cpu()
+        self.loss_sum = s if self.loss_sum is None else self.loss_sum + s
+        self.loss_count = c if self.loss_count is None else self.loss_count + c
+
+    def accuracy(self) -> float:
+        return self.correct / self.count if self.count else float("nan")
+
+    def loss_by_position(self) -> np.ndarray:
+        if self.loss_sum is None:
+            return np.full(1, np.nan)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (self.loss_sum / self.loss_count).numpy().astype(float)
+
+
+class Grokfast:
+    """Grokfast-EMA (Lee et al. 2024): each gradient gets `lam` times an exponential moving average (decay
+    `alpha`) of the past gradients added, amplifying their slow component, the one that generalises;
+    on modular arithmetic the held-out accuracy then rises several times sooner. The EMA is part of the
+    run's state: checkpoints keep it, so a resume continues it."""
+
+    PREFIX = "grokfast."
+
+    def __init__(self, model: GPT, alpha: float, lam: float):
+        self.alpha, self.lam = alpha, lam
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.ema: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def amplify(self) -> None:
+        for name, p in self.params.items():
+            if p.grad is None:
+                continue
+            ema = self.ema.get(name)
+            if ema is None:
+                ema = self.ema[name] = p.grad.detach().clone()
+            else:
+                ema.mul_(self.alpha).add_(p.grad, alpha=1 - self.alpha)
+            p.grad.add_(ema, alpha=self.lam)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {self.PREFIX + n: t for n, t in self.ema.items()}
+
+    def load(self, tensors: dict[str, torch.Tensor]) -> None:
+        for name, p in self.params.items():
+            if self.PREFIX + name in tensors:
+                self.ema[name] = tensors[self.PREFIX + name].to(p.device, p.dtype)
+
+
+def _ordinary_ids(tokenizer: Tokenizer) -> np.ndarray:
+    """The ids a probe may draw: every id but the special ones."""
+    return np.array([i for i in range(tokenizer.n_vocab) if i not in tokenizer.special_ids])
+
+
+def _windows(tokens: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every non-overlapping block_size window of a token array: inputs and next-token targets."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    n = (len(tokens) - 1) // block_size
+    return (tokens[: n * block_size].reshape(n, block_size),
+            tokens[1: n * block_size + 1].reshape(n, block_size))
 
 
 class ThreadChooser:
@@ -817,7 +975,14 @@ def previous_command(run_dir: Path, command: str | None) -> str | None:
 def _eval_batches(dataset: TokenDataset, cfg: TrainConfig, block_size: int, rank: int, split: str
                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The same eval batches at every eval (a fixed seed, drawn afresh rather than kept in memory):
-    changes in the estimate then reflect the model, not the draw."""
+    changes in the estimate then reflect the model, not the draw. A task's are its whole fixed evaluation
+    set (every held-out pair of a modular task), in batches of eval_batch_size (or batch_size) rows."""
+    if isinstance(dataset, TaskDataset):
+        x, y = dataset.windows(split)
+        rows = cfg.eval_batch_size or cfg.batch_size
+        for i in range(0, len(x), rows):        # every rank the whole set: the ranks' means then agree
+            yield x[i:i + rows], y[i:i + rows]
+        return
     rng = np.random.default_rng([cfg.seed, rank, 0xE7A1, split == "val"])
     for _ in range(cfg.eval_iters):
         yield dataset.get_batch(split, cfg.eval_batch_size or cfg.batch_size, block_size, rng)
@@ -825,7 +990,8 @@ def _eval_batches(dataset: TokenDataset, cfg: TrainConfig, block_size: int, rank
 
 def _sample_text(model: GPT, tokenizer: Tokenizer, n_tokens: int, device: torch.device) -> str:
     g = torch.Generator(device=device).manual_seed(0)
-    start = torch.tensor([[tokenizer.encode("\n")[0]]], device=device)
+    first = tokenizer.encode("\n") or [0]         # a task's symbols have no line break: start at its first
+    start = torch.tensor([[first[0]]], device=device)
     ids = model.generate(start, n_tokens, temperature=1.0, generator=g)[0, 1:].tolist()
     return tokenizer.decode(ids)
 
@@ -952,6 +1118,11 @@ def main(argv: list[str] | None = None) -> int:
                          if rec.val_loss_estimate is not None else "")
                 write(f"step {rec.step}: train {rec.train_loss:.4f}, val {rec.val_loss:.4f}{exact} "
                       f"(ppl {rec.val_perplexity:.2f}, {rec.val_bits_per_byte:.4f} bits/byte)")
+            elif isinstance(rec, Measures):
+                best = {k: max((v for row in m for v in row), default=float("nan")) for k, m in rec.head_scores.items()}
+                write(f"step {rec.step}: accuracy train {rec.train_accuracy:.3f} val {rec.val_accuracy:.3f}, "
+                      f"ICL {rec.icl_score:+.3f} nats, |w| {rec.weight_norm:.1f}, best head: previous-token "
+                      f"{best['previous_token']:.2f} induction {best['induction']:.2f}")
             elif isinstance(rec, Sample):
                 write(f"--- sample at step {rec.step} ---\n{rec.text}\n---")
             elif isinstance(rec, RunFinished) and master:

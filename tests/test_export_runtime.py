@@ -14,7 +14,7 @@ import torch
 
 from core.checkpoint import load_model
 from core.model import GPT
-from core.export import ExportConfig, ExportError, export_model
+from core.export import ExportConfig, ExportError, export_model, print_card
 from core.generate import GenerationConfig, decode
 from core.generate import main as generate_main
 from core.config import NORMS, POS_ENCODINGS, ModelConfig
@@ -490,12 +490,15 @@ def test_a_large_export_streams_its_weights_and_shares_them_with_the_attention_g
     files = card["files"]
     assert "model.onnx.data" in files and "model.int8.onnx.data" in files
     assert "attention.onnx.data" not in files          # every attention weight is read from model.onnx.data
+    assert "inspect.onnx.data" not in files and "lens.onnx.data" not in files      # so are the inspection graphs'
     assert card["variants"]["fp32"]["bytes"] == files["model.onnx"] + files["model.onnx.data"]
     assert card["export"]["peak_rss_mb"] > 0 and card["parity"]["max_abs_logit_diff"] < 1e-4
     m = Model(tmp_path / "ext")
     ids = m.tokenizer.encode("The dog ran over.")
     assert np.abs(m.logits(ids) - m0.logits(ids)).max() < 1e-5
     assert np.abs(m.attention(ids).probs[1] - m0.attention(ids).probs[1]).max() < 1e-5
+    from core.interpret import Inspector
+    assert np.abs(Inspector(m).run(ids)[0] - Inspector(m0).run(ids)[0]).max() < 1e-5
     assert Model(tmp_path / "ext", variant="int8").logits(ids).shape == m.logits(ids).shape
 
 
@@ -521,3 +524,12 @@ def test_the_step_curve_averages_long_runs_into_at_most_its_points():
     curve = step_curve(records, last_step=1000)
     assert len(curve) == STEP_CURVE_POINTS and curve[-1] == {"step": 1000, "loss": 0.5}
     assert step_curve(records, last_step=0) == []
+
+
+def test_the_cli_summary_prints_every_variant_of_a_card(capsys):
+    """An int8 variant has an agreement, not a logit distance: the summary prints each by what it has."""
+    card = json.loads((ROOT / "exported" / "shakespeare-char" / "card.json").read_text())
+    print_card("exported/shakespeare-char", card)
+    out = capsys.readouterr().out
+    assert "fp32: model.onnx" in out and "max logit diff" in out
+    assert "int8: model.int8.onnx" in out and "top-1 agreement" in out

@@ -274,7 +274,7 @@ def test_new_options_are_training_flags_with_their_why():
 @pytest.mark.parametrize("kw, message", [
     (dict(n_head=4, n_kv_head=3), "divisible by n_kv_head"),
     (dict(n_head=2, n_kv_head=4), r"n_kv_head must be an integer in \[0, 2\]"),
-    (dict(mlp="relu"), "mlp must be one of gelu, gelu_tanh, swiglu"),
+    (dict(mlp="tanh"), "mlp must be one of gelu, gelu_tanh, swiglu, relu, none"),
     (dict(mlp_hidden=-1), "mlp_hidden"),
     (dict(rope_theta=0.0), "rope_theta"),
     (dict(norm_eps=0.0), "norm_eps"),
