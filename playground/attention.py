@@ -9,7 +9,8 @@ from plotly.subplots import make_subplots
 from core.checks import PlaygroundError
 from core.generate import GenerationConfig, complete
 from core.sampling import SamplerConfig
-from playground.shared import figure, open_page, tokens_html, url_int, url_text, visible
+from core.tokenizer import TokenizerError
+from playground.shared import figure, open_page, starting_text, tokens_html, url_int, url_text, visible
 
 model, lim = open_page("Attention",
                        "Row i of a head's map: how much token i draws from each earlier token (rows sum to 1; the "
@@ -35,7 +36,8 @@ def grid_layout(layers: tuple[int, ...], heads: tuple[int, ...]) -> dict:
 
 
 if "attn_text" not in st.session_state:
-    st.session_state["attn_text"] = url_text("text", "KING:\nWhat news from the", lim.max_prompt_chars)
+    st.session_state["attn_text"] = url_text("text", starting_text(model, "KING:\nWhat news from the"),
+                                             lim.max_prompt_chars)
 
 
 def add_token() -> None:
@@ -54,7 +56,14 @@ st.query_params["text"] = text
 st.button("Add the next token (greedy)", on_click=add_token)
 if "attn_error" in st.session_state:
     st.warning(st.session_state.pop("attn_error"))
-ids = model.tokenizer.encode_prompt(text)
+try:
+    ids = model.tokenizer.encode_prompt(text)
+except TokenizerError as e:        # a task model's symbols, or text it cannot read
+    st.error(str(e))
+    example = starting_text(model, "")
+    if example:
+        st.button("Use an example of its task", on_click=lambda: st.session_state.update(attn_text=example))
+    st.stop()
 if not ids:
     st.info("Type some text.")
     st.stop()

@@ -15,8 +15,8 @@ from core.checks import PlaygroundError
 from core.compare import CUSTOM, PRESETS, Inputs, Strategy, run
 from core.generate import EARLY_STOPPING
 from core.sampling import SamplerConfig
-from playground.shared import (figure, knob_slider, model_key, open_page, url_choice, url_choices, url_int, url_text,
-                               visible)
+from playground.shared import (figure, knob_slider, model_key, open_page, starting_text, url_choice, url_choices,
+                             url_int, url_text, visible)
 
 EARLY_STOPPING_HELP = {
     "false": "False (Hugging Face's default): stop once no live beam can beat the worst finished one at its "
@@ -32,7 +32,7 @@ model, lim = open_page("Compare decoding strategies",
                        "The same prompt, the same seed, the same model: only the decoding differs. Metrics are "
                        "computed the same way for every strategy, under the model's own distribution.")
 
-prompt = st.text_area("Prompt", url_text("prompt", "ROMEO:\n", lim.max_prompt_chars), max_chars=lim.max_prompt_chars, key="cmp_prompt")
+prompt = st.text_area("Prompt", url_text("prompt", starting_text(model, "ROMEO:\n"), lim.max_prompt_chars), max_chars=lim.max_prompt_chars, key="cmp_prompt")
 c1, c2 = st.columns(2)
 seed = c1.number_input("Seed", 0, 2**31 - 1, url_int("seed", 0, 0, 2**31 - 1), key="cmp_seed")
 max_new = c2.slider("New tokens", 10, min(300, lim.max_new_tokens), min(100, lim.max_new_tokens), key="cmp_new")

@@ -8,8 +8,8 @@ from core.checks import PlaygroundError
 from core.generate import GenerationConfig
 from core.sampling import KNOBS, SamplerConfig, entropy_by_temperature
 from core.trace import Trace
-from playground.shared import (figure, knob_slider, model_key, open_page, prob_colour, tokens_html, url_float, url_int,
-                               url_text, visible)
+from playground.shared import (figure, knob_slider, model_key, open_page, prob_colour, starting_text, tokens_html,
+                             url_float, url_int, url_text, visible)
 
 model, lim = open_page("Generate, step by step",
                        "Each step: the model scores every token, the sampler stages reshape those scores, one token "
@@ -32,7 +32,7 @@ with st.sidebar:
 
 sampler = SamplerConfig(**values)
 config = GenerationConfig(max_new_tokens=lim.max_new_tokens, sampler=sampler, seed=int(seed), top_n=10)
-prompt = st.text_area("Prompt", url_text("prompt", "ROMEO:\n", lim.max_prompt_chars), max_chars=lim.max_prompt_chars, key="prompt")
+prompt = st.text_area("Prompt", url_text("prompt", starting_text(model, "ROMEO:\n"), lim.max_prompt_chars), max_chars=lim.max_prompt_chars, key="prompt")
 st.query_params["prompt"] = prompt
 path = model_key(model)
 
@@ -107,6 +107,22 @@ if not prompt:
 
 
 @st.fragment
+def lens_view(ids: list[int]) -> None:
+    """The next token's logit lens (core.interpret): each residual point's top tokens at the last position."""
+    from core import interpret
+    most = min(model.block_size, lim.max_inspect_tokens)
+    try:
+        lens = interpret.logit_lens(model, ids[-most:], 5, lim)
+    except PlaygroundError as e:          # exported before the inspection graphs, or too large here
+        st.info(str(e))
+        return
+    rows = [{"after": point, **{f"#{k + 1}": f"{visible(model.tokenizer.token_text(int(t)))}  {p:.2f}"
+                               for k, (t, p) in enumerate(zip(lens.top_ids[i, -1], lens.top_probs[i, -1]))}}
+            for i, point in enumerate(lens.points)]
+    st.dataframe(rows, hide_index=True, width="stretch")
+    st.caption("The last row is the model's own prediction (before the sampler); the rows above it stop early.")
+
+
 def stepper() -> None:
     trace = current_trace()
     if "notice" in st.session_state:
@@ -163,6 +179,11 @@ def stepper() -> None:
                    dict(type="bar", x=labels, y=z[-1], name="final (sampled from)")],
                   barmode="group", height=260, margin=dict(t=30, b=20), title=dict(text="Raw vs final"))
     st.plotly_chart(bars, width="stretch", key="raw_final_chart")
+
+    if st.toggle("Logit lens of the next token", key="gen_lens",
+                 help="What the residual stream would predict if the model stopped after each layer's attention "
+                      "or MLP (the final norm and unembedding applied early): the answer forming layer by layer."):
+        lens_view(trace.ids)
 
     left, right = st.columns(2)
     if steps:

@@ -13,8 +13,8 @@ from core.generate import GenerationConfig, beam_search, complete
 from core.runtime import ModelError
 from core.sampling import SamplerConfig, entropy, entropy_by_temperature, run_pipeline, softmax
 from core.tokenizer import TokenizerError, char_frequencies, readable
-from playground.shared import (figure, knob_slider, model_by_name, model_names, open_page, scaling_report, tokens_html,
-                               url_choice, url_text, visible)
+from playground.shared import (figure, knob_slider, model_by_name, model_names, open_page, scaling_report,
+                             starting_text, tokens_html, url_choice, url_text, visible)
 
 SECTIONS = {
     "tokens": "1 · Tokenization",
@@ -44,13 +44,18 @@ keys = list(SECTIONS)
 section = st.radio("Section", keys, index=keys.index(url_choice("section", "tokens", keys)), horizontal=True,
                    format_func=SECTIONS.get, key="section", label_visibility="collapsed")
 st.query_params["section"] = section
-prompt = st.text_area("Your text (every section uses it)", url_text("text", "The king said to his friend:\nWhat", min(lim.max_prompt_chars, 400)),
+prompt = st.text_area("Your text (every section uses it)", url_text("text", starting_text(model, "The king said to his friend:\nWhat"),
+                                                                       min(lim.max_prompt_chars, 400)),
                       height=68, max_chars=min(lim.max_prompt_chars, 400), key="learn_text")
 st.query_params["text"] = prompt
 if not prompt:
     st.info("Type a few words: every section works on your text.")
     st.stop()
-ids = model.tokenizer.encode_prompt(prompt)[-model.block_size:]
+try:
+    ids = model.tokenizer.encode_prompt(prompt)[-model.block_size:]
+except TokenizerError as e:        # a task model's symbols, or text it cannot read
+    st.error(str(e))
+    st.stop()
 labels = [f"{i}:{visible(model.tokenizer.token_text(t))}" for i, t in enumerate(ids)]
 
 

@@ -395,3 +395,10 @@ def scaling_report(path: str | Path, n_kind: str = "total") -> tuple[scaling.Sca
     if stored.current:
         return stored.report(n_kind), None
     return None, _fits_message(stored)[0]
+
+
+def starting_text(model: Model, default: str) -> str:
+    """A page's default text for `model`: `default`, or for a model trained on a synthetic task (whose
+    vocabulary is that task's symbols) an example of its task."""
+    from core.tasks import example_text
+    return example_text(model.tokenizer) or default

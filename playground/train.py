@@ -13,6 +13,7 @@ from core.data import CorpusError, read_text_file
 from core.jobs import (POSITIONS, PRESETS, RANGES, TOKENIZERS, JobError, TrainingRequest, store_upload,
                        training_unavailable)
 from core.tokenizer import TokenizerError, byte_tokenizer, train_bpe
+from playground import progress
 from playground.shared import HOSTED, figure, job_board, visitor_token
 
 st.title("Train a model")
@@ -173,6 +174,20 @@ def live() -> None:
         st.caption(f"val loss {e['val_loss']:.3f} nats/token · perplexity {e['val_perplexity']:.2f} · "
                    f"{e['val_bits_per_byte']:.3f} bits per byte (step {e['step']}; that evaluation took "
                    f"{e.get('seconds', 0):.1f} s)")
+    if job.measures:
+        m = job.measures[-1]
+        with st.expander(f"Progress measures (step {m['step']:,}): accuracy {m['val_accuracy']:.3f}, ICL score "
+                         f"{m['icl_score']:+.2f} nats", expanded=bool(job.task)):
+            st.caption("In-context learning: the loss late in a context minus early in it (negative: the context "
+                       "helps). Head scores on repeated random tokens: 1 is a head that does only that.")
+            c1, c2 = st.columns(2)
+            with c1:
+                progress.measure_curve({job.name: job.measures}, "icl_score", "ICL score (nats)", key="train")
+            with c2:
+                progress.measure_curve({job.name: job.measures}, "val_accuracy", "held-out next-token accuracy",
+                                       key="train")
+            progress.head_scores(m, key="train")
+            progress.fourier(m, key="train")
     if job.threads:
         st.caption(f"torch threads: {job.threads['threads']}, chosen by measuring the first steps (ms per step: "
                    + ", ".join(f"{n} thread(s) {ms:.1f}" for n, ms in job.threads["ms_per_step"].items()) + ")")

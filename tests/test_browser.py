@@ -285,8 +285,44 @@ def test_a_reload_finds_the_run_again_and_another_visitor_only_watches(train_ser
     stranger.context.close()
 
 
+@pytest.mark.parametrize("scheme", ["dark"])
+def test_an_emergence_preset_jumps_and_its_heads_are_scrubbed_across_the_jump(train_server, browser, scheme):
+    """One click starts the fixed-offset induction preset and its control; the page marks the jump; the
+    exported model's milestone checkpoints then show the Attention page before and after it."""
+    url, base = train_server
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, color_scheme=scheme)
+    page.goto(f"{url}/emergence")
+    page.wait_for_selector(IDLE, timeout=CEILING_MS)
+    page.get_by_text("Induction heads, fixed offset").click()
+    page.wait_for_selector(IDLE, timeout=CEILING_MS)
+    name = page.get_by_label("Run name")
+    name.fill("heads")
+    name.press("Enter")
+    page.wait_for_selector(IDLE, timeout=CEILING_MS)
+    page.locator(".st-key-emergence_start button").click()
+    page.wait_for_function("document.body.innerText.includes('Jump: ICL score fell')", timeout=CEILING_MS)
+    page.wait_for_function("document.body.innerText.includes('is exported with its milestone checkpoints')",
+                           timeout=CEILING_MS)
+    shot(page, f"emergence-jump-{scheme}")
+    assert (base / "exported" / "heads" / "card.json").is_file()
+    page.goto(f"{url}/attention?model=heads")
+    page.wait_for_selector(IDLE, timeout=CEILING_MS)
+    page.wait_for_function("document.body.innerText.includes('Layers (rows) and heads (columns)')", timeout=CEILING_MS)
+    assert page.locator("[data-testid='stException']").count() == 0
+    shot(page, f"emergence-attention-final-{scheme}")
+    thumb = page.locator("[data-testid='stSidebar'] [data-testid='stSlider'] [role='slider']").first
+    thumb.focus()
+    thumb.press("Home")                       # the earliest milestone: before the jump
+    page.wait_for_selector(IDLE, timeout=CEILING_MS)
+    page.wait_for_function("document.body.innerText.includes('Layers (rows) and heads (columns)')", timeout=CEILING_MS)
+    assert page.locator("[data-testid='stException']").count() == 0
+    shot(page, f"emergence-attention-first-checkpoint-{scheme}")
+    page.close()
+
+
 PAGES = {"": "LLM Playground", "learn": "Learn", "tokenizer": "Tokenizer", "generate": "Generate",
-         "compare": "Compare", "attention": "Attention", "models": "Model", "train": "Train", "scaling": "Scaling"}
+         "compare": "Compare", "attention": "Attention", "models": "Model", "train": "Train", "scaling": "Scaling",
+         "emergence": "Emergence"}
 
 
 @pytest.mark.slow

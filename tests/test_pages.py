@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "streamlit_app.py")
 PAGES = ["playground/home.py", "playground/learn.py", "playground/tokenizer.py", "playground/generate.py",
          "playground/compare.py", "playground/scaling.py",
-         "playground/attention.py", "playground/models.py"]
+         "playground/attention.py", "playground/inside.py", "playground/models.py"]
 
 
 @pytest.fixture(autouse=True)
@@ -74,6 +74,23 @@ def test_generate_steps_forces_goes_back_and_shares(monkeypatch):
     assert fresh.session_state["trace"]["state"] == at.session_state["trace"]["state"]
 
 
+def test_generate_shows_the_next_tokens_logit_lens_ending_in_the_models_own_prediction():
+    at = page("playground/generate.py")
+    button(at, "Greedy one").click().run()
+    at.toggle(key="gen_lens").set_value(True).run()
+    assert not at.exception
+    rows = at.dataframe[0].value
+    L = 4                                           # shakespeare-char: 4 blocks, 2 points each, + the embedding
+    assert len(rows) == 2 * L + 1 and rows["after"].iloc[0] == "embed"
+    # the last point is the model's own distribution: its top token is what greedy takes next (no penalties
+    # are on by default)
+    before = len(at.session_state["trace"]["state"]["branches"][0]["tokens"])
+    button(at, "Greedy one").click().run()
+    taken = at.session_state["trace"]["state"]["branches"][0]["tokens"][before]
+    from playground.shared import model_by_name, visible
+    assert rows["#1"].iloc[-1].split("  ")[0] == visible(model_by_name("shakespeare-char").tokenizer.token_text(taken))
+
+
 def test_generate_in_hosted_mode_stops_at_the_limit(monkeypatch):
     monkeypatch.setattr(shared, "HOSTED", True)
     at = page("playground/generate.py")
@@ -116,6 +133,48 @@ def test_attention_grows_the_text_one_token_at_a_time():
     after = at.text_area(key="attn_text").value
     assert after.startswith(before) and len(after) == len(before) + 1      # one byte token
     assert len([m for m in at.markdown if "head " in m.value]) == 4          # a row per head
+
+
+def test_inside_shows_every_instrument_and_offers_the_fix_for_unequal_prompts():
+    at = page("playground/inside.py")
+    assert not at.exception
+    text = " ".join(m.value for m in at.markdown)
+    assert "log-probability" in text and "Logit difference" in text
+    assert not at.warning
+    at.text_area(key="inside_corrupt").set_value("PARIS: I am here.\nJULIET: O Pari").run()
+    unequal = [w.value for w in at.warning if "the clean prompt is" in w.value]
+    assert unequal and "Left-pad the shorter prompt" in unequal[0]
+    at.checkbox(key="inside_pad").check().run()
+    assert not at.exception and not [w for w in at.warning if "the clean prompt is" in w.value]
+    at.radio(key="inside_kind").set_value("mean").run()
+    at.text_input(key="inside_target").set_value("ab").run()
+    assert any("is 2 tokens" in w.value for w in at.warning)
+    at.radio(key="inside_on").set_value("the prompt").run()
+    assert not at.exception
+
+
+def test_inside_names_the_limit_for_a_model_too_large_here(monkeypatch):
+    from core.limits import Limits
+    monkeypatch.setattr(shared, "limits", lambda: Limits(max_inspect_parameters=1000))
+    at = page("playground/inside.py")
+    assert not at.exception
+    refusals = [w.value for w in at.warning if "Limits.max_inspect_parameters" in w.value]
+    assert len(refusals) == 3 and "at most 1,000" in refusals[0]      # lens, ablation, patching; scores still run
+
+
+def test_inside_says_export_again_for_an_older_export(monkeypatch, tmp_path):
+    import json
+    import shutil
+    from core import catalog
+    old = tmp_path / "shakespeare-char"
+    shutil.copytree(catalog.EXPORTED_DIR / "shakespeare-char", old)
+    card = json.loads((old / "card.json").read_text())
+    del card["inspection"]
+    (old / "card.json").write_text(json.dumps(card))
+    monkeypatch.setattr(catalog, "EXPORTED_DIR", tmp_path)
+    at = page("playground/inside.py")
+    assert not at.exception
+    assert any("exported before the inspection graph existed: export it again" in w.value for w in at.warning)
 
 
 def test_models_page_scores_text():
