@@ -60,7 +60,7 @@ def _induction(offset: str, steps: int, every: int) -> tuple[PresetRun, ...]:
     model = ModelConfig(vocab_size=64, block_size=64, n_layer=2, n_head=4, n_embd=64, mlp="none", tie_embeddings=False)
     train = TrainConfig(task=f"induction:offset={offset}", batch_size=32, max_steps=steps, learning_rate=1e-3,
                         min_lr=1e-3, warmup_steps=0, weight_decay=0.0, eval_interval=every, eval_iters=4,
-                        eval_batch_size=64, checkpoint_interval=every, keep_checkpoints=2, milestones=12,
+                        eval_batch_size=64, checkpoint_interval=every, keep_checkpoints=2, milestones=6,
                         threads=1)
     return (PresetRun("run", "2 layers, attention only", train, model),
             PresetRun("control", "1 layer (control: cannot compose heads)", train,
@@ -79,7 +79,7 @@ def _grokking(steps: int, every: int) -> tuple[PresetRun, ...]:
                         learning_rate=1e-3, min_lr=1e-3, warmup_steps=10, weight_decay=1.0, beta1=0.9, beta2=0.98,
                         grad_clip=0.0, eval_interval=every,
                         eval_iters=1, eval_batch_size=4096, checkpoint_interval=every, keep_checkpoints=2,
-                        milestones=12, threads=1)
+                        milestones=6, threads=1)
     return (PresetRun("run", "weight decay 1.0", train, model),
             PresetRun("control", "weight decay 0 (control)", dataclasses.replace(train, weight_decay=0.0), model))
 

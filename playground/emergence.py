@@ -51,6 +51,7 @@ if c3.button("Start", type="primary", key="emergence_start"):
     try:
         board.start_runs(token, preset_runs(key, name.strip(), with_control))
         st.session_state["emergence_watch"] = name.strip()
+        st.rerun()                      # the list below was read before the start
     except JobError as e:
         st.error(str(e))
 

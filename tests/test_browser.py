@@ -295,14 +295,15 @@ def test_an_emergence_preset_jumps_and_its_heads_are_scrubbed_across_the_jump(tr
     page.wait_for_selector(IDLE, timeout=CEILING_MS)
     page.get_by_text("Induction heads, fixed offset").click()
     page.wait_for_selector(IDLE, timeout=CEILING_MS)
-    name = page.get_by_label("Run name")
+    name = page.get_by_label("Run name", exact=True).and_(page.locator("input"))
     name.fill("heads")
     name.press("Enter")
     page.wait_for_selector(IDLE, timeout=CEILING_MS)
     page.locator(".st-key-emergence_start button").click()
     page.wait_for_function("document.body.innerText.includes('Jump: ICL score fell')", timeout=CEILING_MS)
+    # the run and its control are exported with their milestone checkpoints, each with its inspection graphs
     page.wait_for_function("document.body.innerText.includes('is exported with its milestone checkpoints')",
-                           timeout=CEILING_MS)
+                           timeout=3 * CEILING_MS)
     shot(page, f"emergence-jump-{scheme}")
     assert (base / "exported" / "heads" / "card.json").is_file()
     page.goto(f"{url}/attention?model=heads")
