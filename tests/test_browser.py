@@ -311,7 +311,7 @@ def test_an_emergence_preset_jumps_and_its_heads_are_scrubbed_across_the_jump(tr
     page.wait_for_function("document.body.innerText.includes('Layers (rows) and heads (columns)')", timeout=CEILING_MS)
     assert page.locator("[data-testid='stException']").count() == 0
     shot(page, f"emergence-attention-final-{scheme}")
-    thumb = page.locator("[data-testid='stSidebar'] [data-testid='stSlider'] [role='slider']").first
+    thumb = page.locator("[data-testid='stSidebar']").get_by_role("slider").first
     thumb.focus()
     thumb.press("Home")                       # the earliest milestone: before the jump
     page.wait_for_selector(IDLE, timeout=CEILING_MS)
