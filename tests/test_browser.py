@@ -323,7 +323,7 @@ def test_an_emergence_preset_jumps_and_its_heads_are_scrubbed_across_the_jump(tr
 
 PAGES = {"": "LLM Playground", "learn": "Learn", "tokenizer": "Tokenizer", "generate": "Generate",
          "compare": "Compare", "attention": "Attention", "models": "Model", "train": "Train", "scaling": "Scaling",
-         "emergence": "Emergence"}
+         "emergence": "Emergence", "inside": "Inside"}
 
 
 @pytest.mark.slow
