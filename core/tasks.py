@@ -23,7 +23,6 @@ vocabulary without torch).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import string
 from dataclasses import dataclass, fields
@@ -145,10 +144,6 @@ class RepeatedSequences(Task):
         _check_split(split)
         return self.batch(split, self.eval_sequences, np.random.default_rng([0x1D, split == "val"]))
 
-    def repeat_start(self) -> int:
-        """The first position of the second copy when offset is fixed (ICL's late positions start here)."""
-        return self.length
-
 
 @dataclass(frozen=True)
 class ModularAddition(Task):
@@ -259,11 +254,6 @@ class TaskDataset:
     def windows(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Every fixed example of `split` (x, y): what an exact evaluation reads."""
         return self._sets[split]
-
-
-def with_options(task: Task, **changes) -> Task:
-    """The same task with some options changed (the controls of a preset)."""
-    return dataclasses.replace(task, **changes)
 
 
 def task_of(tokenizer: Tokenizer) -> Task | None:

@@ -5,8 +5,6 @@ The runs are ordinary training jobs (`core.jobs`): trained in their own process,
 (their milestone checkpoints go with them: the Attention page's scrubber then shows the heads before and
 after the jump). Presets, signals and where the jump happened come from `core.emergence`."""
 
-import re
-
 import streamlit as st
 
 from core.emergence import PRESETS, find_emergence, preset_runs
@@ -118,5 +116,4 @@ def live() -> None:
         st.page_link("playground/attention.py", label="Attention", icon="🔍")
 
 
-if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", st.session_state.get("emergence_watch", "")):
-    live()
+live()
