@@ -431,8 +431,6 @@ def _export_into(work: Path, name: str, model: GPT, tokenizer: Tokenizer, cfg: E
             work / ATTENTION_FILE, cfg.opset, metadata, external, fused=shared)
     if external:
         _share_weights(work, ATTENTION_FILE, MODEL_FILE)
-    say(f"exporting {INSPECT_FILE} and {LENS_FILE} (the interpretability instruments)")
-    inspection = _export_inspection(model, tokenizer.n_vocab, work, cfg, metadata, external, shared)
 
     # -- parity: onnxruntime prefill + cached decode vs torch full recomputation
     say("checking parity: onnxruntime against torch over a prefill and cached decode steps")
@@ -459,6 +457,9 @@ def _export_into(work: Path, name: str, model: GPT, tokenizer: Tokenizer, cfg: E
                           f"tolerance {cfg.parity_tolerance:g}; the export was not kept")
     if attn_parity > cfg.parity_tolerance:
         raise ExportError(f"attention probabilities differ from torch's explicit path by {attn_parity:.3g}")
+    # after the model's own parity, so a model that fails it fails before the slower inspection export
+    say(f"exporting {INSPECT_FILE} and {LENS_FILE} (the interpretability instruments)")
+    inspection = _export_inspection(model, tokenizer.n_vocab, work, cfg, metadata, external, shared)
 
     variants = {"fp32": {"file": MODEL_FILE, "bytes": graph_bytes(work / MODEL_FILE),
                          "max_logit_diff_vs_torch": parity,
@@ -620,8 +621,8 @@ def _export_inspection(model: GPT, n_vocab: int, work: Path, cfg: ExportConfig, 
                     float(np.abs(logprobs - torch.log_softmax(want, -1).numpy()).max()))
     worst = max(inspect_diff, lens_diff)
     if not math.isfinite(worst) or worst > cfg.parity_tolerance:
-        raise ExportError(f"the inspection graphs differ from torch's explicit path by {worst:.3g} (tolerance "
-                          f"{cfg.parity_tolerance:g}); the export was not kept")
+        raise ExportError(f"parity check failed: the inspection graphs differ from torch's explicit path by "
+                          f"{worst:.3g} (tolerance {cfg.parity_tolerance:g}); the export was not kept")
     return {"files": [INSPECT_FILE, LENS_FILE], "points": 2 * L + 1, "lens_top_k": k, "lens_vocab": n_vocab,
             "max_abs_diff": worst}
 

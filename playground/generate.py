@@ -106,7 +106,6 @@ if not prompt:
     st.stop()
 
 
-@st.fragment
 def lens_view(ids: list[int]) -> None:
     """The next token's logit lens (core.interpret): each residual point's top tokens at the last position."""
     from core import interpret
@@ -123,6 +122,7 @@ def lens_view(ids: list[int]) -> None:
     st.caption("The last row is the model's own prediction (before the sampler); the rows above it stop early.")
 
 
+@st.fragment
 def stepper() -> None:
     trace = current_trace()
     if "notice" in st.session_state:
