@@ -34,6 +34,9 @@ RUN_FILE = "run.json"
 LOG_FILE = "log.jsonl"
 TOKENIZER_DIR = "tokenizer"
 CHECKPOINT_DIR = "checkpoints"
+REWARD_HEAD_KEY = "reward_head.weight"   # a reward model's scalar head, in its checkpoints (core.posttrain)
+VALUE_HEAD_KEY = "value_head.weight"     # PPO's value head on the policy's trunk, in its checkpoints
+POSTTRAIN_DATA_FILE = "data.jsonl"       # a post-training run's examples, the held-out ones last
 _STEP_FILE = re.compile(r"^step_(\d{8})\.safetensors$")
 
 # a sweep: records/NAME.json per finished run, all of them in records.json, the fits beside them

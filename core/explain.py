@@ -4,7 +4,9 @@ Holds the positional encodings as this model has them beside the other two (`pos
 formulas are `core.positions`, which the model itself uses, so picture and model cannot disagree), token-embedding neighbours (`embedding_neighbours`), attention worked through
 for one token, head and layer from the graph's own q, k and v (`attention_walkthrough`, whose final
 row is the Attention page's heatmap row), and the vocabulary-size trade-off of BPE on a text
-(`vocabulary_tradeoff`).
+(`vocabulary_tradeoff`), and the post-training formulas on a pair of the user's own (`preference_walkthrough`:
+the masked SFT loss, DPO's implicit rewards against a reference, their Bradley-Terry preference, the loss;
+core.posttrain holds the same formulas in torch, and a test holds the two together).
 
 Deliberately not here: torch (numpy and the exported model only), any page layout, the sampler stages
 (`core.sampling`) and text scores (`core.runtime.Model.score`), which the Learn page calls directly.
@@ -20,7 +22,7 @@ import numpy as np
 
 from core.positions import rope_angles, sinusoidal_table
 from core.runtime import Model, ModelError
-from core.sampling import softmax
+from core.sampling import log_softmax, softmax
 from core.tokenizer import Tokenizer, TokenizerError, byte_tokenizer, train_bpe
 
 
@@ -189,3 +191,58 @@ def vocabulary_tradeoff(text: str, sizes: list[int], n_embd: int = 128) -> list[
                 why = str(e)    # the text ran out of pairs to merge: larger sizes are not possible on it either
         out.append(VocabularyPoint(size + 1, None, None, (size + 1) * n_embd, why))
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# After pre-training: the masked SFT loss, Bradley-Terry and DPO on a pair of the user's own
+
+@dataclass(frozen=True)
+class ResponseScore:
+    tokens: int                          # response tokens (the prompt's are context, not scored)
+    logprob: float                       # their log-probabilities summed, in nats
+    whole_loss: float                    # mean -ln p over every predicted token, prompt included (pretraining's)
+
+
+def response_logprob(model: Model, prompt: str, response: str) -> ResponseScore:
+    """log p(response | prompt) under `model`, teacher-forced, the way core.posttrain sums it."""
+    p, r = model.tokenizer.encode_prompt(prompt), model.tokenizer.encode(response)
+    if not r:
+        raise ModelError("the response is empty: write one")
+    ids = p + r
+    if len(ids) > model.block_size:
+        raise ModelError(f"prompt and response are {len(ids)} tokens; this model reads at most {model.block_size}: "
+                         f"shorten them")
+    logp = log_softmax(model.logits(ids)[0].astype(np.float64))          # (T, V)
+    per_token = logp[np.arange(len(ids) - 1), ids[1:]]                  # log p(ids[t+1] | ids[:t+1])
+    start = max(len(p) - 1, 0)          # with no prompt the first response token has no context: not scored
+    if len(ids) - 1 - start < 1:
+        raise ModelError("with no prompt, a one-token response has nothing to score: write a prompt or a longer response")
+    return ResponseScore(len(ids) - 1 - start, float(per_token[start:].sum()), float(-per_token.mean()))
+
+
+@dataclass(frozen=True)
+class PreferenceWalk:
+    chosen: ResponseScore
+    rejected: ResponseScore
+    sft_loss: float                      # -log p(chosen) / its tokens: the masked SFT loss on the chosen response
+    beta: float
+    ref_chosen: ResponseScore | None     # the same under the reference (None: no reference given)
+    ref_rejected: ResponseScore | None
+    reward_chosen: float | None          # DPO's implicit rewards: beta (log pi - log ref)
+    reward_rejected: float | None
+    preference: float | None             # Bradley-Terry: sigmoid(r+ - r-), the model's P(chosen preferred)
+    dpo_loss: float | None               # -log sigmoid(r+ - r-)
+
+
+def preference_walkthrough(model: Model, reference: Model | None, prompt: str, chosen: str, rejected: str,
+                           beta: float) -> PreferenceWalk:
+    """The three post-training formulas on one pair: the masked SFT loss of the chosen response, and, against
+    a reference model, DPO's implicit rewards, the Bradley-Terry preference they imply, and the DPO loss."""
+    c, r = response_logprob(model, prompt, chosen), response_logprob(model, prompt, rejected)
+    if reference is None:
+        return PreferenceWalk(c, r, -c.logprob / c.tokens, beta, None, None, None, None, None, None)
+    rc, rr = response_logprob(reference, prompt, chosen), response_logprob(reference, prompt, rejected)
+    plus, minus = beta * (c.logprob - rc.logprob), beta * (r.logprob - rr.logprob)
+    margin = plus - minus
+    log_sigmoid = -math.log1p(math.exp(-margin)) if margin > -30 else margin
+    return PreferenceWalk(c, r, -c.logprob / c.tokens, beta, rc, rr, plus, minus, math.exp(log_sigmoid), -log_sigmoid)

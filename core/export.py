@@ -71,7 +71,7 @@ import numpy as np
 import torch
 
 from core import cli
-from core.catalog import (ATTENTION_FILE, CARD_FILE, EXTERNAL_DATA_SUFFIX, FORMAT, INSPECT_FILE, INSPECT_INPUTS,
+from core.catalog import (REWARD_HEAD_KEY, ATTENTION_FILE, CARD_FILE, EXTERNAL_DATA_SUFFIX, FORMAT, INSPECT_FILE, INSPECT_INPUTS,
                           INSPECT_OUTPUTS, INSPECTION_CARD_KEY, KV_LAYOUTS, LENS_FILE, LENS_INPUTS, LENS_OUTPUTS,
                           MODEL_FILE, PAST_LENGTH, RUN_FILE, TOKENIZER_DIR, VARIANT_FILES, cache_names, graph_bytes,
                           model_checkpoint_dir, model_checkpoints, read_log, scrub_paths, shown_path)
@@ -320,6 +320,9 @@ def export_model(source: str | os.PathLike, out_dir: str | os.PathLike,
     check_target(out_dir)
     model, ckpt = load_model(source)
     run_dir = ckpt.path.parent.parent
+    if REWARD_HEAD_KEY in ckpt.tensors:
+        raise ExportError(f"{run_dir} is a reward model: it scores texts and writes none, so there is nothing to "
+                          f"generate with; PPO reads it from its run directory (--reward-model)")
     tokenizer = load_tokenizer(run_dir / TOKENIZER_DIR)
     if tokenizer.n_vocab != model.config.vocab_size:
         raise ExportError(f"the tokenizer in {run_dir / TOKENIZER_DIR} has {tokenizer.n_vocab} ids but the "
@@ -384,6 +387,13 @@ def _training_card(ckpt, run_dir: Path) -> dict:
     run_info = json.loads((run_dir / RUN_FILE).read_text()) if (run_dir / RUN_FILE).is_file() else {}
     last_eval = ckpt.meta.get("eval") or {}
     records = read_log(run_dir)
+    post = run_info.get("posttrain")
+    if post:
+        # a post-training run (core.posttrain): the card says what it started from, how, on which data
+        return {"posttraining": {**post, "step": ckpt.step, "command": run_info.get("command"),
+                                 "last_eval": last_eval},
+                "val_loss": last_eval.get("val_loss"),
+                "training": (post.get("base") or {}).get("training")}
     return {
         "training": {"step": ckpt.step, "tokens_seen": ckpt.meta["state"].get("tokens_seen"),
                      "train_config": _portable_train_config(ckpt.meta.get("train_config")),
@@ -627,11 +637,11 @@ def _export_inspection(model: GPT, n_vocab: int, work: Path, cfg: ExportConfig, 
             "max_abs_diff": worst}
 
 
-def add_inspection(model_dir: str | os.PathLike, cfg: ExportConfig | None = None,
-                   say: Callable[[str], None] | None = None) -> dict:
-    """Give a model exported before the inspection graphs existed its inspect.onnx and lens.onnx, built from
-    model.onnx's own weights (checked first: the rebuilt model must reproduce model.onnx's logits); model.onnx
-    and every other file but the card are left as they are. Returns the updated card."""
+def load_exported(model_dir: str | os.PathLike, cfg: ExportConfig | None = None,
+                  say: Callable[[str], None] | None = None) -> tuple[GPT, Tokenizer, dict, dict]:
+    """(model, tokenizer, card, graph metadata) rebuilt from an exported model's own model.onnx weights, so a
+    model that has no checkpoint here (a committed default, a shared export) can be inspected again or
+    fine-tuned. Checked first: the rebuilt model must reproduce model.onnx's logits."""
     import onnx
     from onnx import numpy_helper
     cfg = cfg or ExportConfig()
@@ -672,6 +682,18 @@ def add_inspection(model_dir: str | os.PathLike, cfg: ExportConfig | None = None
     if not math.isfinite(diff) or diff > cfg.parity_tolerance:
         raise ExportError(f"the weights read from {d.name}/{MODEL_FILE} do not reproduce its logits (max difference "
                           f"{diff:.3g}): export the model again from its checkpoint instead")
+    return model, tokenizer, card, metadata
+
+
+def add_inspection(model_dir: str | os.PathLike, cfg: ExportConfig | None = None,
+                   say: Callable[[str], None] | None = None) -> dict:
+    """Give a model exported before the inspection graphs existed its inspect.onnx and lens.onnx, built from
+    model.onnx's own weights (checked first: the rebuilt model must reproduce model.onnx's logits); model.onnx
+    and every other file but the card are left as they are. Returns the updated card."""
+    cfg = cfg or ExportConfig()
+    say = say or (lambda _: None)
+    d = Path(model_dir)
+    model, tokenizer, card, metadata = load_exported(d, cfg, say)
     for name in (INSPECT_FILE, LENS_FILE):
         for stale in (d / name, d / (name + EXTERNAL_DATA_SUFFIX)):
             stale.unlink(missing_ok=True)

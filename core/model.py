@@ -302,6 +302,7 @@ class GPTOutput:
     # and each head's output z (B, T, L, nh, hs), both as the edited pass computed them
     resid: torch.Tensor | None = None
     head_z: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None         # (B, T, C) after the final norm: what a reward or value head reads
 
     @property
     def attentions(self) -> list[torch.Tensor] | None:
@@ -422,7 +423,7 @@ class GPT(nn.Module):
             logits = self.lm_head(x[:, [-1], :] if last_only else x)
             loss = None
         return GPTOutput(logits, loss, presents if use_cache else None, parts if return_attention else None,
-                         resid, head_z)
+                         resid, head_z, x)
 
     # -- sizes ---------------------------------------------------------------------------------------
     def count_parameters(self) -> dict[str, int]:

@@ -1,5 +1,5 @@
 """Learn: how a decoder-only language model works, each formula shown with the numbers of the model in
-front of you. Seven short sections along one path; each has a knob to try and links to the page that
+front of you. Eight short sections along one path; each has a knob to try and links to the page that
 goes deeper. The numbers come from `core` (explain, runtime, sampling, generate, scaling, tokenizer)."""
 
 import math
@@ -23,6 +23,7 @@ SECTIONS = {
     "logits": "4 · From logits to a token",
     "loss": "5 · The training objective",
     "scaling": "6 · Scaling",
+    "post": "7 · After pre-training",
     "glossary": "Glossary",
 }
 
@@ -318,6 +319,73 @@ elif section == "scaling":
                  icon="📈")
 
 # ---------------------------------------------------------------------------------------------------
+elif section == "post":
+    st.header("After pre-training: demonstrations, preferences, rewards")
+    post = model.card.get("posttraining") or {}
+    st.markdown("A pre-trained model continues text. Post-training makes it answer the way people prefer: first "
+                "**supervised fine-tuning** on demonstrations, then **preferences**, through a reward model and RL "
+                "(RLHF) or directly (DPO). Below, your text is the prompt; write two responses and say which is "
+                "better. Every number is this model's.")
+    left, right = st.columns(2)
+    chosen = left.text_area("Chosen response (the better one)", "\nShort lines.\nLike these.\n", height=80,
+                            max_chars=400, key="learn_chosen")
+    rejected = right.text_area("Rejected response", " and so it went on and on in one long line without a stop",
+                               height=80, max_chars=400, key="learn_rejected")
+    names = [n for n in model_names() if n != model.name]
+    base = (post.get("base") or {}).get("name")
+    options = ["(none)"] + names
+    ref_name = st.selectbox("Reference model (DPO's frozen copy; for a post-trained model, the one it started from)",
+                            options, index=options.index(base) if base in options else 0, key="learn_ref")
+    beta = st.slider("β", 0.01, 1.0, float(post.get("beta") or 0.1), 0.01, key="learn_beta",
+                     help="How far the policy may move from the reference: the strength of the KL term.")
+    try:
+        walk = explain.preference_walkthrough(model, None if ref_name == "(none)" else model_by_name(ref_name),
+                                              prompt, chosen, rejected, beta)
+    except (ModelError, TokenizerError) as e:
+        st.info(str(e))
+        st.stop()
+    st.subheader("1. Supervised fine-tuning: the loss on the response only")
+    st.latex(r"\mathcal{L}_\text{SFT} = -\frac{1}{|y|}\sum_{t \in y} \ln \pi_\theta(y_t \mid x, y_{<t})")
+    st.markdown(f"The prompt x is given, not generated, so its tokens are masked out of the loss: training on them "
+                f"would teach the model to write prompts. On your chosen response: **{walk.sft_loss:.3f} nats** per token "
+                f"over {walk.chosen.tokens} response tokens, against {walk.chosen.whole_loss:.3f} over prompt and "
+                f"response together (what pre-training counts).")
+    st.subheader("2. A reward model: Bradley-Terry")
+    st.latex(r"P(y^+ \succ y^-) = \sigma\big(r(x, y^+) - r(x, y^-)\big),\qquad "
+             r"\mathcal{L}_\text{RM} = -\ln \sigma\big(r(x, y^+) - r(x, y^-)\big)")
+    st.markdown("A reward model is the language model's trunk with one number on top, trained on pairs people "
+                "ranked; only the difference of two rewards matters.")
+    st.subheader("3. RLHF and DPO: reward, but stay close to the reference")
+    st.latex(r"\max_\pi\; \mathbb{E}\big[r(x, y)\big] - \beta\, \mathrm{KL}\big(\pi \,\|\, \pi_\text{ref}\big)"
+             r"\qquad \mathcal{L}_\text{DPO} = -\ln \sigma\Big(\beta \ln \frac{\pi(y^+)}{\pi_\text{ref}(y^+)}"
+             r" - \beta \ln \frac{\pi(y^-)}{\pi_\text{ref}(y^-)}\Big)")
+    st.markdown("Without the KL term (β = 0) a policy finds texts the reward model over-scores and drifts into "
+                "nonsense: **reward hacking**. DPO solves the same objective without a reward model: "
+                "β·ln π/π_ref *is* an implicit reward, and the Bradley-Terry loss is applied to it.")
+    rows = [{"": "log π(y | x), this model", "chosen": round(walk.chosen.logprob, 3),
+             "rejected": round(walk.rejected.logprob, 3)}]
+    if walk.ref_chosen is not None:
+        rows += [{"": f"log π_ref(y | x), {ref_name}", "chosen": round(walk.ref_chosen.logprob, 3),
+                  "rejected": round(walk.ref_rejected.logprob, 3)},
+                 {"": "implicit reward β·(log π − log π_ref)", "chosen": round(walk.reward_chosen, 4),
+                  "rejected": round(walk.reward_rejected, 4)}]
+    st.dataframe(rows, hide_index=True)
+    if walk.ref_chosen is not None:
+        m = st.columns(2)
+        m[0].metric("P(chosen ≻ rejected) = σ(r⁺ − r⁻)", f"{walk.preference:.3f}")
+        m[1].metric("DPO loss on this pair", f"{walk.dpo_loss:.4f}",
+                    help="ln 2 = 0.693 when this model and the reference agree: DPO starts there.")
+    else:
+        st.caption("Pick a reference model to see DPO's implicit rewards and loss.")
+    last = post.get("last_eval") or {}
+    if "reward" in last and "kl" in last:
+        st.markdown(f"This model was trained by **{post.get('stage', '').upper()}** at β = {post.get('beta')}: at its last "
+                    f"evaluation its reward was {last['reward']:.3f} and its KL to the reference {last['kl']:.2f} nats, "
+                    f"so the objective r − β·KL was {last['reward'] - post.get('beta', 0) * last['kl']:.3f}.")
+    st.page_link("playground/posttrain.py", label="Go deeper: train SFT, a reward model, DPO and PPO on the Post-train page",
+                  icon="🎯")
+
+# ---------------------------------------------------------------------------------------------------
 else:
     st.header("Glossary")
     GLOSSARY = {
@@ -339,8 +407,14 @@ else:
         "scaling law": "A power law relating loss to parameters, data or compute.",
         "compute-optimal": "The N and D with the lowest loss for a fixed compute budget C ≈ 6ND.",
         "FLOPs": "Floating-point operations; training costs about 6 per parameter per token.",
+        "SFT": "Supervised fine-tuning: more training on (prompt, response) demonstrations, the loss on the response only.",
+        "reward model": "A model that scores a response; trained on ranked pairs with the Bradley-Terry loss.",
+        "RLHF": "Reinforcement learning from human feedback: maximise reward − β·KL to the reference (PPO).",
+        "DPO": "Direct preference optimisation: the RLHF objective reached with a classification loss on pairs.",
+        "LoRA": "Low-rank adapters: train W + (α/r)·BA with B = 0 at first, a small share of the parameters.",
+        "reward hacking": "A policy exploiting the reward model's mistakes, which the KL penalty holds back.",
     }
     st.dataframe([{"term": k, "meaning": v} for k, v in GLOSSARY.items()], hide_index=True)
     st.caption("Sources: Vaswani et al. 2017 (attention), Radford et al. 2019 (GPT-2), Sennrich et al. 2016 (BPE), "
                "Su et al. 2021 (RoPE), Holtzman et al. 2020 (top-p), Kaplan et al. 2020 and Hoffmann et al. 2022 "
-               "(scaling).")
+               "(scaling), Ouyang et al. 2022 (RLHF), Rafailov et al. 2023 (DPO), Hu et al. 2021 (LoRA).")
