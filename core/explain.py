@@ -238,6 +238,11 @@ def preference_walkthrough(model: Model, reference: Model | None, prompt: str, c
                            beta: float) -> PreferenceWalk:
     """The three post-training formulas on one pair: the masked SFT loss of the chosen response, and, against
     a reference model, DPO's implicit rewards, the Bradley-Terry preference they imply, and the DPO loss."""
+    if reference is not None and (reference.tokenizer.name != model.tokenizer.name
+                                  or reference.tokenizer.n_vocab != model.tokenizer.n_vocab):
+        raise ModelError(f"the reference {reference.name} reads another tokenizer ({reference.tokenizer.name}) than "
+                         f"{model.name} ({model.tokenizer.name}): log-probabilities of different tokens cannot be "
+                         f"compared. Pick a reference of the same family")
     c, r = response_logprob(model, prompt, chosen), response_logprob(model, prompt, rejected)
     if reference is None:
         return PreferenceWalk(c, r, -c.logprob / c.tokens, beta, None, None, None, None, None, None)

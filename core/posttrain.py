@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core import cli
-from core.catalog import (CARD_FILE, POSTTRAIN_DATA_FILE as DATA_FILE, REWARD_HEAD_KEY, RUN_FILE, TOKENIZER_DIR,
+from core.catalog import (CARD_FILE, checkpoint_steps, POSTTRAIN_DATA_FILE as DATA_FILE, REWARD_HEAD_KEY, RUN_FILE, TOKENIZER_DIR,
                           VALUE_HEAD_KEY, checkpoint_file)
 from core.checkpoint import (latest_checkpoint, load_model, prune_checkpoints, restore_model,
                              restore_optimizer, save_checkpoint)
@@ -528,8 +528,9 @@ def post_train(cfg: PostTrainConfig, command: str | None = None) -> Iterator[Pos
     run_dir = Path(cfg.out_dir)
     resume_ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     if cfg.resume and resume_ckpt is None:
-        raise PostTrainError(f"nothing to resume in {run_dir}: it has no checkpoint; start it without --resume")
-    if not cfg.resume and (run_dir / RUN_FILE).exists():
+        raise PostTrainError(f"nothing to resume in {run_dir}: it has no checkpoint (it stopped before it began); "
+                             f"start it again without --resume")
+    if not cfg.resume and checkpoint_steps(run_dir):
         raise RunExists(f"{run_dir} already holds a run; choose another --out-dir, or --resume it")
     t0 = time.perf_counter()
     yield Phase("loading the base model", 0, 0.0)
@@ -577,7 +578,7 @@ class _Stage:
         model = base.model.to(device)
         self.head = _head(model).to(device) if cfg.stage in ("reward", "ppo") else None
         self.head_key = REWARD_HEAD_KEY if cfg.stage == "reward" else VALUE_HEAD_KEY
-        self.step = 0
+        self.step, self.resumed = 0, resume_ckpt is not None
         if resume_ckpt is not None:
             restore_model(model, resume_ckpt)
             self.step = resume_ckpt.step
@@ -660,7 +661,7 @@ class _Stage:
         cfg = self.cfg
         saved_at = None
         try:
-            if self.step == 0:
+            if not self.resumed:
                 yield Phase("evaluating", 0, self.elapsed())
                 yield from self._evaluate()
             yield Phase("training", self.step, self.elapsed())
@@ -680,8 +681,8 @@ class _Stage:
                     saved_at = self.step
                     yield CheckpointSaved(self.step, str(self.save()))
         except GeneratorExit:
-            if self.step and saved_at != self.step:
-                self.save()          # a stop keeps the work done
+            if saved_at != self.step:
+                self.save()          # a stop keeps the work done (at step 0 too: a resume then starts there)
             raise
         finally:
             self.log.close()

@@ -16,7 +16,7 @@ from core.tokenizer import TokenizerError
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "exported" / "shakespeare-char"
-SECTIONS = ["tokens", "positions", "attention", "logits", "loss", "scaling", "glossary"]
+SECTIONS = ["tokens", "positions", "attention", "logits", "loss", "scaling", "post", "glossary"]
 TEXT = "KING:\nWhat news from the"
 
 
@@ -116,3 +116,19 @@ def test_an_old_export_without_attention_parts_gets_a_message(tmp_path, model, m
     monkeypatch.setattr(Model, "attention", lambda self, ids: AttentionMaps(np.zeros(1), [np.zeros(1)] * 4, []))
     with pytest.raises(ModelError, match="export it again"):
         explain.attention_walkthrough(model, TEXT, 0, 0, 0)
+
+
+def test_the_post_training_section_shows_this_models_numbers_and_refuses_a_foreign_reference(model):
+    at = learn({"section": "post", "text": TEXT})
+    assert not at.exception, at.exception
+    walk = explain.preference_walkthrough(model, None, TEXT, at.text_area(key="learn_chosen").value,
+                                          at.text_area(key="learn_rejected").value, 0.1)
+    shown = " ".join(m.value for m in at.markdown)
+    assert f"{walk.sft_loss:.3f} nats" in shown and f"{walk.chosen.whole_loss:.3f}" in shown
+    assert walk.sft_loss == pytest.approx(-walk.chosen.logprob / walk.chosen.tokens)
+    at.selectbox(key="learn_ref").set_value("shakespeare-bpe").run()
+    assert not at.exception, at.exception
+    assert any("reads another tokenizer" in i.value for i in at.info)
+    # the same model as its own reference: DPO starts at ln 2 with both implicit rewards 0
+    same = explain.preference_walkthrough(model, model, TEXT, " and", " or", 0.1)
+    assert same.reward_chosen == 0 and same.preference == pytest.approx(0.5) and same.dpo_loss == pytest.approx(np.log(2))

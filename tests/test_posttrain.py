@@ -316,3 +316,18 @@ def test_the_learn_pages_walkthrough_equals_the_trainers_formulas(base_run, tmp_
     assert walk.reward_rejected == pytest.approx(float(minus), abs=1e-4)
     assert walk.dpo_loss == pytest.approx(float(loss), abs=1e-4)
     assert walk.chosen.tokens == int(mask[0].sum())
+
+
+def test_a_run_stopped_before_its_first_step_resumes_from_step_0(base_run, tmp_path):
+    cfg = small(tmp_path, "sft", base_run, steps=2)
+    gen = post_train(cfg)
+    for rec in gen:
+        if isinstance(rec, PostEval):           # the first evaluation, before any step
+            gen.close()
+            break
+    from core.catalog import checkpoint_steps
+    assert [s for s, _ in checkpoint_steps(cfg.out_dir)] == [0]
+    recs = records(small(tmp_path, "sft", base_run, steps=2, resume=True))
+    assert [r.step for r in recs if isinstance(r, PostStep)] == [1, 2]
+    log = [json.loads(line) for line in open(f"{cfg.out_dir}/log.jsonl")]
+    assert [r["step"] for r in log if r["type"] == "PostEval"] == [0, 2]
