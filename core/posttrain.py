@@ -376,9 +376,18 @@ def _restore_lora(model: GPT, ckpt, cfg: PostTrainConfig) -> nn.Module:
 
 # -- batches ---------------------------------------------------------------------------------------------
 
+def _readable(encode, text: str, tokenizer: Tokenizer, where: str) -> list[int]:
+    try:
+        return encode(text)
+    except PlaygroundError as e:          # a task model's symbols cannot spell English, for one
+        raise DataError(f"{where}: the base model's tokenizer ({tokenizer.name}) cannot read it: {e}. The data "
+                        f"and the model must share a tokenizer: pick a base that reads this text") from e
+
+
 def encode_pair_side(tokenizer: Tokenizer, prompt: str, response: str, block_size: int, where: str) -> tuple[list[int], int]:
     """(ids, prompt length) of prompt + response, refused when longer than the model's context."""
-    p, r = tokenizer.encode_prompt(prompt), tokenizer.encode(response)
+    p = _readable(tokenizer.encode_prompt, prompt, tokenizer, where)
+    r = _readable(tokenizer.encode, response, tokenizer, where)
     if not r:
         raise DataError(f"{where}: the response encodes to no tokens")
     if len(p) + len(r) > block_size:
@@ -623,7 +632,8 @@ class _Stage:
                      [e.chosen, e.rejected] if isinstance(e, PreferencePair) else [])
             for side in sides:
                 encode_pair_side(self.tokenizer, e.prompt, side, self.block, f"example {i}")
-            if not sides and len(self.tokenizer.encode_prompt(e.prompt)) + self.cfg.response_tokens > self.block:
+            prompt = _readable(self.tokenizer.encode_prompt, e.prompt, self.tokenizer, f"example {i}")
+            if not sides and len(prompt) + self.cfg.response_tokens > self.block:
                 raise DataError(f"example {i}: the prompt and {self.cfg.response_tokens} response tokens do not fit "
                                 f"the model's context of {self.block}")
 

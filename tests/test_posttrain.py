@@ -331,3 +331,13 @@ def test_a_run_stopped_before_its_first_step_resumes_from_step_0(base_run, tmp_p
     assert [r.step for r in recs if isinstance(r, PostStep)] == [1, 2]
     log = [json.loads(line) for line in open(f"{cfg.out_dir}/log.jsonl")]
     assert [r["step"] for r in log if r["type"] == "PostEval"] == [0, 2]
+
+
+def test_data_the_base_models_tokenizer_cannot_read_is_refused_with_the_example(tmp_path):
+    """A task model (symbols only) given English pairs."""
+    from core.posttrain import encode_pair_side
+    from core.tokenizer import SymbolTokenizer
+    tok = SymbolTokenizer("symbols-test", ["a", "b", "c"])
+    assert encode_pair_side(tok, "a b", "c", 64, "example 1") == ([0, 1, 2], 2)
+    with pytest.raises(DataError, match="example 2: the base model's tokenizer .* cannot read it"):
+        encode_pair_side(tok, "hello", "world", 64, "example 2")
