@@ -5,6 +5,7 @@ model, with a programmatic judge as ground truth, one after the other, and what 
   ppo:    beta 0.05 against beta 0 on that reward model, same seed: reward, judge score, KL to the reference
           and distinct-2 at the first and last evaluation (beta 0.05: judge up, KL bounded; beta 0: the
           reward model is exploited, KL runs away and the text repeats itself);
+  grpo:   the same at beta 0.05, groups of 4 rollouts per prompt and no value head;
   sft, dpo: the judge's score of the policy's samples before and after, and the KL they moved.
 
     python bench/posttrain.py                      # every stage, judge short-lines
@@ -43,7 +44,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", default=str(ROOT / "exported" / "shakespeare-char"))
     p.add_argument("--judge", default="short-lines")
-    p.add_argument("--stages", nargs="*", default=["reward", "ppo", "sft", "dpo"])
+    p.add_argument("--stages", nargs="*", default=["reward", "ppo", "grpo", "sft", "dpo"])
     p.add_argument("--steps", type=int, default=0, help="override every preset's steps")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--threads", type=int, default=1)
@@ -56,7 +57,7 @@ def main() -> int:
                   checkpoint_interval=0, **({"steps": args.steps} if args.steps else {}))
     print(f"base {args.base}, judge {args.judge}, runs in {work}")
     reward_dir = work / "reward"
-    if "reward" in args.stages or "ppo" in args.stages:
+    if {"reward", "ppo", "grpo"} & set(args.stages):
         evals, s = run(preset_config("reward", out_dir=str(reward_dir), **common))
         show("reward", evals, s, ("accuracy", "margin", "loss"))
         print(f"{'':<14} held-out pairwise accuracy against the judge: {100 * evals[-1].metrics['accuracy']:.1f} % "
@@ -67,6 +68,9 @@ def main() -> int:
                                          **{**common, "beta": beta}))
             show(f"ppo beta {beta:g}", evals, s, ("reward", "judge_score", "kl", "distinct_2"))
             print(f"{'':<14} KL by evaluation: " + ", ".join(f"{e.step}: {e.metrics['kl']:.1f}" for e in evals))
+    if "grpo" in args.stages:
+        evals, s = run(preset_config("grpo", out_dir=str(work / "grpo"), reward_model=str(reward_dir), **common))
+        show("grpo beta 0.05", evals, s, ("reward", "judge_score", "kl", "distinct_2"))
     for stage in ("sft", "dpo"):
         if stage in args.stages:
             evals, s = run(preset_config(stage, out_dir=str(work / stage), **common))

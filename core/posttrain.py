@@ -3,7 +3,7 @@ or imported here, each optionally through LoRA adapters.
 
 Like `core.train.train`, `post_train(cfg)` is a generator of typed records (`PostStarted`, `PostStep`,
 `PostEval`, `PostSamples`, `CheckpointSaved`, `PostFinished`), consumed by the CLI
-(`python -m core.posttrain sft|reward|dpo|ppo ...`), the Post-train page's job and the tests. Its run
+(`python -m core.posttrain sft|reward|dpo|ppo|grpo ...`), the Post-train page's job and the tests. Its run
 directory has a training run's layout (run.json, tokenizer/, log.jsonl, checkpoints/), so `core.export`
 exports an SFT, DPO or PPO result like any run, and a killed run resumes from its newest checkpoint.
 
@@ -18,6 +18,8 @@ The stages and their losses (the formulas live in the functions named here, and 
 - PPO (`gae`, `ppo_losses`): rollouts from the policy; per token the reward is -beta * (log pi - log ref),
   and the reward model's score is added at the last token; advantages by GAE over a value head on the
   policy's trunk; the clipped surrogate (TRL's defaults: clip 0.2, gamma 1, lambda 0.95).
+- GRPO (`group_advantages`, `grpo_loss`, Shao et al. 2024): no value head; several rollouts per prompt, each
+  one's advantage its reward against its group's; the KL to the reference is a term of the loss.
 
 A LoRA run (`lora_rank` > 0, adapters by PEFT) trains only the adapters (and a head); every checkpoint
 holds the merged weights under `model.*`, so loading and export see an ordinary model, plus the adapters
@@ -59,7 +61,8 @@ from core.preferences import (DataError, Demonstration, PreferencePair, data_sha
 from core.tokenizer import Tokenizer, load_tokenizer
 from core.train import CheckpointSaved, Phase, RunExists, TrainingDiverged, _RunLog, pick_device
 
-STAGES = ("sft", "reward", "dpo", "ppo")
+STAGES = ("sft", "reward", "dpo", "ppo", "grpo")
+RL_STAGES = ("ppo", "grpo")             # the stages that sample rollouts and score them with a reward model
 JUDGE_PREFIX = "judge:"
 
 
@@ -69,15 +72,15 @@ class PostTrainError(PlaygroundError):
 
 @dataclass
 class PostTrainConfig:
-    stage: str = "sft"                      # sft | reward | dpo | ppo
+    stage: str = "sft"                      # sft | reward | dpo | ppo | grpo
     base: str = ""                          # the model to start from: a run directory, a checkpoint file, an
                                             # exported model directory, or a Hugging Face checkpoint (its path or
                                             # cached id). DPO and PPO keep a frozen copy of it as the reference
     out_dir: str = "runs/posttrain"         # the new run's directory
     data: str = "judge:short-lines"         # a JSONL file (sft: prompt, response; reward and dpo: prompt, chosen,
-                                            # rejected; ppo: prompt), or judge:<spec> to have the base model write
+                                            # rejected; ppo, grpo: prompt), or judge:<spec> to have the base model write
                                             # the examples and a programmatic judge (core.preferences) label them
-    reward_model: str = ""                  # ppo: the reward run (stage reward) that scores the rollouts
+    reward_model: str = ""                  # ppo, grpo: the reward run (stage reward) that scores the rollouts
     examples: int = 256                     # judge-made data: how many examples (pairs, demonstrations, prompts)
     held_out: float = 0.2                   # share of the examples kept aside for evaluation
     prompt_tokens: int = 8                  # judge-made prompts: tokens the base model writes after a newline
@@ -90,14 +93,16 @@ class PostTrainConfig:
     weight_decay: float = 0.0               # fine-tuning rarely decays (TRL's default 0)
     grad_clip: float = 1.0                  # max global grad norm; 0 disables
     beta: float = 0.1                       # DPO: the strength of the implicit KL to the reference (0.1 as in the
-                                            # paper and TRL); PPO: the per-token KL penalty (TRL 0.05); 0 lets the
-                                            # policy exploit the reward model
+                                            # paper and TRL); PPO: the per-token KL penalty (TRL 0.05); GRPO: the
+                                            # KL term's weight; 0 lets the policy exploit the reward model
     lora_rank: int = 0                      # 0 fine-tunes every weight; r > 0 trains LoRA adapters of rank r (PEFT)
                                             # on lora_targets instead, merged into the weights for export
     lora_alpha: float = 16.0                # LoRA's update is (alpha / rank) * B A
     lora_targets: str = "c_attn,c_proj,c_fc"    # the Linear layers to adapt, by name (comma-separated)
-    ppo_epochs: int = 2                     # ppo: optimisation passes over each batch of rollouts
-    clip: float = 0.2                       # ppo: the probability-ratio clip (TRL's cliprange) and the value clip
+    ppo_epochs: int = 2                     # ppo, grpo: optimisation passes over each batch of rollouts
+    group_size: int = 4                     # grpo: rollouts per prompt; each one's advantage is its reward against
+                                            # its group's mean, in units of the group's spread (no value head)
+    clip: float = 0.2                       # ppo, grpo: the probability-ratio clip (TRL's cliprange), and PPO's value clip
     value_coef: float = 0.1                 # ppo: the value loss's weight (TRL's vf_coef)
     gamma: float = 1.0                      # ppo: discount
     lam: float = 0.95                       # ppo: GAE's lambda
@@ -124,8 +129,11 @@ class PostTrainConfig:
             raise PostTrainError(f"lora_rank must be 0 (full fine-tuning) or more, not {self.lora_rank}")
         if self.temperature <= 0:
             raise PostTrainError(f"temperature must be above 0 (rollouts are sampled), not {self.temperature}")
-        if self.stage == "ppo" and not self.reward_model:
-            raise PostTrainError("ppo needs --reward-model: a reward run (stage reward) to score its rollouts")
+        if self.stage in RL_STAGES and not self.reward_model:
+            raise PostTrainError(f"{self.stage} needs --reward-model: a reward run (stage reward) to score its rollouts")
+        if self.stage == "grpo" and not 2 <= self.group_size <= self.batch_size:
+            raise PostTrainError(f"group_size must be between 2 and batch_size ({self.batch_size}), not {self.group_size}: "
+                                 f"GRPO compares each rollout with the others of its group")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -142,6 +150,8 @@ PRESETS = {
     "reward": dict(examples=512, steps=150, batch_size=32, learning_rate=3e-4, response_tokens=48),
     "dpo": dict(examples=512, steps=100, batch_size=16, learning_rate=5e-5, beta=0.1, response_tokens=48),
     "ppo": dict(examples=256, steps=100, batch_size=16, learning_rate=1e-4, beta=0.05, response_tokens=48),
+    "grpo": dict(examples=256, steps=100, batch_size=16, group_size=4, learning_rate=1e-4, beta=0.05,
+                 response_tokens=48),
 }
 
 
@@ -258,6 +268,27 @@ def ppo_losses(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: t
     vf = 0.5 * torch.max((values - returns) ** 2, (clipped_values - returns) ** 2).mean()
     clip_fraction = float(((ratio - 1).abs() > clip).float().mean())
     return pg, vf, clip_fraction
+
+
+def group_advantages(scores: torch.Tensor, group: int) -> torch.Tensor:
+    """GRPO's advantage of each rollout (B,): its reward minus its group's mean, over the group's standard
+    deviation (+ 1e-4, TRL's epsilon); rollouts [i * group, (i + 1) * group) share a prompt."""
+    g = scores.view(-1, group)
+    return ((g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + 1e-4)).view(-1)
+
+
+def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+              advantages: torch.Tensor, beta: float, clip: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """GRPO's loss over (B, R) response tokens (Shao et al. 2024): the clipped surrogate with each sequence's
+    advantage, plus beta times the k3 estimate of KL(pi || ref) per token, exp(ref - pi) - (ref - pi) - 1;
+    returns the loss, the mean per-token KL estimate and the share of clipped ratios."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    adv = advantages[:, None]
+    surrogate = torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
+    d = ref_logprobs - logprobs
+    kl = torch.exp(d) - d - 1
+    clip_fraction = float(((ratio - 1).abs() > clip).float().mean())
+    return (-(surrogate - beta * kl)).mean(), kl.mean().detach(), clip_fraction
 
 
 # -- models ---------------------------------------------------------------------------------------------
@@ -466,7 +497,7 @@ def _start_ids(tokenizer: Tokenizer) -> list[int]:
 def make_judged_data(base: Base, cfg: PostTrainConfig, device) -> list:
     """The base model writes prompts and responses; the judge labels them: pairs (reward, dpo: the higher
     score chosen, ties resampled and then dropped), demonstrations (sft: the best of `best_of`), or prompts
-    (ppo)."""
+    (ppo, grpo)."""
     judge = make_judge(cfg.judge)
     g = torch.Generator().manual_seed(cfg.seed)
     model, tok = base.model.to(device), base.tokenizer
@@ -475,7 +506,7 @@ def make_judged_data(base: Base, cfg: PostTrainConfig, device) -> list:
         raise PostTrainError(f"prompt_tokens + response_tokens = {cfg.prompt_tokens + cfg.response_tokens} do not fit "
                              f"the model's context of {model.config.block_size}: lower them")
     prompts = [tok.decode(ids) for ids in sample_responses(model, start, cfg.prompt_tokens, cfg.temperature, g).tolist()]
-    if cfg.stage == "ppo":
+    if cfg.stage in RL_STAGES:
         return [Demonstration(p, "") for p in prompts]
     n = cfg.best_of if cfg.stage == "sft" else 2
     out = []
@@ -500,7 +531,7 @@ def make_judged_data(base: Base, cfg: PostTrainConfig, device) -> list:
 
 
 def _data_kind(stage: str) -> str:
-    return {"sft": "sft", "reward": "pairs", "dpo": "pairs", "ppo": "prompts"}[stage]
+    return {"sft": "sft", "reward": "pairs", "dpo": "pairs", "ppo": "prompts", "grpo": "prompts"}[stage]
 
 
 def read_data(path: str, stage: str) -> list:
@@ -566,7 +597,7 @@ class _Stage:
 
     @staticmethod
     def make(cfg, base, data, device, run_dir, resume_ckpt, command) -> "_Stage":
-        return {"sft": _SFT, "reward": _Reward, "dpo": _DPO, "ppo": _PPO}[cfg.stage](
+        return {"sft": _SFT, "reward": _Reward, "dpo": _DPO, "ppo": _PPO, "grpo": _GRPO}[cfg.stage](
             cfg, base, data, device, run_dir, resume_ckpt, command)
 
     def __init__(self, cfg: PostTrainConfig, base: Base, data: list, device, run_dir: Path, resume_ckpt, command):
@@ -582,10 +613,10 @@ class _Stage:
         self.data, self.train_data, self.held = data, data[:-n_held], data[-n_held:]
         self.judge = make_judge(cfg.judge) if cfg.judge else self._reward_judge()
         self.ref = None
-        if cfg.stage in ("dpo", "ppo"):
+        if cfg.stage in ("dpo", *RL_STAGES):
             self.ref = copy.deepcopy(base.model).to(device).eval().requires_grad_(False)
         model = base.model.to(device)
-        self.head = _head(model).to(device) if cfg.stage in ("reward", "ppo") else None
+        self.head = _head(model).to(device) if cfg.stage in ("reward", "ppo") else None     # GRPO has no value head
         self.head_key = REWARD_HEAD_KEY if cfg.stage == "reward" else VALUE_HEAD_KEY
         self.step, self.resumed = 0, resume_ckpt is not None
         if resume_ckpt is not None:
@@ -620,7 +651,7 @@ class _Stage:
 
     def _reward_judge(self):
         """A PPO run scores its samples with the judge its reward model learned from, when there is one."""
-        if self.cfg.stage != "ppo":
+        if self.cfg.stage not in RL_STAGES:
             return None
         meta = json.loads((_run_of(self.cfg.reward_model) / RUN_FILE).read_text())
         spec = meta.get("posttrain", {}).get("judge")
@@ -910,7 +941,7 @@ def _run_of(source: str) -> Path:
 
 def parse_args(argv: list[str] | None = None) -> PostTrainConfig:
     p = argparse.ArgumentParser(prog="python -m core.posttrain",
-                                description="Post-train a model: sft, reward, dpo or ppo (see core/posttrain.py).")
+                                description="Post-train a model: sft, reward, dpo, ppo or grpo (see core/posttrain.py).")
     p.add_argument("stage", choices=STAGES)
     cli.add_dataclass_args(p, PostTrainConfig, skip=("stage",))
     args = p.parse_args(argv)
@@ -964,3 +995,43 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+class _GRPO(_PPO):
+    """PPO's cheaper cousin: no value head; groups of rollouts per prompt, each judged against its group."""
+
+    def rollout(self, prompts: list[str]) -> dict:
+        cfg = self.cfg
+        pairs = respond(self.policy, self.tokenizer, prompts, cfg.response_tokens, cfg.temperature, self.g, self.device)
+        ids, _, last = pad_batch([(p + r, len(p)) for p, r in pairs], self.device)
+        starts = torch.tensor([len(p) - 1 for p, _ in pairs], device=self.device)
+        where = starts[:, None] + torch.arange(cfg.response_tokens, device=self.device)      # (B, R)
+        with torch.no_grad():
+            old_lp = token_logprobs(self.policy(ids).logits, ids).gather(1, where)
+            ref_lp = token_logprobs(self.ref(ids).logits, ids).gather(1, where)
+            rm = score(self.reward_model, self.reward_head, ids, last)
+        return dict(ids=ids, where=where, old_lp=old_lp, ref_lp=ref_lp, adv=group_advantages(rm, cfg.group_size),
+                    score=rm, kl=(old_lp - ref_lp).sum(-1), texts=[self.tokenizer.decode(r) for _, r in pairs])
+
+    def train_step(self) -> tuple[float, dict]:
+        cfg = self.cfg
+        n = cfg.batch_size // cfg.group_size
+        b = self.rollout([e.prompt for e in self.batch(self.train_data)[:n] for _ in range(cfg.group_size)])
+        for _ in range(cfg.ppo_epochs):
+            out = self.policy(b["ids"])
+            logp_all = F.log_softmax(out.logits[:, :-1].float(), dim=-1)
+            lp = logp_all.gather(-1, b["ids"][:, 1:, None]).squeeze(-1).gather(1, b["where"])
+            with torch.no_grad():
+                entropy = -(logp_all.exp() * logp_all).sum(-1).gather(1, b["where"]).mean()
+            loss, kl_k3, clipped = grpo_loss(lp, b["old_lp"], b["ref_lp"], b["adv"], cfg.beta, cfg.clip)
+            norm = self.backward_step(loss)
+        kl = float(b["kl"].mean())
+        if not math.isfinite(kl):
+            raise TrainingDiverged(f"the KL to the reference became {kl} at step {self.step + 1}: raise beta or lower "
+                                   f"the learning rate; the last checkpoint is kept")
+        m = {"reward": float(b["score"].mean()), "kl": kl, "objective": float(b["score"].mean()) - cfg.beta * kl,
+             "kl_k3_per_token": float(kl_k3), "entropy": float(entropy), "clip_fraction": clipped, "grad_norm": norm,
+             "distinct_2": distinct_n(b["texts"], 2)}
+        if self.judge is not None:
+            m["judge_score"] = float(np.mean([self.judge.score(t) for t in b["texts"]]))
+        return loss.item(), m

@@ -341,3 +341,22 @@ def test_data_the_base_models_tokenizer_cannot_read_is_refused_with_the_example(
     assert encode_pair_side(tok, "a b", "c", 64, "example 1") == ([0, 1, 2], 2)
     with pytest.raises(DataError, match="example 2: the base model's tokenizer .* cannot read it"):
         encode_pair_side(tok, "hello", "world", 64, "example 2")
+
+
+def test_grpo_compares_each_rollout_with_its_group_and_needs_a_group(base_run, tmp_path):
+    from core.posttrain import group_advantages, grpo_loss
+    adv = group_advantages(torch.tensor([1.0, 3.0, 5.0, 7.0, 0.0, 0.0, 0.0, 4.0]), 4)
+    assert torch.allclose(adv[:4], torch.tensor([-3.0, -1.0, 1.0, 3.0]) / (torch.tensor([1.0, 3, 5, 7]).std() + 1e-4))
+    assert adv[4] == adv[5] == adv[6] < 0 < adv[7]
+    lp = torch.log(torch.full((2, 3), 0.5))
+    loss, kl, clipped = grpo_loss(lp, lp, lp, torch.tensor([1.0, -1.0]), 0.1, 0.2)
+    assert float(kl) == 0 and clipped == 0 and float(loss) == pytest.approx(0.0)   # ratio 1: surrogate = ±A, mean 0
+    with pytest.raises(PostTrainError, match="group_size must be between 2 and batch_size"):
+        PostTrainConfig(stage="grpo", reward_model="x", group_size=1)
+    records(small(tmp_path, "reward", base_run, out_dir=str(tmp_path / "rm"), steps=2))
+    recs = records(small(tmp_path, "grpo", base_run, reward_model=str(tmp_path / "rm"), group_size=2))
+    m = [r for r in recs if isinstance(r, PostStep)][-1].metrics
+    assert set(m) >= {"reward", "kl", "kl_k3_per_token", "entropy", "clip_fraction", "judge_score", "distinct_2"}
+    assert "value_loss" not in m
+    from core.checkpoint import latest_checkpoint
+    assert not [k for k in latest_checkpoint(tmp_path / "grpo").tensors if "head" in k]
