@@ -215,10 +215,15 @@ PostEvent = Phase | PostStarted | PostStep | PostEval | PostSamples | Checkpoint
 
 # -- losses (the one home of each formula) ------------------------------------------------------------
 
-def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """log p(ids[t+1] | ids[:t+1]) for every position: (B, T-1)."""
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)              # (B, T-1, V)
-    return logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log p(ids[t+1] | ids[:t+1]) for every position: (B, T-1). RL stages pass the temperature they sampled at,
+    so ratios and KL are those of the distribution the rollouts came from (as TRL's PPO and GRPO do)."""
+    return step_logprobs(logits, temperature).gather(-1, ids[:, 1:, None]).squeeze(-1)
+
+
+def step_logprobs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """The whole next-token distribution at each position but the last, as log-probabilities: (B, T-1, V)."""
+    return F.log_softmax(logits[:, :-1].float() / temperature, dim=-1)
 
 
 def sequence_logprob(logits: torch.Tensor, ids: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
@@ -771,8 +776,9 @@ class _Stage:
             out["judge_score"] = float(np.mean([self.judge.score(t) for t in texts]))
         if self.ref is not None:
             ids, mask, _ = pad_batch([(p + r, len(p)) for p, r in pairs], self.device)
-            pol = token_logprobs(self.policy(ids).logits, ids)
-            ref = token_logprobs(self.ref(ids).logits, ids)
+            t = self.cfg.temperature
+            pol = token_logprobs(self.policy(ids).logits, ids, t)
+            ref = token_logprobs(self.ref(ids).logits, ids, t)
             out["kl"] = float(((pol - ref) * mask[:, 1:]).sum(-1).mean())
         return texts, out
 
@@ -885,9 +891,9 @@ class _PPO(_Stage):
         where = starts[:, None] + torch.arange(cfg.response_tokens, device=self.device)      # (B, R) action positions
         with torch.no_grad():
             out = self.policy(ids)
-            old_lp = token_logprobs(out.logits, ids).gather(1, where)
+            old_lp = token_logprobs(out.logits, ids, cfg.temperature).gather(1, where)
             old_values = self.head(out.hidden).squeeze(-1).gather(1, where)
-            ref_lp = token_logprobs(self.ref(ids).logits, ids).gather(1, where)
+            ref_lp = token_logprobs(self.ref(ids).logits, ids, cfg.temperature).gather(1, where)
             rm = score(self.reward_model, self.reward_head, ids, last)
             kl = old_lp - ref_lp
             rewards = -cfg.beta * kl
@@ -901,7 +907,7 @@ class _PPO(_Stage):
         b = self.rollout([e.prompt for e in self.batch(self.train_data)])
         for _ in range(self.cfg.ppo_epochs):
             out = self.policy(b["ids"])
-            logp_all = F.log_softmax(out.logits[:, :-1].float(), dim=-1)
+            logp_all = step_logprobs(out.logits, self.cfg.temperature)
             lp = logp_all.gather(-1, b["ids"][:, 1:, None]).squeeze(-1).gather(1, b["where"])
             with torch.no_grad():
                 entropy = -(logp_all.exp() * logp_all).sum(-1).gather(1, b["where"]).mean()
@@ -1007,8 +1013,8 @@ class _GRPO(_PPO):
         starts = torch.tensor([len(p) - 1 for p, _ in pairs], device=self.device)
         where = starts[:, None] + torch.arange(cfg.response_tokens, device=self.device)      # (B, R)
         with torch.no_grad():
-            old_lp = token_logprobs(self.policy(ids).logits, ids).gather(1, where)
-            ref_lp = token_logprobs(self.ref(ids).logits, ids).gather(1, where)
+            old_lp = token_logprobs(self.policy(ids).logits, ids, cfg.temperature).gather(1, where)
+            ref_lp = token_logprobs(self.ref(ids).logits, ids, cfg.temperature).gather(1, where)
             rm = score(self.reward_model, self.reward_head, ids, last)
         return dict(ids=ids, where=where, old_lp=old_lp, ref_lp=ref_lp, adv=group_advantages(rm, cfg.group_size),
                     score=rm, kl=(old_lp - ref_lp).sum(-1), texts=[self.tokenizer.decode(r) for _, r in pairs])
@@ -1019,7 +1025,7 @@ class _GRPO(_PPO):
         b = self.rollout([e.prompt for e in self.batch(self.train_data)[:n] for _ in range(cfg.group_size)])
         for _ in range(cfg.ppo_epochs):
             out = self.policy(b["ids"])
-            logp_all = F.log_softmax(out.logits[:, :-1].float(), dim=-1)
+            logp_all = step_logprobs(out.logits, self.cfg.temperature)
             lp = logp_all.gather(-1, b["ids"][:, 1:, None]).squeeze(-1).gather(1, b["where"])
             with torch.no_grad():
                 entropy = -(logp_all.exp() * logp_all).sum(-1).gather(1, b["where"]).mean()
