@@ -17,6 +17,7 @@ pages = [
     st.Page("playground/models.py", title="Models", icon="📦", url_path="models"),
     st.Page("playground/train.py", title="Train", icon="🏋️", url_path="train"),
     st.Page("playground/emergence.py", title="Emergence", icon="✨", url_path="emergence"),
+    st.Page("playground/posttrain.py", title="Post-train", icon="🎯", url_path="posttrain"),
     st.Page("playground/scaling.py", title="Scaling", icon="📈", url_path="scaling"),
 ]
 keep_jobs_alive()     # a visitor's running training job stays theirs on every page, not only on Train

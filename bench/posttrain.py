@@ -50,7 +50,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     set_threads(args.threads)
-    from core.posttrain import preset_config
+    from core.config import preset_config
 
     work = Path(tempfile.mkdtemp(prefix="posttrain-bench-"))
     common = dict(base=args.base, data=f"judge:{args.judge}", seed=args.seed, eval_interval=25,

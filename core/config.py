@@ -2,7 +2,9 @@
 
 Holds `ModelConfig` (a GPT's shape and design choices) with the sizes that follow from it alone
 (`count_parameters`, `flops_per_token`), and `TrainConfig` (a training run's settings, every field a
-flag of `python -m core.train`) with `RESUMABLE_OVERRIDES`, the fields a resumed run may change.
+flag of `python -m core.train`) with `RESUMABLE_OVERRIDES`, the fields a resumed run may change, and
+`PostTrainConfig` (a post-training run's: every field a flag of `python -m core.posttrain`) with its stages'
+presets.
 They live apart from the torch code that uses them because the inference side reads them too: the
 runtime opens a model card into a `ModelConfig`, the Train page sizes a model before any torch is
 loaded, a sweep plans its runs, and a hosted demo installs no torch at all.
@@ -257,3 +259,113 @@ RESUMABLE_OVERRIDES = {"out_dir", "data_dir", "max_steps", "lr_decay_steps", "co
                        "sample_interval", "sample_tokens", "resume", "milestones", "max_seconds", "eval_train",
                        "eval_batch_size",
                        "exact_final_eval"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Post-training (core.posttrain runs it; the Post-train page and the jobs plan it without torch)
+
+POST_STAGES = ("sft", "reward", "dpo", "ppo", "grpo")
+RL_STAGES = ("ppo", "grpo")             # the stages that sample rollouts and score them with a reward model
+JUDGE_PREFIX = "judge:"
+
+
+@dataclass
+class PostTrainConfig:
+    stage: str = "sft"                      # sft | reward | dpo | ppo | grpo
+    base: str = ""                          # the model to start from: a run directory, a checkpoint file, an
+                                            # exported model directory, or a Hugging Face checkpoint (its path or
+                                            # cached id). DPO and PPO keep a frozen copy of it as the reference
+    out_dir: str = "runs/posttrain"         # the new run's directory
+    data: str = "judge:short-lines"         # a JSONL file (sft: prompt, response; reward and dpo: prompt, chosen,
+                                            # rejected; ppo, grpo: prompt), or judge:<spec> to have the base model write
+                                            # the examples and a programmatic judge (core.preferences) label them
+    reward_model: str = ""                  # ppo, grpo: the reward run (stage reward) that scores the rollouts
+    examples: int = 256                     # judge-made data: how many examples (pairs, demonstrations, prompts)
+    held_out: float = 0.2                   # share of the examples kept aside for evaluation
+    prompt_tokens: int = 8                  # judge-made prompts: tokens the base model writes after a newline
+    response_tokens: int = 32               # judge-made responses and PPO rollouts: tokens per response
+    best_of: int = 4                        # judge-made SFT: the judge's best of this many samples is the demonstration
+    steps: int = 200                        # optimizer steps
+    batch_size: int = 16                    # examples (or rollouts) per step
+    learning_rate: float = 1e-4             # constant after a short warmup: fine-tuning moves a trained model a little
+    warmup_steps: int = 10                  # linear warmup of the learning rate
+    weight_decay: float = 0.0               # fine-tuning rarely decays (TRL's default 0)
+    grad_clip: float = 1.0                  # max global grad norm; 0 disables
+    beta: float = 0.1                       # DPO: the strength of the implicit KL to the reference (0.1 as in the
+                                            # paper and TRL); PPO: the per-token KL penalty (TRL 0.05); GRPO: the
+                                            # KL term's weight; 0 lets the policy exploit the reward model
+    lora_rank: int = 0                      # 0 fine-tunes every weight; r > 0 trains LoRA adapters of rank r (PEFT)
+                                            # on lora_targets instead, merged into the weights for export
+    lora_alpha: float = 16.0                # LoRA's update is (alpha / rank) * B A
+    lora_targets: str = "c_attn,c_proj,c_fc"    # the Linear layers to adapt, by name (comma-separated)
+    ppo_epochs: int = 2                     # ppo, grpo: optimisation passes over each batch of rollouts
+    group_size: int = 4                     # grpo: rollouts per prompt; each one's advantage is its reward against
+                                            # its group's mean, in units of the group's spread (no value head)
+    clip: float = 0.2                       # ppo, grpo: the probability-ratio clip (TRL's cliprange), and PPO's value clip
+    value_coef: float = 0.1                 # ppo: the value loss's weight (TRL's vf_coef)
+    gamma: float = 1.0                      # ppo: discount
+    lam: float = 0.95                       # ppo: GAE's lambda
+    temperature: float = 1.0                # sampling temperature of rollouts and judge-made examples
+    eval_interval: int = 25                 # steps between evaluations on the held-out examples
+    eval_samples: int = 16                  # held-out prompts the policy answers at each evaluation
+    checkpoint_interval: int = 50           # steps between checkpoints; 0 saves only at the end
+    keep_checkpoints: int = 3               # newest checkpoints kept; 0 keeps all
+    seed: int = 1337                        # data, sampling and batch order: same seed, same run
+    device: str = "auto"                    # auto (cuda when present, else cpu) | cpu | cuda
+    resume: bool = False                    # continue the run in out_dir; without it an existing run is refused
+
+    def __post_init__(self):
+        checks.choice("stage", self.stage, POST_STAGES)
+        for name in ("steps", "batch_size", "examples", "prompt_tokens", "response_tokens", "best_of", "ppo_epochs",
+                     "eval_samples"):
+            checks.integer(name, getattr(self, name), 1)
+        for name in ("warmup_steps", "eval_interval", "checkpoint_interval", "keep_checkpoints", "lora_rank"):
+            checks.integer(name, getattr(self, name), 0)
+        checks.number("held_out", self.held_out, 0.0, 1.0, low_open=True, high_open=True)
+        checks.number("learning_rate", self.learning_rate, 0.0, low_open=True)
+        for name in ("beta", "weight_decay", "grad_clip", "value_coef"):
+            checks.number(name, getattr(self, name), 0.0)
+        checks.number("temperature", self.temperature, 0.0, low_open=True)
+        checks.number("lora_alpha", self.lora_alpha, 0.0, low_open=True)
+        checks.number("clip", self.clip, 0.0, 1.0, low_open=True, high_open=True)
+        checks.number("gamma", self.gamma, 0.0, 1.0)
+        checks.number("lam", self.lam, 0.0, 1.0)
+        for name in ("base", "out_dir", "data", "reward_model", "lora_targets", "device"):
+            setattr(self, name, checks.text(name, getattr(self, name)))
+        if self.stage in RL_STAGES and not self.reward_model:
+            raise ConfigError(f"{self.stage} needs --reward-model: a reward run (stage reward) to score its rollouts")
+        if self.stage == "grpo" and not 2 <= self.group_size <= self.batch_size:
+            raise ConfigError(f"group_size must be between 2 and batch_size ({self.batch_size}), not {self.group_size}: "
+                              f"GRPO compares each rollout with the others of its group")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def judge(self) -> str | None:
+        return self.data[len(JUDGE_PREFIX):] if self.data.startswith(JUDGE_PREFIX) else None
+
+
+# Each post-training stage's preset for the committed character model (bench/posttrain.py measures them; each finishes in
+# minutes on 2 CPU cores): the Post-train page starts from these, the CLI from the dataclass's defaults.
+POST_PRESETS = {
+    "sft": dict(examples=256, steps=100, batch_size=16, learning_rate=3e-5, response_tokens=48),
+    "reward": dict(examples=512, steps=150, batch_size=32, learning_rate=3e-4, response_tokens=48),
+    "dpo": dict(examples=512, steps=100, batch_size=16, learning_rate=5e-5, beta=0.1, response_tokens=48),
+    "ppo": dict(examples=256, steps=100, batch_size=16, learning_rate=1e-4, beta=0.05, response_tokens=48),
+    "grpo": dict(examples=256, steps=100, batch_size=16, group_size=4, learning_rate=1e-4, beta=0.05,
+                 response_tokens=48),
+}
+
+
+def preset_config(stage: str, **overrides) -> PostTrainConfig:
+    """The stage's preset (POST_PRESETS), with `overrides` on top."""
+    checks.choice("stage", stage, POST_STAGES)
+    return PostTrainConfig(stage=stage, **{**POST_PRESETS[stage], **overrides})
+
+
+def post_data_kind(stage: str) -> str:
+    """What a stage's data holds (core.preferences' kinds): sft (prompt, response), pairs (prompt, chosen,
+    rejected), prompts (prompt: the RL stages write their own responses)."""
+    checks.choice("stage", stage, POST_STAGES)
+    return {"sft": "sft", "reward": "pairs", "dpo": "pairs", "ppo": "prompts", "grpo": "prompts"}[stage]

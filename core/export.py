@@ -389,9 +389,16 @@ def _training_card(ckpt, run_dir: Path) -> dict:
     records = read_log(run_dir)
     post = run_info.get("posttrain")
     if post:
-        # a post-training run (core.posttrain): the card says what it started from, how, on which data
-        return {"posttraining": {**post, "step": ckpt.step, "command": run_info.get("command"),
-                                 "last_eval": last_eval},
+        # a post-training run (core.posttrain): the card says what it started from, how, on which data; a card
+        # travels with the model, so the machine's paths are shortened as the training card's are
+        base = dict(post.get("base") or {})
+        if base.get("path"):
+            base["path"] = shown_path(base["path"])
+        data = post.get("data") or ""
+        return {"posttraining": {**post, "base": base, "data": data if data.startswith("judge:") else shown_path(data),
+                                 "reward_model": post.get("reward_model") and shown_path(post["reward_model"]),
+                                 "step": ckpt.step, "command": run_info.get("command") and
+                                 scrub_paths(run_info["command"]), "last_eval": last_eval},
                 "val_loss": last_eval.get("val_loss"),
                 "training": (post.get("base") or {}).get("training")}
     return {

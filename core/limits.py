@@ -3,7 +3,8 @@
 Holds `Limits`, the ceilings every page, decoding call and training job checks against (tokens, beams,
 samples, stop strings, prompt length, top-n alternatives and strategies per comparison; the size of a
 model and a prompt the interpretability scans take, and the memory of one of their calls; training
-jobs at once, their size, steps, wall time and heartbeat), with the defaults of a local playground
+jobs at once, their size, steps, wall time and heartbeat; the examples a judge labels for a
+post-training run), with the defaults of a local playground
 and `Limits.hosted()` for a shared demo on a small machine (`LLM_PLAYGROUND_HOSTED=1`). Each check
 that uses a ceiling says which one in its message.
 
@@ -58,6 +59,7 @@ class Limits:
     heartbeat_seconds: float = 0.0      # stop a job nobody watched for this long; 0: never
     train_threads: int = 0              # torch threads per job; 0 measures them on the run's first steps
     allow_imports: bool = True          # may visitors import pretrained checkpoints (a hosted demo offers a list)
+    max_post_examples: int = 4096       # examples a judge labels for one post-training run (each is sampled first)
 
     @classmethod
     def hosted(cls) -> "Limits":
@@ -68,4 +70,4 @@ class Limits:
                    max_prompt_chars=2_000, max_top_n=20, max_strategies=6, max_attention_tokens=128, max_branches=16,
                    max_inspect_parameters=30_000_000, max_inspect_tokens=64, inspect_batch_mb=64,
                    max_running=1, max_parameters=2_000_000, max_steps=2_000, max_wall_seconds=600.0,
-                   heartbeat_seconds=60.0, train_threads=1, allow_imports=False)
+                   heartbeat_seconds=60.0, train_threads=1, allow_imports=False, max_post_examples=512)

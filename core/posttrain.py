@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import math
 import shlex
@@ -49,8 +48,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from core import cli
-from core.catalog import (CARD_FILE, checkpoint_steps, POSTTRAIN_DATA_FILE as DATA_FILE, REWARD_HEAD_KEY, RUN_FILE, TOKENIZER_DIR,
-                          VALUE_HEAD_KEY, checkpoint_file)
+from core.catalog import (CARD_FILE, POSTTRAIN_DATA_FILE as DATA_FILE, REWARD_HEAD_KEY, RUN_FILE, TOKENIZER_DIR,
+                          VALUE_HEAD_KEY, checkpoint_file, checkpoint_steps)
+from core.config import POST_PRESETS, POST_STAGES, RL_STAGES, PostTrainConfig, post_data_kind
 from core.checkpoint import (latest_checkpoint, load_model, prune_checkpoints, restore_model,
                              restore_optimizer, save_checkpoint)
 from core.checks import PlaygroundError
@@ -61,105 +61,11 @@ from core.preferences import (DataError, Demonstration, PreferencePair, data_sha
 from core.tokenizer import Tokenizer, load_tokenizer
 from core.train import CheckpointSaved, Phase, RunExists, TrainingDiverged, _RunLog, pick_device
 
-STAGES = ("sft", "reward", "dpo", "ppo", "grpo")
-RL_STAGES = ("ppo", "grpo")             # the stages that sample rollouts and score them with a reward model
-JUDGE_PREFIX = "judge:"
+STAGES, PRESETS = POST_STAGES, POST_PRESETS       # the config's, under the names this module's readers use
 
 
 class PostTrainError(PlaygroundError):
     """A post-training run that cannot start or go on as asked; the message says what to change."""
-
-
-@dataclass
-class PostTrainConfig:
-    stage: str = "sft"                      # sft | reward | dpo | ppo | grpo
-    base: str = ""                          # the model to start from: a run directory, a checkpoint file, an
-                                            # exported model directory, or a Hugging Face checkpoint (its path or
-                                            # cached id). DPO and PPO keep a frozen copy of it as the reference
-    out_dir: str = "runs/posttrain"         # the new run's directory
-    data: str = "judge:short-lines"         # a JSONL file (sft: prompt, response; reward and dpo: prompt, chosen,
-                                            # rejected; ppo, grpo: prompt), or judge:<spec> to have the base model write
-                                            # the examples and a programmatic judge (core.preferences) label them
-    reward_model: str = ""                  # ppo, grpo: the reward run (stage reward) that scores the rollouts
-    examples: int = 256                     # judge-made data: how many examples (pairs, demonstrations, prompts)
-    held_out: float = 0.2                   # share of the examples kept aside for evaluation
-    prompt_tokens: int = 8                  # judge-made prompts: tokens the base model writes after a newline
-    response_tokens: int = 32               # judge-made responses and PPO rollouts: tokens per response
-    best_of: int = 4                        # judge-made SFT: the judge's best of this many samples is the demonstration
-    steps: int = 200                        # optimizer steps
-    batch_size: int = 16                    # examples (or rollouts) per step
-    learning_rate: float = 1e-4             # constant after a short warmup: fine-tuning moves a trained model a little
-    warmup_steps: int = 10                  # linear warmup of the learning rate
-    weight_decay: float = 0.0               # fine-tuning rarely decays (TRL's default 0)
-    grad_clip: float = 1.0                  # max global grad norm; 0 disables
-    beta: float = 0.1                       # DPO: the strength of the implicit KL to the reference (0.1 as in the
-                                            # paper and TRL); PPO: the per-token KL penalty (TRL 0.05); GRPO: the
-                                            # KL term's weight; 0 lets the policy exploit the reward model
-    lora_rank: int = 0                      # 0 fine-tunes every weight; r > 0 trains LoRA adapters of rank r (PEFT)
-                                            # on lora_targets instead, merged into the weights for export
-    lora_alpha: float = 16.0                # LoRA's update is (alpha / rank) * B A
-    lora_targets: str = "c_attn,c_proj,c_fc"    # the Linear layers to adapt, by name (comma-separated)
-    ppo_epochs: int = 2                     # ppo, grpo: optimisation passes over each batch of rollouts
-    group_size: int = 4                     # grpo: rollouts per prompt; each one's advantage is its reward against
-                                            # its group's mean, in units of the group's spread (no value head)
-    clip: float = 0.2                       # ppo, grpo: the probability-ratio clip (TRL's cliprange), and PPO's value clip
-    value_coef: float = 0.1                 # ppo: the value loss's weight (TRL's vf_coef)
-    gamma: float = 1.0                      # ppo: discount
-    lam: float = 0.95                       # ppo: GAE's lambda
-    temperature: float = 1.0                # sampling temperature of rollouts and judge-made examples
-    eval_interval: int = 25                 # steps between evaluations on the held-out examples
-    eval_samples: int = 16                  # held-out prompts the policy answers at each evaluation
-    checkpoint_interval: int = 50           # steps between checkpoints; 0 saves only at the end
-    keep_checkpoints: int = 3               # newest checkpoints kept; 0 keeps all
-    seed: int = 1337                        # data, sampling and batch order: same seed, same run
-    device: str = "auto"                    # auto (cuda when present, else cpu) | cpu | cuda
-    resume: bool = False                    # continue the run in out_dir; without it an existing run is refused
-
-    def __post_init__(self):
-        if self.stage not in STAGES:
-            raise PostTrainError(f"unknown stage {self.stage!r}; choose one of {', '.join(STAGES)}")
-        for name in ("steps", "batch_size", "examples", "response_tokens", "best_of", "ppo_epochs", "eval_samples"):
-            if getattr(self, name) < 1:
-                raise PostTrainError(f"{name} must be at least 1, not {getattr(self, name)}")
-        if not 0 < self.held_out < 1:
-            raise PostTrainError(f"held_out is a share between 0 and 1, not {self.held_out}")
-        if self.beta < 0:
-            raise PostTrainError(f"beta must be 0 or more, not {self.beta}")
-        if self.lora_rank < 0:
-            raise PostTrainError(f"lora_rank must be 0 (full fine-tuning) or more, not {self.lora_rank}")
-        if self.temperature <= 0:
-            raise PostTrainError(f"temperature must be above 0 (rollouts are sampled), not {self.temperature}")
-        if self.stage in RL_STAGES and not self.reward_model:
-            raise PostTrainError(f"{self.stage} needs --reward-model: a reward run (stage reward) to score its rollouts")
-        if self.stage == "grpo" and not 2 <= self.group_size <= self.batch_size:
-            raise PostTrainError(f"group_size must be between 2 and batch_size ({self.batch_size}), not {self.group_size}: "
-                                 f"GRPO compares each rollout with the others of its group")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @property
-    def judge(self) -> str | None:
-        return self.data[len(JUDGE_PREFIX):] if self.data.startswith(JUDGE_PREFIX) else None
-
-
-# Each stage's preset for the committed character model (bench/posttrain.py measures them; each finishes in
-# minutes on 2 CPU cores): the page starts from these, the CLI from the dataclass's defaults.
-PRESETS = {
-    "sft": dict(examples=256, steps=100, batch_size=16, learning_rate=3e-5, response_tokens=48),
-    "reward": dict(examples=512, steps=150, batch_size=32, learning_rate=3e-4, response_tokens=48),
-    "dpo": dict(examples=512, steps=100, batch_size=16, learning_rate=5e-5, beta=0.1, response_tokens=48),
-    "ppo": dict(examples=256, steps=100, batch_size=16, learning_rate=1e-4, beta=0.05, response_tokens=48),
-    "grpo": dict(examples=256, steps=100, batch_size=16, group_size=4, learning_rate=1e-4, beta=0.05,
-                 response_tokens=48),
-}
-
-
-def preset_config(stage: str, **overrides) -> PostTrainConfig:
-    """The stage's preset (PRESETS), with `overrides` on top."""
-    if stage not in PRESETS:
-        raise PostTrainError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
-    return PostTrainConfig(stage=stage, **{**PRESETS[stage], **overrides})
 
 
 # -- records ----------------------------------------------------------------------------------------
@@ -285,13 +191,15 @@ def group_advantages(scores: torch.Tensor, group: int) -> torch.Tensor:
 def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
               advantages: torch.Tensor, beta: float, clip: float) -> tuple[torch.Tensor, torch.Tensor, float]:
     """GRPO's loss over (B, R) response tokens (Shao et al. 2024): the clipped surrogate with each sequence's
-    advantage, plus beta times the k3 estimate of KL(pi || ref) per token, exp(ref - pi) - (ref - pi) - 1;
-    returns the loss, the mean per-token KL estimate and the share of clipped ratios."""
+    advantage, plus beta times the k3 estimate of KL(pi || ref) per token, exp(ref - pi) - (ref - pi) - 1,
+    weighted by the ratio pi / pi_old (TRL's default `use_bias_correction_kl`: the tokens were sampled from
+    pi_old, so the weight makes the KL's gradient the unbiased one of KL(pi || ref)); returns the loss, the
+    mean per-token KL estimate and the share of clipped ratios."""
     ratio = torch.exp(logprobs - old_logprobs)
     adv = advantages[:, None]
     surrogate = torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
     d = ref_logprobs - logprobs
-    kl = torch.exp(d) - d - 1
+    kl = (torch.exp(d) - d - 1) * ratio
     clip_fraction = float(((ratio - 1).abs() > clip).float().mean())
     return (-(surrogate - beta * kl)).mean(), kl.mean().detach(), clip_fraction
 
@@ -535,30 +443,11 @@ def make_judged_data(base: Base, cfg: PostTrainConfig, device) -> list:
     return out
 
 
-def _data_kind(stage: str) -> str:
-    return {"sft": "sft", "reward": "pairs", "dpo": "pairs", "ppo": "prompts", "grpo": "prompts"}[stage]
-
-
 def read_data(path: str, stage: str) -> list:
     p = Path(path)
     if not p.is_file():
         raise PostTrainError(f"no data file at {path}: give a JSONL file or judge:<spec> (e.g. judge:short-lines)")
-    kind = _data_kind(stage)
-    if kind == "prompts":
-        rows = []
-        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except ValueError as e:
-                    raise DataError(f"{p.name}, line {n}: not valid JSON ({e.msg})") from e
-                if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"]:
-                    raise DataError(f"{p.name}, line {n}: each line needs a non-empty string field 'prompt'")
-                rows.append(Demonstration(row["prompt"], ""))
-        if not rows:
-            raise DataError(f"{p.name} holds no prompts")
-        return rows
-    return read_jsonl(p.read_bytes(), kind, p.name)
+    return read_jsonl(p.read_bytes(), post_data_kind(stage), p.name)
 
 
 def _load_saved_data(run_dir: Path, stage: str) -> list:
@@ -577,22 +466,31 @@ def post_train(cfg: PostTrainConfig, command: str | None = None) -> Iterator[Pos
                              f"start it again without --resume")
     if not cfg.resume and checkpoint_steps(run_dir):
         raise RunExists(f"{run_dir} already holds a run; choose another --out-dir, or --resume it")
-    t0 = time.perf_counter()
-    yield Phase("loading the base model", 0, 0.0)
-    device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    base = load_base(cfg.base)
     if resume_ckpt is not None:
         saved = json.loads((run_dir / RUN_FILE).read_text())["posttrain_config"]
         if saved["stage"] != cfg.stage:
             raise PostTrainError(f"{run_dir} is a {saved['stage']} run; it cannot be resumed as {cfg.stage}")
-        data = _load_saved_data(run_dir, cfg.stage)
-    elif cfg.judge is not None:
-        yield Phase("writing examples with the base model; the judge labels them", 0, time.perf_counter() - t0)
-        data = make_judged_data(base, cfg, device)
-    else:
-        data = read_data(cfg.data, cfg.stage)
-    stage = _Stage.make(cfg, base, data, device, run_dir, resume_ckpt, command)
+    t0 = time.perf_counter()
+    # the log from the start, so a watcher sees the phases before the first step (a job's folder exists already;
+    # the CLI's is made with the run's files, and the phases logged so far are written then)
+    log = _RunLog.open(run_dir, resume_ckpt.step if resume_ckpt else None, True)
+    try:
+        yield log.write(Phase("loading the base model", 0, 0.0))
+        device = pick_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        base = load_base(cfg.base)
+        if resume_ckpt is not None:
+            data = _load_saved_data(run_dir, cfg.stage)
+        elif cfg.judge is not None:
+            yield log.write(Phase("writing examples with the base model; the judge labels them", 0,
+                                  time.perf_counter() - t0))
+            data = make_judged_data(base, cfg, device)
+        else:
+            data = read_data(cfg.data, cfg.stage)
+        stage = _Stage.make(cfg, base, data, device, run_dir, resume_ckpt, command, log)
+    except BaseException:
+        log.close()
+        raise
     yield stage.started(resume_ckpt)
     yield from stage.run()
 
@@ -601,11 +499,12 @@ class _Stage:
     """A post-training run in progress: policy (and head), reference, optimizer, data, RNGs, counters."""
 
     @staticmethod
-    def make(cfg, base, data, device, run_dir, resume_ckpt, command) -> "_Stage":
+    def make(cfg, base, data, device, run_dir, resume_ckpt, command, log) -> "_Stage":
         return {"sft": _SFT, "reward": _Reward, "dpo": _DPO, "ppo": _PPO, "grpo": _GRPO}[cfg.stage](
-            cfg, base, data, device, run_dir, resume_ckpt, command)
+            cfg, base, data, device, run_dir, resume_ckpt, command, log)
 
-    def __init__(self, cfg: PostTrainConfig, base: Base, data: list, device, run_dir: Path, resume_ckpt, command):
+    def __init__(self, cfg: PostTrainConfig, base: Base, data: list, device, run_dir: Path, resume_ckpt, command,
+                 log: _RunLog):
         self.cfg, self.base, self.device, self.run_dir = cfg, base, device, run_dir
         self.tokenizer = base.tokenizer
         n_held = max(1, int(round(len(data) * cfg.held_out)))
@@ -616,6 +515,8 @@ class _Stage:
             order = np.random.default_rng(cfg.seed).permutation(len(data))
             data = [data[i] for i in order]
         self.data, self.train_data, self.held = data, data[:-n_held], data[-n_held:]
+        self.block = base.model.config.block_size
+        self._check_examples()                   # before anything is written: a refused run leaves nothing
         self.judge = make_judge(cfg.judge) if cfg.judge else self._reward_judge()
         self.ref = None
         if cfg.stage in ("dpo", *RL_STAGES):
@@ -650,9 +551,7 @@ class _Stage:
         self.t0 = time.perf_counter()
         self.elapsed_before = resume_ckpt.meta["state"].get("elapsed", 0.0) if resume_ckpt else 0.0
         self._write_run_files(resume_ckpt is not None, command)
-        self.log = _RunLog.open(run_dir, resume_ckpt.step if resume_ckpt else None, True)
-        self.block = base.model.config.block_size
-        self._check_examples()
+        self.log = log
 
     def _reward_judge(self):
         """A PPO run scores its samples with the judge its reward model learned from, when there is one."""
@@ -872,15 +771,15 @@ class _DPO(_Stage):
 
 
 class _PPO(_Stage):
-    def __init__(self, *a):
-        super().__init__(*a)
-        rm, head, tok, _ = load_reward_model(self.cfg.reward_model)
-        if tok.name != self.tokenizer.name or tok.n_vocab != self.tokenizer.n_vocab:
+    def __init__(self, cfg, base, data, device, *rest):
+        rm, head, tok, _ = load_reward_model(cfg.reward_model)       # checked before the run writes anything
+        if tok.name != base.tokenizer.name or tok.n_vocab != base.tokenizer.n_vocab:
             raise PostTrainError(f"the reward model reads tokenizer {tok.name!r} ({tok.n_vocab} ids) but the policy "
-                                 f"{self.tokenizer.name!r} ({self.tokenizer.n_vocab}): train the reward model from "
+                                 f"{base.tokenizer.name!r} ({base.tokenizer.n_vocab}): train the reward model from "
                                  f"this policy's family")
-        self.reward_model = rm.to(self.device).eval().requires_grad_(False)
-        self.reward_head = head.to(self.device).requires_grad_(False)
+        self.reward_model = rm.to(device).eval().requires_grad_(False)
+        self.reward_head = head.to(device).requires_grad_(False)
+        super().__init__(cfg, base, data, device, *rest)
 
     def rollout(self, prompts: list[str]) -> dict:
         """Sample, then everything PPO needs in response coordinates (B, R)."""
@@ -999,9 +898,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
 
 class _GRPO(_PPO):
     """PPO's cheaper cousin: no value head; groups of rollouts per prompt, each judged against its group."""
@@ -1041,3 +937,7 @@ class _GRPO(_PPO):
         if self.judge is not None:
             m["judge_score"] = float(np.mean([self.judge.score(t) for t in b["texts"]]))
         return loss.item(), m
+
+
+if __name__ == "__main__":
+    sys.exit(main())

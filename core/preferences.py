@@ -22,6 +22,7 @@ from core.checks import PlaygroundError
 
 SFT_FIELDS = ("prompt", "response")
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
+PROMPT_FIELDS = ("prompt",)             # PPO and GRPO: prompts only, the policy writes the responses
 MAX_DATA_BYTES = 20 * 2 ** 20        # an uploaded JSONL larger than this is refused before it is parsed
 
 
@@ -47,13 +48,17 @@ def fields_of(kind: str) -> tuple[str, ...]:
         return SFT_FIELDS
     if kind == "pairs":
         return PAIR_FIELDS
-    raise DataError(f"unknown data kind {kind!r}: sft (prompt, response) or pairs (prompt, chosen, rejected)")
+    if kind == "prompts":
+        return PROMPT_FIELDS
+    raise DataError(f"unknown data kind {kind!r}: sft (prompt, response), pairs (prompt, chosen, rejected) or "
+                    f"prompts (prompt)")
 
 
 def read_jsonl(text: str | bytes, kind: str, source: str = "the data") -> list:
-    """Demonstrations (kind "sft") or preference pairs (kind "pairs") from JSON lines. Blank lines are
-    skipped; any other line that is not an object with the kind's string fields is refused, with its
-    line number, and so is an empty response or a pair whose two sides are the same text."""
+    """Demonstrations (kind "sft"), preference pairs (kind "pairs") or prompts (kind "prompts", read as
+    demonstrations with no response) from JSON lines. Blank lines are skipped; any other line that is not an
+    object with the kind's string fields is refused, with its line number, and so is an empty response, an
+    empty prompt where the prompt is all there is, or a pair whose two sides are the same text."""
     fields = fields_of(kind)
     if isinstance(text, bytes):
         if len(text) > MAX_DATA_BYTES:
@@ -79,14 +84,14 @@ def read_jsonl(text: str | bytes, kind: str, source: str = "the data") -> list:
                                 f"{', '.join(fields)})")
             if not isinstance(row[f], str):
                 raise DataError(f"{source}, line {n}: {f!r} must be a string, not {type(row[f]).__name__}")
-        for f in fields[1:]:
+        for f in fields[1:] or fields:
             if not row[f]:
                 raise DataError(f"{source}, line {n}: {f!r} is empty; there is nothing to learn from")
         if kind == "pairs" and row["chosen"] == row["rejected"]:
             raise DataError(f"{source}, line {n}: 'chosen' and 'rejected' are the same text, so the pair "
                             f"prefers nothing: drop it or change one side")
-        out.append(Demonstration(row["prompt"], row["response"]) if kind == "sft"
-                   else PreferencePair(row["prompt"], row["chosen"], row["rejected"]))
+        out.append(PreferencePair(row["prompt"], row["chosen"], row["rejected"]) if kind == "pairs"
+                   else Demonstration(row["prompt"], row.get("response", "") if kind == "sft" else ""))
     if not out:
         raise DataError(f"{source} holds no examples")
     return out

@@ -87,9 +87,23 @@ with right:
         if export:
             st.caption(f"Imported and exported in {export.get('seconds', 0):.0f} s, peak memory "
                        f"{export.get('peak_rss_mb', 0):,.0f} MB.")
+    elif card.get("posttraining"):
+        post = card["posttraining"]
+        base = post.get("base") or {}
+        st.subheader("Post-trained")
+        lora = post.get("lora")
+        st.markdown(f"**{str(post.get('stage', '?')).upper()}** from `{base.get('name') or base.get('kind', '?')}`"
+                    f" for {post.get('step', '?')} steps on {post.get('examples', '?')} examples "
+                    f"({post.get('held_out', '?')} held out) · data `{post.get('judge') or 'a JSONL file'}`"
+                    f" · beta {post.get('beta')}" + (f" · LoRA rank {lora['rank']}" if lora else " · every weight"))
+        last = post.get("last_eval") or {}
+        if last:
+            st.caption("Last evaluation: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items()
+                                                      if isinstance(v, (int, float))))
+        st.caption("Its curves and samples are on the Post-train page, beside its base.")
     else:
         st.subheader("Training")
-        training = card.get("training", {})
+        training = card.get("training") or {}
         curve, per_step = training.get("curve") or [], training.get("step_curve") or []
         if curve or per_step:
             steps = [p["step"] for p in curve]

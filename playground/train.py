@@ -116,7 +116,7 @@ if st.button("Start training", type="primary", key="train_start", disabled=plan 
         st.error(str(e))
 
 # -- the runs on this server ------------------------------------------------------------------------
-views = board.views(token)
+views = board.views(token, "train")
 if views:
     st.divider()
     st.subheader("Runs on this server")

@@ -296,7 +296,7 @@ def test_nothing_is_unpickled_anywhere():
 
 def test_pages_never_offer_model_or_checkpoint_uploads_and_share_no_streamlit_cache():
     """Any visitor can make Streamlit clear every st.cache_* for everyone: pages keep shared state in
-    process caches instead. And the only uploads are text corpora."""
+    process caches instead. And the only uploads are text: corpora, and post-training data as JSON lines."""
     for path in (ROOT / "playground").glob("*.py"):
         src = path.read_text()
         for node in ast.walk(ast.parse(src)):
@@ -305,7 +305,7 @@ def test_pages_never_offer_model_or_checkpoint_uploads_and_share_no_streamlit_ca
             if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "file_uploader":
                 types = next((k.value for k in node.keywords if k.arg == "type"), None)
                 allowed = ast.literal_eval(types) if types is not None else None
-                assert allowed and set(allowed) <= {"txt", "md", "text"}, (path.name, allowed)
+                assert allowed and set(allowed) <= {"txt", "md", "text", "jsonl", "json"}, (path.name, allowed)
 
 
 def test_a_model_directory_that_points_outside_itself_is_refused(tmp_path):

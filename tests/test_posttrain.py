@@ -61,10 +61,12 @@ def test_judges_score_what_they_say():
 
 
 def test_config_refuses_what_cannot_run():
-    for kw, message in [({"stage": "rlhf"}, "unknown stage"), ({"stage": "ppo"}, "needs --reward-model"),
-                        ({"beta": -0.1}, "beta must be 0 or more"), ({"held_out": 1.0}, "held_out"),
-                        ({"lora_rank": -1}, "lora_rank"), ({"steps": 0}, "steps must be at least 1")]:
-        with pytest.raises(PostTrainError, match=message):
+    from core.checks import ConfigError
+    for kw, message in [({"stage": "rlhf"}, "stage"), ({"stage": "ppo"}, "needs --reward-model"),
+                        ({"beta": -0.1}, "beta"), ({"held_out": 1.0}, "held_out"),
+                        ({"lora_rank": -1}, "lora_rank"), ({"steps": 0}, "steps"), ({"temperature": 0.0}, "temperature"),
+                        ({"clip": 1.5}, "clip")]:
+        with pytest.raises(ConfigError, match=message):
             PostTrainConfig(**kw)
 
 
@@ -226,7 +228,7 @@ def test_bad_data_and_models_are_refused_with_what_to_change(base_run, tmp_path)
     long.write_text(json.dumps({"prompt": "p", "response": "x" * 80}) + "\n" + json.dumps({"prompt": "q", "response": "y"}))
     with pytest.raises(DataError, match="example .*81 tokens but the model's context is 64"):
         records(small(tmp_path, "sft", base_run, data=str(long)))
-    assert not (tmp_path / "sft" / "checkpoints").exists()
+    assert not (tmp_path / "sft").exists()                 # a refused run leaves nothing behind
     with pytest.raises(PostTrainError, match="no data file"):
         records(small(tmp_path, "sft", base_run, out_dir=str(tmp_path / "x"), data=str(tmp_path / "missing.jsonl")))
     bad = tmp_path / "bad.jsonl"
@@ -250,6 +252,7 @@ def test_a_policy_whose_tokenizer_differs_from_the_reward_models_is_refused(base
     records(small(tmp_path, "reward", base_run, out_dir=str(tmp_path / "rm"), steps=2))
     with pytest.raises(PostTrainError, match="the reward model reads tokenizer"):
         records(small(tmp_path, "ppo", other, out_dir=str(tmp_path / "p"), reward_model=str(tmp_path / "rm")))
+    assert not (tmp_path / "p").exists()
 
 
 def test_a_diverging_ppo_run_stops_with_its_message_and_keeps_the_last_checkpoint(base_run, tmp_path):
@@ -277,7 +280,8 @@ def test_a_post_trained_run_exports_like_any_run_with_its_card(base_run, tmp_pat
     card = export_model(tmp_path / "dpo", tmp_path / "exported" / "dpo-model")
     post = card["posttraining"]
     assert post["stage"] == "dpo" and post["beta"] == 0.2 and post["judge"] == "short-lines"
-    assert post["base"]["path"] == str(base_run) and len(post["data_sha256"]) == 64
+    assert post["base"]["path"] == base_run.name and len(post["data_sha256"]) == 64
+    assert str(tmp_path) not in json.dumps(card) and str(base_run.parent) not in json.dumps(card)   # no server paths
     assert post["lora"] == {"rank": 2, "alpha": 16.0, "targets": "c_attn,c_proj,c_fc"}
     m = Model(tmp_path / "exported" / "dpo-model")
     assert m.score("The cat sat.").perplexity > 1
@@ -351,7 +355,8 @@ def test_grpo_compares_each_rollout_with_its_group_and_needs_a_group(base_run, t
     lp = torch.log(torch.full((2, 3), 0.5))
     loss, kl, clipped = grpo_loss(lp, lp, lp, torch.tensor([1.0, -1.0]), 0.1, 0.2)
     assert float(kl) == 0 and clipped == 0 and float(loss) == pytest.approx(0.0)   # ratio 1: surrogate = ±A, mean 0
-    with pytest.raises(PostTrainError, match="group_size must be between 2 and batch_size"):
+    from core.checks import ConfigError
+    with pytest.raises(ConfigError, match="group_size must be between 2 and batch_size"):
         PostTrainConfig(stage="grpo", reward_model="x", group_size=1)
     records(small(tmp_path, "reward", base_run, out_dir=str(tmp_path / "rm"), steps=2))
     recs = records(small(tmp_path, "grpo", base_run, reward_model=str(tmp_path / "rm"), group_size=2))

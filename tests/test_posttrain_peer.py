@@ -18,6 +18,8 @@ Conventions that differ from TRL's, pinned here so they cannot drift unnoticed:
 - A tokenizer that puts BOS first (Llama): TRL's prompt ids start with it, and so do ours (checked below).
 - PPO sampled at a temperature T != 1: TRL's log-probs divide the logits by T + 1e-7, ours by T (this test found
   that ours once scored at T = 1 whatever they sampled at).
+- GRPO's KL term: TRL 1.16 multiplies it by the ratio pi / pi_old by default (use_bias_correction_kl), and so does
+  ours (this test found that ours once did not; its gradient then differed even on-policy).
 Pitfall on the peer's side: TRL's configs default to bf16=True, even on CPU, and `accelerate` then runs the reference
 model under bf16 autocast (1e-2 off); every config here sets bf16=False.
 """
@@ -25,9 +27,11 @@ model under bf16 autocast (1e-2 off); every config here sets bf16=False.
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -39,10 +43,12 @@ from tokenizers import Tokenizer as RawTokenizer  # noqa: E402
 from tokenizers.processors import TemplateProcessing  # noqa: E402
 from transformers import (GPT2ForSequenceClassification, GPT2LMHeadModel, LlamaForCausalLM,  # noqa: E402
                           PreTrainedTokenizerFast)
-from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer  # noqa: E402
+from trl import (DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, RewardConfig, RewardTrainer, SFTConfig,  # noqa: E402
+                 SFTTrainer)
 
-from core.posttrain import (_DPO, _PPO, _SFT, _Reward, PostTrainConfig, bradley_terry_loss, dpo_loss,  # noqa: E402
-                            encode_pair_side, gae, pad_batch, ppo_losses, sequence_logprob, token_logprobs)
+from core.posttrain import (_DPO, _GRPO, _PPO, _SFT, _Reward, PostTrainConfig, bradley_terry_loss,  # noqa: E402
+                            dpo_loss, encode_pair_side, gae, group_advantages, grpo_loss, pad_batch, ppo_losses,
+                            sequence_logprob, token_logprobs)
 from core.preferences import Demonstration, PreferencePair  # noqa: E402
 from core.pretrained import load_pretrained  # noqa: E402
 from tests.test_pretrained import EOT, make_hf, save_tokenizer  # noqa: E402
@@ -482,3 +488,243 @@ def test_ppo_rollout_follows_trl(peer, ppo_models):
 def test_ppo_rollout_logprobs_at_the_sampling_temperature_as_trl(peer, ppo_models):
     b, want = rollout_and_trl(peer, ppo_models, 0.7)
     assert (b["old_lp"] - want["logprob"]).abs().max() < TOLERANCE
+
+
+# ---------------------------------------------------------------------------------------------------
+# GRPO, against TRL 1.16's GRPOTrainer (trl/trainer/grpo_trainer.py), its own code run on our numbers, nothing
+# transcribed: the advantages come out of GRPOTrainer._generate_and_score_completions (fed our token ids through its
+# `rollout_func` hook and the rewards through a reward function), the loss and its metrics out of
+# GRPOTrainer._compute_loss, the log-probs out of the fused LM head TRL puts on the models (at its temperature).
+#
+# TRL 1.16's defaults, pinned below: scale_rewards "group" (advantage (r - group mean) / (group std + 1e-4), the std
+# with Bessel's correction, as ours); epsilon 0.2 on both sides (epsilon_high None, delta None), ratios per token
+# (importance_sampling_level "token"); loss_type "dapo" (the per-token losses summed over the batch, over the batch's
+# count of completion tokens). Our responses all have exactly response_tokens tokens, no padding and no EOS cut, so
+# "dapo", "bnpo" (the same token mean, per local batch), "grpo" (each sequence's mean, then their mean) and "dr_grpo"
+# (the sum over B * max_completion_length, with max_completion_length = response_tokens) are one number, ours; all
+# four are checked. With responses of unequal length they would part. TRL's beta defaults to 0 (no reference
+# model); ours is > 0, so the KL term is set here.
+
+GROUP = 4                     # rollouts per prompt: TRL's num_generations, our group_size
+R_GRPO = 6                    # response tokens: our response_tokens, TRL's max_completion_length
+BETA_GRPO = 0.05              # our GRPO preset's beta
+CLIP = 0.2                    # our clip, TRL's epsilon
+ADV_SCORES = torch.tensor([
+    1.0, 2.0, 0.5, -1.0,                # unequal rewards
+    0.3, 0.3, 0.3, 0.3,                 # one reward for the whole group: std 0, every advantage 0
+    0.2, 0.2, 0.20001, 0.2,             # a spread of 5e-6, below the 1e-4 epsilon: where the epsilon sits shows
+    30.0, -30.0, 30.0, -30.0,           # a wide spread
+])
+GRPO_PROMPTS = ["The cat sat", "A dog ran", "A red house", "The small dog"]      # of one token length
+
+
+@pytest.fixture(scope="module")
+def grpo_trainers(peer, tmp_path_factory):
+    """TRL's GRPOTrainer on the policy checkpoint, one per sampling temperature (the fused LM head it adds to the
+    models takes its temperature when the trainer is built), in eval mode (no dropout; TRL logs under "eval" and
+    normalises by no accumulation steps). TRL builds its reference model itself, from the policy's `_name_or_path`
+    (its reference is the policy it starts from); that is pointed at the reference checkpoint here, so that, as in
+    our stage, the reference is the base and the policy is away from it."""
+    feed = {}
+
+    def rollout_func(prompts, trainer):          # TRL's hook for completions made elsewhere: ours, as given
+        assert len(prompts) == len(feed["completion_ids"])
+        return {"prompt_ids": feed["prompt_ids"], "completion_ids": feed["completion_ids"], "logprobs": None}
+
+    def reward(prompts, completions, completion_ids, score, **_):      # the rewards, a column of the inputs
+        return [float(s) for s in score]
+
+    made = {}
+
+    def make(temperature: float = 1.0) -> GRPOTrainer:
+        if temperature not in made:
+            policy = GPT2LMHeadModel.from_pretrained(peer.pol_dir)
+            policy.config._name_or_path = str(peer.ref_dir)
+            args = GRPOConfig(output_dir=str(tmp_path_factory.mktemp("grpo")), report_to="none", bf16=False,
+                              use_cpu=True, beta=BETA_GRPO, epsilon=CLIP, num_generations=GROUP,
+                              per_device_train_batch_size=2 * GROUP, per_device_eval_batch_size=2 * GROUP,
+                              max_completion_length=R_GRPO, temperature=temperature)   # TRL's defaults otherwise
+            with warnings.catch_warnings():       # "rollout_func is experimental"
+                warnings.simplefilter("ignore", UserWarning)
+                trainer = GRPOTrainer(model=policy, reward_funcs=reward, args=args, processing_class=peer.hf_tok(),
+                                      train_dataset=Dataset.from_dict({"prompt": ["x"] * 2 * GROUP}),
+                                      rollout_func=rollout_func)
+            trainer.model.eval()
+            made[temperature] = trainer
+        return made[temperature]
+
+    return SimpleNamespace(make=make, feed=feed)
+
+
+def trl_grpo_batch(trainers, trainer, prompt_ids: list, completion_ids: list, scores) -> dict:
+    """GRPOTrainer._generate_and_score_completions on given rollouts (consecutive groups, as its RepeatSampler
+    lays them out and as our train_step does) and rewards: its reference log-probs and advantages."""
+    trainers.feed.update(prompt_ids=prompt_ids, completion_ids=completion_ids)
+    trainer._metrics["eval"].clear()
+    with torch.no_grad():
+        return trainer._generate_and_score_completions([{"prompt": "x", "score": float(s)} for s in scores])
+
+
+def test_trl_grpo_defaults_are_the_ones_compared_with():
+    fields = GRPOConfig.__dataclass_fields__
+    assert fields["loss_type"].default == "dapo" and fields["scale_rewards"].default == "group"
+    assert fields["epsilon"].default == CLIP and fields["epsilon_high"].default is None
+    assert fields["delta"].default is None and fields["importance_sampling_level"].default == "token"
+    assert fields["beta"].default == 0.0 and fields["temperature"].default == 1.0
+    assert fields["use_bias_correction_kl"].default is True      # ours too: the KL weighted by pi / pi_old
+
+
+def test_group_advantages_equal_trl(grpo_trainers, monkeypatch):
+    """group_advantages against the advantages GRPOTrainer._generate_and_score_completions computes from the same
+    rewards (scale_rewards="group", TRL's default): unequal rewards, a group of equal rewards (std 0: advantages 0,
+    not NaN), a spread below the epsilon, a wide spread. Ours has no scale_rewards option: TRL's "batch" (one std
+    over the batch) and "none" (no division) give other numbers, shown so."""
+    trainer = grpo_trainers.make()
+    n = len(ADV_SCORES)
+    args = (grpo_trainers, trainer, [[5, 6, 7]] * n, [list(range(10, 10 + R_GRPO))] * n, ADV_SCORES)
+    out = trl_grpo_batch(*args)
+    ours = group_advantages(ADV_SCORES, GROUP)
+    assert torch.isfinite(ours).all() and (ours - out["advantages"]).abs().max() < 1e-5
+    assert (ours[4:8] == 0).all() and trainer._metrics["eval"]["frac_reward_zero_std"][-1] == 0.25
+    assert 0.05 < ours[10] < 0.1          # 7.5e-6 / (5e-6 + 1e-4): the epsilon outside the square root, as TRL's
+    for other in ("batch", "none"):
+        monkeypatch.setattr(trainer, "scale_rewards", other)
+        assert (ours - trl_grpo_batch(*args)["advantages"]).abs().max() > 0.1, other
+
+
+def loss_cases(seed: int = 13) -> tuple[torch.Tensor, ...]:
+    """Per-token log-probs (B, R) of the policy, the sampler and the reference, and group advantages: ratios from
+    ~0.4 to ~2.5 (clipped both ways, advantages of both signs and 0), the reference well away (KL ~0.1 a token)."""
+    g = torch.Generator().manual_seed(seed)
+    B = len(ADV_SCORES)
+    lp = -torch.rand(B, R_GRPO, generator=g) * 3
+    old = lp + torch.randn(B, R_GRPO, generator=g) * 0.3
+    ref = lp + torch.randn(B, R_GRPO, generator=g) * 0.5
+    return lp, old, ref, group_advantages(ADV_SCORES, GROUP)
+
+
+def trl_grpo_loss(trainer, monkeypatch, lp, old, ref, adv, loss_type="dapo", beta=BETA_GRPO):
+    """GRPOTrainer._compute_loss on given log-probs, its model call stood in for by one returning them (as
+    FixedRewards above): TRL's loss, the gradient of it with respect to the policy's log-probs, TRL's metrics."""
+    lp = lp.detach().clone().requires_grad_(True)
+    ones = torch.ones_like(lp, dtype=torch.long)
+    inputs = {"prompt_ids": ones[:, :2], "prompt_mask": ones[:, :2], "completion_ids": ones, "completion_mask": ones,
+              "advantages": adv, "num_items_in_batch": ones.sum(), "old_per_token_logps": old,
+              "ref_per_token_logps": ref}
+    monkeypatch.setattr(trainer, "_get_per_token_logps_and_entropies", lambda *a, **k: (lp, torch.ones_like(lp), None))
+    monkeypatch.setattr(trainer, "loss_type", loss_type)
+    monkeypatch.setattr(trainer, "beta", beta)
+    trainer._metrics["eval"].clear()
+    loss = trainer._compute_loss(trainer.model, inputs)
+    loss.backward()
+    return float(loss), lp.grad, {k: v[-1] for k, v in trainer._metrics["eval"].items()}
+
+
+def our_grpo_loss(lp, old, ref, adv, beta=BETA_GRPO):
+    lp = lp.detach().clone().requires_grad_(True)
+    loss, kl, clip_fraction = grpo_loss(lp, old, ref, adv, beta, CLIP)
+    loss.backward()
+    return float(loss), lp.grad, float(kl), clip_fraction
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.1])
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo", "bnpo", "dr_grpo"])
+def test_grpo_loss_equals_trl_compute_loss(grpo_trainers, monkeypatch, loss_type, beta):
+    """grpo_loss against GRPOTrainer._compute_loss on the same log-probs and advantages, for each of TRL's four
+    averaging loss types: the clipped surrogate, the k3 KL exp(ref - logp) - (ref - logp) - 1, the mean; the loss and
+    its gradient with respect to the policy's log-probs (what training follows), with TRL's default KL bias
+    correction (the k3 term weighted by pi / pi_old) as ours."""
+    trainer = grpo_trainers.make()
+    lp, old, ref, adv = loss_cases()
+    want, want_grad, m = trl_grpo_loss(trainer, monkeypatch, lp, old, ref, adv, loss_type, beta)
+    loss, grad, kl, clip_fraction = our_grpo_loss(lp, old, ref, adv, beta)
+    assert abs(loss - want) < 1e-6 and (grad - want_grad).abs().max() < 1e-7
+    # the clip fraction: ours is the share of ratios outside [1 - clip, 1 + clip], TRL's clip_ratio/region_mean the
+    # share where the clipped term is the one taken (the advantage's sign decides), a part of those
+    ratio = torch.exp(lp - old)
+    assert clip_fraction == pytest.approx(float(((ratio - 1).abs() > CLIP).float().mean()))
+    assert m["clip_ratio/low_mean"] > 0 and m["clip_ratio/high_mean"] > 0
+    assert m["clip_ratio/region_mean"] < clip_fraction
+    if beta:
+        assert abs(kl - m["kl"]) < 1e-6
+        # the power to see the KL's direction: k3 with (logp - ref) in place of (ref - logp) is 2e-3 off
+        d = lp - ref
+        flipped = loss - beta * float(((torch.exp(-d) + d - 1) - (torch.exp(d) - d - 1)).mean())
+        assert abs(flipped - want) > 1000 * 1e-6
+
+
+@pytest.mark.parametrize("on_policy", [True, False])
+def test_grpo_kl_term_as_trl_default_bias_corrected_kl(grpo_trainers, monkeypatch, on_policy):
+    """With TRL's default, per_token_kl = k3 * exp(logp - old_logp) (grpo_trainer.py, _compute_loss, "Importance
+    sampling correction for the KL divergence"), and ours. On-policy the ratio is 1 and the losses agree either
+    way, but the KL's gradient with respect to logp is beta * (logp - ref) per token (over B * R) with the weight,
+    beta * (1 - exp(ref - logp)) without: on these cases, at beta 0.05, per-token gradients of 3e-3 to 1e-2 that
+    differ by up to 3.7e-4, which this test sees. Off-policy the losses part too (0.04394 without, 0.04447 with)."""
+    trainer = grpo_trainers.make()
+    monkeypatch.setattr(trainer.args, "use_bias_correction_kl", True)
+    lp, old, ref, adv = loss_cases()
+    if on_policy:
+        old = lp
+    want, want_grad, m = trl_grpo_loss(trainer, monkeypatch, lp, old, ref, adv)
+    loss, grad, kl, _ = our_grpo_loss(lp, old, ref, adv)
+    assert abs(loss - want) < 1e-6
+    assert (grad - want_grad).abs().max() < 1e-7
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_grpo_rollout_and_train_step_follow_trl(peer, ppo_models, grpo_trainers, temperature):
+    """_GRPO.train_step (its own rollout, on a stage object given only what it reads, the optimizer step stood in
+    for by one recording the loss) against GRPOTrainer on the ids it sampled: the policy's and the reference's
+    log-probs at the sampling temperature, the rewards (transformers' reward model: the reference's trunk with our
+    reward head, read at the last token), the group advantages, and the loss with its KL and entropy metrics. The
+    rollout's old log-probs are moved off-policy (as after an update: ratios outside the clip range) for both."""
+    cfg = PostTrainConfig(stage="grpo", reward_model="(not read)", response_tokens=R_GRPO, beta=BETA_GRPO, clip=CLIP,
+                          temperature=temperature, group_size=GROUP, batch_size=2 * GROUP, ppo_epochs=1)
+    losses, seen = [], {}
+    grpo = stage(_GRPO, cfg=cfg, policy=peer.policy, ref=peer.ref, tokenizer=peer.tok, reward_model=peer.ref,
+                 reward_head=ppo_models.reward_head, judge=None, step=0, g=torch.Generator().manual_seed(cfg.seed + 2),
+                 rng=np.random.default_rng(cfg.seed + 1), train_data=[Demonstration(p, "") for p in GRPO_PROMPTS],
+                 backward_step=lambda loss: losses.append(loss.detach()) or 0.0)
+
+    def rollout(prompts):
+        b = _GRPO.rollout(grpo, prompts)
+        noise = torch.randn(b["old_lp"].shape, generator=torch.Generator().manual_seed(17)) * 0.3
+        seen.update(b, prompts=prompts, sampled_lp=b["old_lp"])
+        seen["old_lp"] = b["old_lp"] + noise
+        return {**b, "old_lp": seen["old_lp"]}
+
+    grpo.rollout = rollout
+    loss, m = grpo.train_step()
+    assert len(losses) == 1 and loss == float(losses[0])
+    ids = seen["ids"]
+    P = ids.size(1) - R_GRPO
+    assert all(len(peer.tok.encode_prompt(p)) == P for p in seen["prompts"])    # no left padding on TRL's side
+    firsts = seen["prompts"][::GROUP]
+    assert seen["prompts"] == [q for q in firsts for _ in range(GROUP)]      # consecutive groups, as TRL's
+
+    trainer = grpo_trainers.make(temperature)
+    rm = ppo_models.reward_model
+    with torch.no_grad():
+        scores = rm.score(rm.transformer(ids).last_hidden_state)[:, -1, 0]
+        out = trl_grpo_batch(grpo_trainers, trainer, ids[:, :P].tolist(), ids[:, P:].tolist(), scores)
+        policy_lp, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, torch.ones_like(ids), R_GRPO)
+    assert (scores - seen["score"]).abs().max() < TOLERANCE
+    assert (policy_lp - seen["sampled_lp"]).abs().max() < TOLERANCE
+    assert (out["ref_per_token_logps"] - seen["ref_lp"]).abs().max() < TOLERANCE
+    assert (out["advantages"] - seen["adv"]).abs().max() < 1e-5
+
+    out["old_per_token_logps"] = seen["old_lp"]
+    trainer._metrics["eval"].clear()
+    with torch.no_grad():
+        want = float(trainer._compute_loss(trainer.model, out))
+    tm = {k: v[-1] for k, v in trainer._metrics["eval"].items()}
+    assert abs(loss - want) < 1e-5
+    assert abs(m["kl_k3_per_token"] - tm["kl"]) < 1e-5
+    assert abs(m["entropy"] - tm["entropy"]) < 1e-5
+    assert m["clip_fraction"] > tm["clip_ratio/region_mean"] > 0
+    # not a trivial agreement: rewards that differ within each group, a KL term beside them
+    assert seen["score"].view(-1, GROUP).std(1).min() > 0.01 and BETA_GRPO * tm["kl"] > 100 * TOLERANCE
+    if temperature != 1.0:                # TRL scores at the sampling temperature, and so do we, not at 1
+        with torch.no_grad():
+            at_one = token_logprobs(peer.policy(ids).logits, ids).gather(1, seen["where"])
+        assert (at_one - seen["sampled_lp"]).abs().max() > 100 * TOLERANCE
