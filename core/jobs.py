@@ -62,6 +62,9 @@ THROUGHPUT_FILE = ".throughput.json"    # in the runs folder: what recent runs m
 POLL_SECONDS = 0.5                  # how often the supervisor looks at every job
 
 
+ACTIVE_STATES = ("starting", "running", "stopping", "exporting")     # a job whose process is alive
+
+
 class JobError(PlaygroundError):
     """A job cannot be started or changed as asked; the message says why and what to do."""
 
@@ -665,7 +668,7 @@ class Job:
                                 export_tried=bool(d.get("export_tried")))
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        active = job.state in ("starting", "running", "stopping", "exporting")
+        active = job.state in ACTIVE_STATES
         target = job.export_target
         if active and d.get("pid") and _is_child(int(d["pid"]), job.module, run_dir):
             job.process = _Adopted(int(d["pid"]))
@@ -874,6 +877,11 @@ class JobView:
     task: str = ""                      # the run's synthetic task spec ("" for a corpus): the Emergence page's runs
     kind: str = "train"                 # train | posttrain
     exportable: bool = True             # False: a run that makes no model (a reward model)
+
+    @property
+    def active(self) -> bool:
+        """Its process is alive (training, stopping or exporting): its view changes by itself."""
+        return self.state in ACTIVE_STATES
 
     @property
     def can_stop(self) -> bool:

@@ -9,7 +9,7 @@ from core.generate import GenerationConfig
 from core.sampling import KNOBS, SamplerConfig, entropy_by_temperature
 from core.trace import Trace
 from playground.shared import (figure, knob_slider, model_key, open_page, prob_colour, starting_text, tokens_html,
-                             url_float, url_int, url_text, visible)
+                             url_float, url_int, url_text, visible, visible_text)
 
 model, lim = open_page("Generate, step by step",
                        "Each step: the model scores every token, the sampler stages reshape those scores, one token "
@@ -115,7 +115,7 @@ def lens_view(ids: list[int]) -> None:
     except PlaygroundError as e:          # exported before the inspection graphs, or too large here
         st.info(str(e))
         return
-    rows = [{"after": point, **{f"#{k + 1}": f"{visible(model.tokenizer.token_text(int(t)))}  {p:.2f}"
+    rows = [{"after": point, **{f"#{k + 1}": f"{visible_text(model.tokenizer.token_text(int(t)))}  {p:.2f}"
                                for k, (t, p) in enumerate(zip(lens.top_ids[i, -1], lens.top_probs[i, -1]))}}
             for i, point in enumerate(lens.points)]
     st.dataframe(rows, hide_index=True, width="stretch")

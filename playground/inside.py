@@ -17,7 +17,7 @@ import streamlit as st
 from core import interpret as I
 from core.checks import PlaygroundError
 from core.tokenizer import TokenizerError
-from playground.shared import figure, open_page, starting_text, url_int, url_text, visible
+from playground.shared import figure, open_page, starting_text, url_int, url_text, visible, visible_text
 
 model, lim = open_page("Inside the model",
                        "Instruments from interpretability research, run on this model's own weights: what each "
@@ -121,7 +121,7 @@ with t_ablate:
         try:
             target = I.single_token(model, target_text, "target") if target_text else None
             ab = ablation_of(model, tuple(ids), kind, target, lim)
-            st.markdown(f"Target `{label(ab.target)}` after the prompt: log-probability {ab.baseline:.3f} with every "
+            st.markdown(f"Target `{visible_text(model.tokenizer.token_text(ab.target))}` after the prompt: log-probability {ab.baseline:.3f} with every "
                         f"head in place.")
             worst = np.unravel_index(np.argmin(ab.effect), ab.effect.shape)
             span = max(1e-6, float(np.abs(ab.effect).max()))
@@ -166,7 +166,7 @@ with t_patch:
                      else int(np.argmax(model.logits(corrupt)[0, -1])))
             with st.spinner(f"Patching: {L * H + (L + 1) * len(corrupt)} runs of the corrupted prompt at most"):
                 pt = patching_of(model, tuple(clean), tuple(corrupt), answer, wrong, lim)
-            st.markdown(f"Logit difference `{label(answer)}` − `{label(wrong)}` at the last position: clean "
+            st.markdown(f"Logit difference `{visible_text(model.tokenizer.token_text(answer))}` − `{visible_text(model.tokenizer.token_text(wrong))}` at the last position: clean "
                         f"{pt.clean_diff:.3f}, corrupted {pt.corrupt_diff:.3f}.")
             if np.isnan(pt.heads_recovered).all():
                 st.info("The two prompts give the same logit difference: there is nothing to recover. Choose answers "

@@ -14,7 +14,7 @@ from core.runtime import ModelError
 from core.sampling import SamplerConfig, entropy, entropy_by_temperature, run_pipeline, softmax
 from core.tokenizer import TokenizerError, char_frequencies, readable
 from playground.shared import (figure, knob_slider, model_by_name, model_names, open_page, scaling_report,
-                             starting_text, tokens_html, url_choice, url_text, visible)
+                             starting_text, tokens_html, url_choice, url_text, visible, visible_text)
 
 SECTIONS = {
     "tokens": "1 · Tokenization",
@@ -266,7 +266,7 @@ elif section == "loss":
     except ModelError as e:
         st.info(str(e))
         st.stop()
-    rows = [{"token": visible(model.tokenizer.token_text(tok)), "p(correct)": round(math.exp(lp), 4),
+    rows = [{"token": visible_text(model.tokenizer.token_text(tok)), "p(correct)": round(math.exp(lp), 4),
              "−ln p": round(-lp, 3)} for tok, lp in zip(s.tokens[1:], s.logprobs)]
     st.dataframe(rows, hide_index=True, height=260)
     m = st.columns(3)

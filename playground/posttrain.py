@@ -15,7 +15,7 @@ from core.jobs import (JobError, PostTrainRequest, post_data_kind, post_knobs, p
 from core.preferences import JUDGES, PreferencePair, make_judge, write_jsonl
 from core.runtime import ModelError
 from playground.shared import (DEFAULT_MODEL, figure, job_board, limits, model_by_name, model_names, starting_text,
-                               url_choice, visible, visitor_token)
+                               url_choice, visible_text, visitor_token)
 
 STAGE_LABELS = {"sft": "SFT: imitate demonstrations", "reward": "Reward model: learn a preference",
                 "dpo": "DPO: prefer chosen over rejected, directly", "ppo": "PPO: climb a reward model, on a KL leash",
@@ -187,7 +187,7 @@ with st.expander("A/B: pick the better of two continuations", expanded=source ==
     pairs = st.session_state["post_pairs"]
     st.markdown(f"**{len(pairs)} pair(s) picked** (kept in this tab's session).")
     if pairs:
-        st.dataframe([{"prompt": visible(p.prompt), "chosen": visible(p.chosen), "rejected": visible(p.rejected)}
+        st.dataframe([{"prompt": visible_text(p.prompt), "chosen": visible_text(p.chosen), "rejected": visible_text(p.rejected)}
                       for p in pairs], hide_index=True, key="post_ab_table")
         d1, d2, d3 = st.columns(3)
         d1.download_button("Download as JSONL", write_jsonl(pairs), file_name="preferences.jsonl",
@@ -216,9 +216,9 @@ for i, (knob, default, high, why) in enumerate(shown):
     col = cols[i % 3]
     start = min(high, max(knob.low, default))
     if knob.integer:
-        value = col.number_input(knob.label, int(knob.low), int(high), int(start), key=f"post_{knob.name}", help=why)
+        value = col.number_input(knob.label, int(knob.low), int(high), int(start), key=f"post_{stage}_{knob.name}", help=why)
     else:
-        value = col.number_input(knob.label, float(knob.low), float(high), float(start), key=f"post_{knob.name}",
+        value = col.number_input(knob.label, float(knob.low), float(high), float(start), key=f"post_{stage}_{knob.name}",
                                  help=why, format="%.2e" if knob.name == "learning_rate" else "%.3f",
                                  step=float(knob.low) if knob.name == "learning_rate" else 0.01)
     knobs.append((knob.name, int(value) if knob.integer else float(value)))
@@ -322,14 +322,13 @@ def draw(v) -> None:
               f"post_sft_{tag}")
 
 
-@st.fragment(run_every=2.0)
 def live() -> None:
     board.heartbeat(token)
     v = board.view(token, st.session_state.get("post_job") or "")
     if v is None:
         return
-    if v.exported_as and st.session_state.get("post_seen") != (v.name, v.exported_as):
-        st.rerun()                                  # the comparison below appears with the whole page
+    if st.session_state.get("post_polling") and not v.active:
+        st.rerun()                  # the run has settled: the whole page once more (the comparison), then no polling
     st.subheader(f"Run `{v.name}` ({v.stage}): {v.state}")
     if "post_notice" in st.session_state:
         st.warning(st.session_state.pop("post_notice"))
@@ -360,7 +359,7 @@ def live() -> None:
         draw(v)
     if v.sample:
         st.markdown(f"**The policy's answers to held-out prompts at step {v.sample['step']}**")
-        st.dataframe([{"prompt": visible(p), "answer": visible(t)} for p, t in zip(v.sample["prompts"],
+        st.dataframe([{"prompt": visible_text(p), "answer": visible_text(t)} for p, t in zip(v.sample["prompts"],
                                                                                       v.sample["texts"])][:8],
                      hide_index=True, key=f"post_samples_{v.name}_{v.sample['step']}")
     if v.state == "exported":
@@ -368,9 +367,10 @@ def live() -> None:
 
 
 watched = board.view(token, st.session_state.get("post_job") or "")
-# what this full run shows below; the live view reruns the page once the watched run is exported
-st.session_state["post_seen"] = (watched.name, watched.exported_as) if watched and watched.exported_as else None
-live()
+# the live view polls only while the run's process is alive: a fragment rerunning every 2 s can swallow a click on a
+# widget outside it (the comparison's button, the knobs), and a settled run has nothing new to show
+st.session_state["post_polling"] = bool(watched and watched.active)
+(st.fragment(run_every=2.0)(live) if st.session_state["post_polling"] else live)()
 
 # -- after export: the base and the post-trained model, same prompts, same seed -----------------------------------
 if watched is None or not watched.exported_as:
@@ -380,22 +380,28 @@ base_name = watched.labels.get("base_model")
 if not base_name or base_name not in model_names():
     st.info("This run started from a run that is not exported: export that run too to put the two side by side.")
     st.stop()
+# the other exported post-trainings of the same base (an SFT, a DPO, a PPO...), to read them side by side
+siblings = [w.exported_as for w in board.views(token, "posttrain") if w.exported_as and w.name != watched.name
+            and w.labels.get("base_model") == base_name and w.exported_as in model_names()]
 prompts = list(dict.fromkeys(watched.sample["prompts"])) if watched.sample else []
 p1, p2 = st.columns([3, 1])
 chosen = p1.multiselect("Held-out prompts", prompts, default=prompts[:3], max_selections=lim.max_samples,
-                        format_func=visible, key=f"post_cmp_pick_{watched.name}")
+                        format_func=visible_text, key=f"post_cmp_pick_{watched.name}")
 own = p1.text_input("And a prompt of your own", "", max_chars=lim.max_prompt_chars, key="post_cmp_own")
+beside = p1.multiselect("Beside them: other post-trained models of the same base", siblings, default=siblings[:3],
+                        max_selections=3, key=f"post_cmp_beside_{watched.name}") if siblings else []
 seed = p2.number_input("Seed", 0, 2**31 - 1, 0, key="post_cmp_seed")
 tokens = p2.number_input("Tokens", 1, lim.max_new_tokens, min(lim.max_new_tokens,
                                                                int(watched.config.get("response_tokens", 32))),
                          key="post_cmp_tokens")
 run_prompts = (chosen + ([own] if own else []))[:lim.max_samples]
-if st.button("Sample both", key="post_cmp_go", disabled=not run_prompts):
+names_shown = [base_name, watched.exported_as, *beside]
+if st.button("Sample them all" if beside else "Sample both", key="post_cmp_go", disabled=not run_prompts):
     try:
         cfg = GenerationConfig(max_new_tokens=int(tokens), seed=int(seed), top_n=0)
-        models = model_by_name(base_name), model_by_name(watched.exported_as)
-        st.session_state["post_cmp"] = {"run": watched.name, "rows": [
-            (p, *(complete(m, p, cfg, lim).text for m in models)) for p in run_prompts]}
+        models = [model_by_name(n) for n in names_shown]
+        st.session_state["post_cmp"] = {"run": watched.name, "names": names_shown, "rows": [
+            (p, [complete(m, p, cfg, lim).text for m in models]) for p in run_prompts]}
     except (PlaygroundError, ModelError) as e:
         st.error(str(e))
 result = st.session_state.get("post_cmp")
@@ -403,10 +409,14 @@ if result and result["run"] == watched.name:
     judge_spec = str(watched.config.get("data", ""))
     judge = make_judge(judge_spec[len("judge:"):]) if judge_spec.startswith("judge:") else None
     rows = []
-    for p, before, after in result["rows"]:
-        row = {"prompt": visible(p), f"base: {base_name}": visible(before), f"post-trained: {watched.name}": visible(after)}
+    for p, texts in result["rows"]:
+        row = {"prompt": visible_text(p)}
+        for i, (n, text) in enumerate(zip(result["names"], texts)):
+            row[f"base: {n}" if i == 0 else n] = visible_text(text)
         if judge is not None:
-            row[f"judge ({judge.spec}) base"] = round(judge.score(before), 3)
-            row["judge post-trained"] = round(judge.score(after), 3)
+            for i, (n, text) in enumerate(zip(result["names"], texts)):
+                row[f"judge: {'base' if i == 0 else n}"] = round(judge.score(text), 3)
         rows.append(row)
     st.dataframe(rows, hide_index=True, key=f"post_cmp_table_{watched.name}")
+    if judge is not None:
+        st.caption(f"judge {judge.spec}: {judge.description}; higher is better.")

@@ -276,9 +276,15 @@ def knob_slider(container, name: str, key: str, value=None, lo=None, hi=None):
     return container.slider(knob.label, low, high, min(high, max(low, value)), step, help=knob.explain, key=key)
 
 
+def visible_text(text: str) -> str:
+    """Spaces and line breaks made visible, as token viewers show them: for plain-text places (a table's cells,
+    a code span), where an HTML entity would be shown as it is written."""
+    return text.replace(" ", "·").replace("\n", "↵").replace("\t", "→")
+
+
 def visible(text: str) -> str:
-    """Spaces and line breaks made visible, as token viewers show them."""
-    return html.escape(text).replace(" ", "·").replace("\n", "↵").replace("\t", "→")
+    """`visible_text`, escaped for the places that read HTML (token chips, plotly's labels, markdown)."""
+    return html.escape(visible_text(text))
 
 
 PALETTE = ["#fde68a", "#bbf7d0", "#bfdbfe", "#fbcfe8", "#ddd6fe", "#fed7aa", "#a5f3fc", "#d9f99d"]

@@ -7,7 +7,8 @@ import streamlit as st
 from core.runtime import ModelError
 from core.tokenizer import (OPENAI_ENCODINGS, TokenizerError, byte_tokenizer, char_frequencies, openai_tokenizer,
                             readable)
-from playground.shared import figure, limits, model_by_name, model_names, tokens_html, url_text, visible
+from playground.shared import (figure, limits, model_by_name, model_names, tokens_html, url_text, visible,
+                               visible_text)
 
 st.title("Tokenizer")
 st.caption("A model never sees characters: it sees token ids. Compare how tokenizers cut the same text.")
@@ -85,7 +86,7 @@ if bpe_names:
                    + " | ".join(visible(p) for p in pieces) + ". Replaying the first.")
     if pieces:
         steps = tok.replay_merges(pieces[0])
-        rows = [{"step": i, "parts": " | ".join(visible(readable(p)) for p in parts),
+        rows = [{"step": i, "parts": " | ".join(visible_text(readable(p)) for p in parts),
                  "tokens": len(parts)} for i, parts in enumerate(steps)]
         st.dataframe(rows, hide_index=True)
         st.caption("Start from single bytes; at each step merge the adjacent pair that was learned earliest "

@@ -109,6 +109,22 @@ def choose(page, select: str, option: str) -> None:
             page.keyboard.press("Escape")
 
 
+def click_until(page, button: str, text: str) -> None:
+    """Click `button` until `text` shows: a click that lands on a button a rerun is replacing is lost, so each
+    try waits on the text (an event) and clicks again only if it has not come."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    deadline = time.time() + CEILING_MS / 1000
+    while True:
+        page.wait_for_selector(IDLE, timeout=CEILING_MS)
+        page.get_by_role("button", name=button).click()
+        try:
+            page.wait_for_function(f"document.body.innerText.includes({text!r})", timeout=30_000)
+            return
+        except PlaywrightTimeout:
+            if time.time() > deadline:
+                raise
+
+
 def shot(page, name):
     """The whole page: Streamlit scrolls inside its main block, so the viewport is stretched to it first."""
     ARTIFACTS.mkdir(exist_ok=True)
@@ -323,7 +339,53 @@ def test_an_emergence_preset_jumps_and_its_heads_are_scrubbed_across_the_jump(tr
 
 PAGES = {"": "LLM Playground", "learn": "Learn", "tokenizer": "Tokenizer", "generate": "Generate",
          "compare": "Compare", "attention": "Attention", "models": "Model", "train": "Train", "scaling": "Scaling",
-         "emergence": "Emergence", "inside": "Inside"}
+         "emergence": "Emergence", "inside": "Inside", "posttrain": "Post-train"}
+
+
+@pytest.mark.parametrize("scheme", ["dark"])
+def test_ab_picks_train_a_dpo_model_that_every_page_offers(train_server, browser, scheme):
+    """Post-train: three A/B picks in the browser, DPO on them, export, and the base beside the result."""
+    url, base = train_server
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, color_scheme=scheme)
+    page.goto(f"{url}/posttrain")
+    page.wait_for_selector(IDLE, timeout=CEILING_MS)
+    page.get_by_text("DPO: prefer chosen over rejected, directly").click()
+    page.wait_for_selector(IDLE, timeout=CEILING_MS)
+    page.get_by_text("A/B: pick the better of two continuations").click()
+    page.get_by_role("button", name="Write two").click()
+    page.get_by_role("button", name="A is better").wait_for(timeout=CEILING_MS)
+    for n, which in enumerate(["A is better", "B is better", "A is better"], 1):
+        click_until(page, which, f"{n} pair(s) picked")
+    page.wait_for_selector(IDLE, timeout=CEILING_MS)
+    shot(page, f"posttrain-picks-{scheme}")
+    page.get_by_role("button", name="Use them as the data").click()
+    page.wait_for_selector(IDLE, timeout=CEILING_MS)
+    for label, value in (("Steps", "6"), ("Evaluate every", "2")):
+        box = page.get_by_role("spinbutton", name=label)
+        box.fill(value)
+        box.press("Enter")
+        page.wait_for_selector(IDLE, timeout=CEILING_MS)
+    name = page.get_by_label("Run name (also the exported model's name)")
+    name.fill("browser-dpo")
+    name.press("Enter")
+    page.wait_for_selector(IDLE, timeout=CEILING_MS)
+    page.get_by_role("button", name="Start", exact=True).click()
+    page.wait_for_function("document.body.innerText.includes('(dpo): finished')", timeout=CEILING_MS)
+    page.locator(".st-key-post_export button:visible").first.click()
+    page.wait_for_function("document.body.innerText.includes('browser-dpo is in the model picker of every page now')",
+                           timeout=CEILING_MS)
+    page.wait_for_selector(IDLE, timeout=CEILING_MS)
+    tables = page.locator("[data-testid='stDataFrame']").count()
+    page.get_by_role("button", name="Sample both").click()
+    # the side-by-side table (a canvas: its text is not in innerText)
+    page.wait_for_function(f"document.querySelectorAll(\"[data-testid='stDataFrame']\").length > {tables}",
+                           timeout=CEILING_MS)
+    page.wait_for_selector(IDLE, timeout=CEILING_MS)
+    assert page.locator("[data-testid='stException']").count() == 0
+    shot(page, f"posttrain-dpo-exported-{scheme}")
+    card = (base / "exported" / "browser-dpo" / "card.json").read_text()
+    assert '"stage": "dpo"' in card and str(base) not in card
+    page.close()
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import catalog
+from core.config import POST_PRESETS
 from core.jobs import JobBoard, JobError, PostTrainRequest, store_post_data
 from core.limits import Limits
 from core.preferences import PreferencePair, read_jsonl, write_jsonl
@@ -84,8 +85,9 @@ def button(at: AppTest, key: str):
 
 
 def set_knobs(at: AppTest, **knobs) -> AppTest:
+    stage = at.radio(key="post_stage").value
     for name, value in knobs.items():
-        at.number_input(key=f"post_{name}").set_value(value).run()
+        at.number_input(key=f"post_{stage}_{name}").set_value(value).run()
     return at
 
 
@@ -119,13 +121,17 @@ def test_the_page_renders_with_the_default_model_and_explains_itself(dirs):
     text = " ".join(m.value for m in at.markdown)
     assert "masks the prompt" in text and "Beta is the leash" in text and "Reward hacking at beta 0" in text
     knobs = {n.key: n for n in at.number_input}
-    assert {"post_learning_rate", "post_steps", "post_batch_size", "post_lora_rank"} <= set(knobs)
+    assert {"post_sft_learning_rate", "post_sft_steps", "post_sft_batch_size", "post_sft_lora_rank"} <= set(knobs)
     assert all(n.help for n in knobs.values())                   # each with PostTrainConfig's one-line why
-    assert "post_beta" not in knobs                              # SFT has no reference to stay near
+    assert "post_sft_beta" not in knobs                          # SFT has no reference to stay near
+    assert knobs["post_sft_learning_rate"].value == POST_PRESETS["sft"]["learning_rate"]
     at.radio(key="post_stage").set_value("dpo").run()
-    assert "post_beta" in {n.key for n in at.number_input}
-    at.number_input(key="post_lora_rank").set_value(4).run()
-    assert "post_lora_alpha" in {n.key for n in at.number_input}
+    knobs = {n.key: n for n in at.number_input}
+    assert "post_dpo_beta" in knobs
+    # each stage opens on its own preset, not on the value another stage's knob was left at
+    assert knobs["post_dpo_learning_rate"].value == POST_PRESETS["dpo"]["learning_rate"]
+    at.number_input(key="post_dpo_lora_rank").set_value(4).run()
+    assert "post_dpo_lora_alpha" in {n.key for n in at.number_input}
     at.radio(key="post_stage").set_value("ppo").run()
     assert any("needs a reward model" in i.value for i in at.info)
     assert button(at, "post_start").disabled                     # nothing to score the rollouts with yet
@@ -299,8 +305,8 @@ def test_start_watch_stop_resume_export_and_pick(dirs):
     assert "mine" in at.selectbox(key="post_base").options        # offered as an exported model, once
     assert any("in the model picker of every page" in s.value for s in at.success)
     button(at, "post_cmp_go").click().run()                        # base vs post-trained, same prompts and seed
-    table = table_with(at, "post-trained: mine")
-    assert list(table.columns)[:3] == ["prompt", f"base: {BASE}", "post-trained: mine"] and len(table) >= 1
+    table = table_with(at, "mine")
+    assert list(table.columns)[:3] == ["prompt", f"base: {BASE}", "mine"] and len(table) >= 1
     picker = AppTest.from_file(APP, default_timeout=60).run()
     picker.switch_page("playground/generate.py")
     picker.run()
