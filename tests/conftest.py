@@ -88,3 +88,15 @@ def cached_logits(model, ids, prefill: int):
         logits, cache = model.step(ids[:, t:t + 1], cache)
         got.append(logits)
     return np.concatenate(got, axis=1)
+
+
+def close_board() -> None:
+    """End the pages' shared job board of a test: close it, kill any child it left running, forget it."""
+    from playground import shared
+    board = shared._board()
+    board.close()
+    for job in board.jobs.values():
+        for p in (job.process, job.exporter):
+            if p is not None and p.poll() is None:
+                p.kill()
+    shared._board.cache_clear()

@@ -19,7 +19,7 @@ from core.jobs import JobBoard, JobError, PostTrainRequest, store_post_data
 from core.limits import Limits
 from core.preferences import PreferencePair, read_jsonl, write_jsonl
 from playground import shared
-from tests.conftest import run_without_torch
+from tests.conftest import close_board, run_without_torch
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "streamlit_app.py")
@@ -38,13 +38,7 @@ def dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("LLM_PLAYGROUND_DATA", str(tmp_path / "data"))
     shared._board.cache_clear()
     yield tmp_path
-    board = shared._board()
-    board.close()
-    for job in board.jobs.values():
-        for p in (job.process, job.exporter):
-            if p is not None and p.poll() is None:
-                p.kill()
-    shared._board.cache_clear()
+    close_board()
 
 
 def wait_until(what: str, predicate, ceiling: float = CEILING, job: str | None = None):

@@ -14,6 +14,7 @@ from core import catalog
 from core.jobs import JobBoard, JobError, TrainingRequest
 from core.limits import Limits
 from playground import shared
+from tests.conftest import close_board
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "streamlit_app.py")
@@ -33,13 +34,7 @@ def dirs(tmp_path, monkeypatch):
     monkeypatch.setattr(catalog, "EXPORTED_DIR", tmp_path / "exported")
     shared._board.cache_clear()
     yield tmp_path
-    board = shared._board()
-    board.close()
-    for job in board.jobs.values():
-        for p in (job.process, job.exporter):
-            if p is not None and p.poll() is None:
-                p.kill()
-    shared._board.cache_clear()
+    close_board()
 
 
 def wait_until(what: str, predicate, ceiling: float = CEILING):
