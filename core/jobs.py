@@ -320,7 +320,7 @@ def post_knob_high(knob: PostKnob, limits: Limits) -> float:
 
 def post_knobs(stage: str, limits: Limits = Limits()) -> list[tuple[PostKnob, float, float, str]]:
     """(knob, its default, its ceiling on this server, its one-line why) of the knobs that matter to `stage`,
-    for the page's inputs: the defaults are the stage's preset (core.posttrain.PRESETS) over PostTrainConfig's,
+    for the page's inputs: the defaults are the stage's preset (core.config.POST_PRESETS) over PostTrainConfig's,
     the help texts PostTrainConfig's own comments (`cli.field_help`)."""
     defaults = {f.name: f.default for f in dataclasses.fields(PostTrainConfig)}
     defaults.update(POST_PRESETS.get(stage, {}))

@@ -50,7 +50,7 @@ from torch import nn
 from core import cli
 from core.catalog import (CARD_FILE, POSTTRAIN_DATA_FILE as DATA_FILE, REWARD_HEAD_KEY, RUN_FILE, TOKENIZER_DIR,
                           VALUE_HEAD_KEY, checkpoint_file, checkpoint_steps)
-from core.config import POST_PRESETS, POST_STAGES, RL_STAGES, PostTrainConfig, post_data_kind
+from core.config import POST_STAGES, RL_STAGES, PostTrainConfig, post_data_kind
 from core.checkpoint import (latest_checkpoint, load_model, prune_checkpoints, restore_model,
                              restore_optimizer, save_checkpoint)
 from core.checks import PlaygroundError
@@ -60,9 +60,6 @@ from core.preferences import (DataError, Demonstration, PreferencePair, data_sha
                               read_jsonl, write_jsonl)
 from core.tokenizer import Tokenizer, load_tokenizer
 from core.train import CheckpointSaved, Phase, RunExists, TrainingDiverged, _RunLog, pick_device
-
-STAGES, PRESETS = POST_STAGES, POST_PRESETS       # the config's, under the names this module's readers use
-
 
 class PostTrainError(PlaygroundError):
     """A post-training run that cannot start or go on as asked; the message says what to change."""
@@ -423,7 +420,7 @@ def make_judged_data(base: Base, cfg: PostTrainConfig, device) -> list:
         return [Demonstration(p, "") for p in prompts]
     n = cfg.best_of if cfg.stage == "sft" else 2
     out = []
-    for attempt in range(3):
+    for _ in range(3):                  # ties are resampled twice, then dropped
         todo = [p for p in prompts if p not in {e.prompt for e in out}]
         if not todo or len(out) >= cfg.examples:
             break
@@ -847,7 +844,7 @@ def _run_of(source: str) -> Path:
 def parse_args(argv: list[str] | None = None) -> PostTrainConfig:
     p = argparse.ArgumentParser(prog="python -m core.posttrain",
                                 description="Post-train a model: sft, reward, dpo, ppo or grpo (see core/posttrain.py).")
-    p.add_argument("stage", choices=STAGES)
+    p.add_argument("stage", choices=POST_STAGES)
     cli.add_dataclass_args(p, PostTrainConfig, skip=("stage",))
     args = p.parse_args(argv)
     return PostTrainConfig(stage=args.stage, **cli.dataclass_kwargs(args, PostTrainConfig))
