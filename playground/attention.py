@@ -10,7 +10,8 @@ from core.checks import PlaygroundError
 from core.generate import GenerationConfig, complete
 from core.sampling import SamplerConfig
 from core.tokenizer import TokenizerError
-from playground.shared import figure, open_page, starting_text, tokens_html, url_int, url_text, visible
+from playground.shared import (figure, open_page, starting_text, tokens_html, url_int, url_text, visible,
+                               weight_colour)
 
 model, lim = open_page("Attention",
                        "Row i of a head's map: how much token i draws from each earlier token (rows sum to 1; the "
@@ -96,13 +97,36 @@ hb = g2.selectbox(f"Heads in the grid (of {H})", range(len(head_blocks)), format
 st.query_params["layers"], st.query_params["heads"] = str(lb), str(hb)
 layers, heads = layer_blocks[lb], head_blocks[hb]
 cells = [(l, h) for l in layers for h in heads]
+# Streamlit reports no clicks on heatmaps (streamlit#8760), so each map carries a lattice of invisible
+# markers: a click anywhere on a map lands near one, and the marker's trace says which head it was
+lattice = np.linspace(0, T - 1, 6)
+lx, ly = np.meshgrid(lattice, lattice)
+hidden = dict(marker=dict(opacity=0))
 grid = figure([dict(type="heatmap", z=maps[l][0, h], coloraxis="coloraxis", xaxis=f"x{i + 1}", yaxis=f"y{i + 1}")
-               for i, (l, h) in enumerate(cells)], **grid_layout(layers, heads))
-st.plotly_chart(grid, width="stretch", key="attn_grid")
+               for i, (l, h) in enumerate(cells)]
+              + [dict(type="scatter", x=lx.ravel(), y=ly.ravel(), mode="markers", xaxis=f"x{i + 1}", yaxis=f"y{i + 1}",
+                      marker=dict(size=30, opacity=0), selected=hidden, unselected=hidden, hoverinfo="none",
+                      showlegend=False) for i in range(len(cells))], **grid_layout(layers, heads))
+picked = st.plotly_chart(grid, width="stretch", key="attn_grid", on_select="rerun", selection_mode="points")
+points = picked.get("selection", {}).get("points", []) if picked else []
+if points:
+    # a click on a map opens that head below; applied once per click, so the selectboxes stay usable after it
+    clicked = cells[int(points[0].get("curve_number", len(cells))) % len(cells)]
+    if st.session_state.get("attn_clicked") != clicked:
+        st.session_state["attn_clicked"] = clicked
+        st.session_state["attn_layer"], st.session_state["attn_head"] = clicked
+else:
+    st.session_state.pop("attn_clicked", None)
+st.caption("Click a head's map to open it below.")
 
 c1, c2 = st.columns(2)
-layer = c1.selectbox("Layer", list(range(L)), index=url_int("layer", 0, 0, L - 1), key="attn_layer")
-head = c2.selectbox("Head", list(range(H)), index=url_int("head", 0, 0, H - 1), key="attn_head")
+# the choices live in session state (a click on the grid sets them too); a link's or another model's
+# out-of-range value starts over at the link's or 0
+for key, n in (("layer", L), ("head", H)):
+    if st.session_state.get(f"attn_{key}") not in range(n):
+        st.session_state[f"attn_{key}"] = url_int(key, 0, 0, n - 1)
+layer = c1.selectbox("Layer", list(range(L)), key="attn_layer")
+head = c2.selectbox("Head", list(range(H)), key="attn_head")
 st.query_params["layer"], st.query_params["head"] = str(layer), str(head)
 big = figure([dict(type="heatmap", z=maps[layer][0, head], x=labels, y=labels, colorscale="Viridis", zmin=0, zmax=1)],
              yaxis=dict(autorange="reversed"), height=max(400, 14 * T + 150), margin=dict(t=40, b=10),
@@ -112,11 +136,12 @@ st.plotly_chart(big, width="stretch", key="attn_big")
 st.subheader("The newest token's attention")
 pos = st.slider("Token", 0, T - 1, T - 1, key="attn_pos",
                 help="Which token's row to show; the last one is what the model attends from to predict next.")
-st.caption(f"From token {labels[pos]}: each head of layer {layer}, darker = more attention.")
+st.caption(f"From token {labels[pos]}: each head of layer {layer}, darker blue = more attention (scaled to the "
+           "head's largest weight in this row).")
 for h in range(H):
     row = maps[layer][0, h, pos, : pos + 1]
     pieces = [(model.tokenizer.token_text(ids[i]), f"{row[i]:.3f}",
-               f"rgba(37, 99, 235, {0.1 + 0.9 * float(row[i]) / max(1e-9, float(row.max())):.2f})")
+               weight_colour(float(row[i]) / max(1e-9, float(row.max()))))
               for i in range(pos + 1)]
     st.markdown(f"head {h} (looks most at token {int(np.argmax(row))})" + tokens_html(pieces),
                 unsafe_allow_html=True)

@@ -8,6 +8,7 @@ process serves every session; per-user traces live in st.session_state.
 
 from __future__ import annotations
 
+import colorsys
 import functools
 import html
 import math
@@ -290,13 +291,39 @@ def visible(text: str) -> str:
 PALETTE = ["#fde68a", "#bbf7d0", "#bfdbfe", "#fbcfe8", "#ddd6fe", "#fed7aa", "#a5f3fc", "#d9f99d"]
 
 
+def _rgb(colour: str) -> tuple[float, float, float]:
+    """A chip colour as sRGB in [0, 1]: '#rrggbb', 'rgb(r, g, b)' or 'hsl(h, s%, l%)', the forms the pages use.
+    Chips are opaque on purpose: a translucent one would sit on the theme's background, and its text
+    colour could not be chosen here."""
+    c = colour.strip().lower()
+    if c.startswith("#") and len(c) == 7:
+        return tuple(int(c[i:i + 2], 16) / 255 for i in (1, 3, 5))
+    nums = [float(v) for v in re.findall(r"[\d.]+", c)]
+    if c.startswith("rgb(") and len(nums) == 3:
+        return tuple(v / 255 for v in nums)
+    if c.startswith("hsl(") and len(nums) == 3:
+        return colorsys.hls_to_rgb(nums[0] / 360, nums[2] / 100, nums[1] / 100)
+    raise ValueError(f"chip colours are opaque '#rrggbb', 'rgb(...)' or 'hsl(...)'; got {colour!r}")
+
+
+def text_colour(background: str) -> str:
+    """Black or white, whichever reads better on `background` (WCAG relative luminance L): a chip sets its
+    own text colour, so it stays readable when the theme's text is light (dark mode). Contrast with black
+    is (L + 0.05) / 0.05 and with white 1.05 / (L + 0.05); they meet at L = 0.179 with 4.58, so every
+    background gets at least 4.5 (WCAG AA). A softer near-black would leave mid-tones below it."""
+    lin = [v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4 for v in _rgb(background)]
+    luminance = 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+    return "#000000" if luminance > 0.179 else "#ffffff"
+
+
 def tokens_html(pieces: list[tuple[str, str, str | None]]) -> str:
-    """Inline token chips: (text, hover title, background colour or None for the palette's cycle)."""
+    """Inline token chips: (text, hover title, opaque background colour or None for the palette's cycle).
+    Each chip sets its text colour from its background, so chips read the same in light and dark themes."""
     chips = []
     for i, (text, title, colour) in enumerate(pieces):
         bg = colour or PALETTE[i % len(PALETTE)]
-        chips.append(f'<span title="{html.escape(title)}" style="background:{bg};border-radius:3px;'
-                     f'padding:1px 2px;margin:1px;display:inline-block;font-family:monospace;'
+        chips.append(f'<span title="{html.escape(title)}" style="background:{bg};color:{text_colour(bg)};'
+                     f'border-radius:3px;padding:1px 2px;margin:1px;display:inline-block;font-family:monospace;'
                      f'white-space:pre">{visible(text)}</span>')
     return '<div style="line-height:2.0">' + "".join(chips) + "</div>"
 
@@ -310,6 +337,13 @@ def figure(traces: list[dict], xtitle: str | None = None, ytitle: str | None = N
         if title is not None:
             layout[axis] = {**layout.get(axis, {}), "title": {"text": title}}
     return go.Figure(data=traces, layout=layout, _validate=False)
+
+
+def weight_colour(w: float) -> str:
+    """An opaque blue for a weight in [0, 1] (attention): near-white at 0 to deep blue at 1, lightness
+    falling steadily so equal steps look equal, and text colour chosen by `text_colour`."""
+    w = min(1.0, max(0.0, w))
+    return f"hsl(221, 83%, {int(96 - 66 * w)}%)"
 
 
 def prob_colour(p: float) -> str:

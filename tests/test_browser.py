@@ -399,8 +399,26 @@ def test_every_page_renders_in_light_and_dark(server, browser, scheme):
         page.wait_for_selector(IDLE, timeout=CEILING_MS)
         page.wait_for_function(f"document.body.innerText.includes({title!r})", timeout=CEILING_MS)
         assert page.locator("[data-testid='stException']").count() == 0, path
+        low = page.evaluate(CHIP_CONTRAST_JS)
+        assert not low, f"{path or 'home'} in {scheme}: token chips below WCAG AA contrast 4.5: {low[:5]}"
         shot(page, f"page-{path or 'home'}-{scheme}")
     page.close()
+
+
+# Every token chip (an inline-styled span with a background) as the browser draws it: the contrast of its
+# computed text colour on its computed background, by WCAG's formula; returns the chips below 4.5
+CHIP_CONTRAST_JS = """() => {
+  const lum = c => { const v = c.match(/[\\d.]+/g).slice(0, 3).map(x => x / 255)
+                       .map(x => x <= 0.04045 ? x / 12.92 : ((x + 0.055) / 1.055) ** 2.4);
+                     return 0.2126 * v[0] + 0.7152 * v[1] + 0.0722 * v[2]; };
+  const low = [];
+  for (const e of document.querySelectorAll('span[style*="background"]')) {
+    const s = getComputedStyle(e), a = lum(s.color), b = lum(s.backgroundColor);
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    if (ratio < 4.5) low.push([e.textContent, s.color, s.backgroundColor, ratio.toFixed(2)]);
+  }
+  return low;
+}"""
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
