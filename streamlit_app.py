@@ -1,24 +1,31 @@
-"""LLM Playground: the Streamlit entry point. Wires the pages; holds no logic of its own."""
+"""LLM Playground: the Streamlit entry point. Wires the pages, grouped as a visitor uses them; holds no logic
+of its own."""
 
 import streamlit as st
 
 from playground.shared import keep_jobs_alive
+from playground.tour import show_tour
 
 st.set_page_config(page_title="LLM Playground", page_icon="🔬", layout="wide")
 
-pages = [
-    st.Page("playground/home.py", title="Home", icon="🏠", default=True),
-    st.Page("playground/learn.py", title="Learn", icon="🎓", url_path="learn"),
-    st.Page("playground/tokenizer.py", title="Tokenizer", icon="🔤", url_path="tokenizer"),
-    st.Page("playground/generate.py", title="Generate", icon="🎲", url_path="generate"),
-    st.Page("playground/compare.py", title="Compare", icon="⚖️", url_path="compare"),
-    st.Page("playground/attention.py", title="Attention", icon="🔍", url_path="attention"),
-    st.Page("playground/inside.py", title="Inside", icon="🧠", url_path="inside"),
-    st.Page("playground/models.py", title="Models", icon="📦", url_path="models"),
-    st.Page("playground/train.py", title="Train", icon="🏋️", url_path="train"),
-    st.Page("playground/emergence.py", title="Emergence", icon="✨", url_path="emergence"),
-    st.Page("playground/posttrain.py", title="Post-train", icon="🎯", url_path="posttrain"),
-    st.Page("playground/scaling.py", title="Scaling", icon="📈", url_path="scaling"),
-]
+SECTIONS = {
+    "": [("playground/home.py", "Home", "🏠", None)],
+    "Learn": [("playground/learn.py", "Learn", "🎓", "learn"),
+              ("playground/tokenizer.py", "Tokenizer", "🔤", "tokenizer"),
+              ("playground/glance.py", "Model at a glance", "🧭", "glance")],
+    "Inspect": [("playground/generate.py", "Generate", "🎲", "generate"),
+                ("playground/compare.py", "Compare", "⚖️", "compare"),
+                ("playground/attention.py", "Attention", "🔍", "attention"),
+                ("playground/inside.py", "Inside", "🧠", "inside"),
+                ("playground/models.py", "Models", "📦", "models")],
+    "Train": [("playground/train.py", "Train", "🏋️", "train"),
+              ("playground/emergence.py", "Emergence", "✨", "emergence"),
+              ("playground/posttrain.py", "Post-train", "🎯", "posttrain"),
+              ("playground/scaling.py", "Scaling", "📈", "scaling")],
+}
+pages = {path: st.Page(path, title=title, icon=icon, url_path=url, default=url is None)
+         for group in SECTIONS.values() for path, title, icon, url in group}
 keep_jobs_alive()     # a visitor's running training job stays theirs on every page, not only on Train
-st.navigation(pages).run()
+current = st.navigation({name: [pages[path] for path, *_ in group] for name, group in SECTIONS.items()}, expanded=True)
+show_tour(next(path for path, p in pages.items() if p.url_path == current.url_path))
+current.run()

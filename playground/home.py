@@ -1,35 +1,78 @@
-"""Home page: what the playground is, what is on this machine, and how to start. Imports no torch."""
+"""Home: the front door. What this is in two lines, three ways in (learn, try a prompt, train), the model that
+is ready to use, and the guided tour. What is on this machine and the terminal commands come last.
+Imports no torch."""
 
 import streamlit as st
 
 from core.catalog import list_exported_models, list_runs
+from playground.shared import DEFAULT_MODEL, model_names
+from playground.tour import STEPS, start_tour
 
 st.title("LLM Playground")
-st.markdown(
-    "Train a small decoder-only language model, export it to ONNX, and look inside it: how text "
-    "becomes tokens, how each next token is chosen, what the attention heads look at, and how loss "
-    "scales with parameters, data and compute."
-)
+st.markdown("See how a language model works by using one: how text becomes tokens, how each next token is "
+            "chosen, what attention looks at.  \nThen train your own, fine-tune it, and measure how loss scales.")
 
-models = list_exported_models()
-runs = list_runs()
-left, right = st.columns(2)
-with left:
-    st.subheader("Exported models")
-    if models:
-        st.dataframe([{"model": m.name, "parameters": m.parameters, "tokenizer": m.tokenizer,
-                       "val loss": m.val_loss} for m in models], hide_index=True)
-    else:
-        st.info("No exported model yet in `exported/`. Train one with the command on the right, then "
-                "export it: `python -m core.export runs/NAME exported/NAME`.")
-with right:
-    st.subheader("Training runs")
-    if runs:
-        st.dataframe([{"run": r.name, "steps": r.step, "val loss": r.val_loss,
-                       "bits/byte": r.val_bits_per_byte} for r in runs], hide_index=True)
-    else:
-        st.info("No training run in `runs/` yet.")
-    st.markdown("Train the byte-level model on tiny shakespeare from a terminal, export it, generate:")
+names = model_names()
+models = {m.name: m for m in list_exported_models()}
+ready = DEFAULT_MODEL if DEFAULT_MODEL in names else (names[0] if names else None)
+if ready:
+    m = models[ready]
+    val = f", validation loss {m.val_loss:.2f}" if m.val_loss else ""
+    st.success(f"Ready to use: **{ready}**, a {m.parameters:,}-parameter model with a {m.tokenizer} tokenizer"
+               f"{val}. Every page starts on it; pick another in the sidebar.", icon="✅")
+else:
+    st.info("No exported model yet in `exported/`. Train one (the Train page, or the terminal commands below); "
+            "every page opens once a model is exported.")
+
+prompt = st.text_area("Your prompt (the tour and *Try a prompt* use it)", "ROMEO:\nWhat light is this", key="home_prompt",
+                      max_chars=200, height=68)
+doors = st.columns(3)
+with doors[0].container(border=True, height="stretch"):
+    st.markdown("#### 🎓 Learn how an LLM works")
+    st.markdown("Eight short sections with your text and this model's own numbers: tokens, embeddings, "
+                "attention, logits, the loss, scaling, post-training.")
+    st.page_link("playground/learn.py", label="Start learning →", query_params={"text": prompt})
+    st.page_link("playground/glance.py", label="The whole model at a glance →", query_params={"text": prompt})
+with doors[1].container(border=True, height="stretch"):
+    st.markdown("#### 🎲 Try a prompt")
+    st.markdown("Step through generation one token at a time, turn the sampler's knobs, force a different token "
+                "and branch; compare decoding strategies; look at attention.")
+    st.page_link("playground/generate.py", label="Generate step by step →", query_params={"prompt": prompt})
+    st.page_link("playground/compare.py", label="Compare strategies →", query_params={"prompt": prompt})
+with doors[2].container(border=True, height="stretch"):
+    st.markdown("#### 🏋️ Train your own")
+    st.markdown("Train a small model on Shakespeare or your own text in minutes, watch the loss fall and the "
+                "samples improve, export it, then fine-tune it with preferences.")
+    st.page_link("playground/train.py", label="Train a model →")
+    st.page_link("playground/posttrain.py", label="Post-train one →")
+
+with st.container(border=True):
+    left, right = st.columns([4, 1])
+    left.markdown(f"**New here? Take the guided tour.** {len(STEPS)} steps through the real pages with your "
+                  f"prompt: tokens, the whole model, attention, sampling, decoding, training. Each step points "
+                  f"at the control it talks about.")
+    right.button("Start the tour", type="primary", on_click=start_tour, args=(prompt,), key="tour_start",
+                 disabled=not ready)
+
+with st.expander("What is on this machine, and the terminal commands"):
+    runs = list_runs()
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Exported models** (`exported/`)")
+        if models:
+            st.dataframe([{"model": m.name, "parameters": m.parameters, "tokenizer": m.tokenizer,
+                           "val loss": m.val_loss} for m in models.values()], hide_index=True)
+        else:
+            st.info("No exported model yet in `exported/`. Train one, then export it: "
+                    "`python -m core.export runs/NAME exported/NAME`.")
+    with right:
+        st.markdown("**Training runs** (`runs/`)")
+        if runs:
+            st.dataframe([{"run": r.name, "steps": r.step, "val loss": r.val_loss,
+                           "bits/byte": r.val_bits_per_byte} for r in runs], hide_index=True)
+        else:
+            st.info("No training run in `runs/` yet.")
+    st.markdown("The same loop from a terminal: train the byte-level model on tiny shakespeare, export it, generate.")
     st.code("python -m core.train --out-dir runs/shakespeare-byte\n"
             "python -m core.export runs/shakespeare-byte exported/shakespeare-byte\n"
             "python -m core.generate exported/shakespeare-byte --prompt 'ROMEO:'", language="bash")

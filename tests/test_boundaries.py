@@ -9,7 +9,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # Modules a hosted demo runs on onnxruntime alone; each must import with torch unimportable.
 TORCH_FREE = ["core.config", "core.checks", "core.limits", "core.cli", "core.tokenizer", "core.data", "core.files",
               "core.catalog", "core.runtime", "core.sampling", "core.generate", "core.scaling", "core.explain",
-              "core.positions", "core.trace", "core.metrics", "core.compare", "core.jobs", "core.interpret", "core.preferences"]
+              "core.positions", "core.trace", "core.metrics", "core.compare", "core.jobs", "core.interpret", "core.preferences",
+              "core.glance"]
 
 def test_the_blocker_really_blocks():
     res = run_without_torch("import torch")
