@@ -50,10 +50,13 @@ def test_ci_runs_the_readme_test_command():
     assert ci in readme
 
 
+def pins(name: str) -> dict[str, str]:
+    """A requirements file's pins, name -> version (tests/test_deploy.py checks a deploy recipe's by it)."""
+    lines = (ROOT / name).read_text().splitlines()
+    return dict(line.split("==") for line in lines if "==" in line and not line.startswith("#"))
+
+
 def test_the_hosted_requirements_have_no_torch_and_the_same_pins():
-    def pins(name):
-        lines = (ROOT / name).read_text().splitlines()
-        return dict(line.split("==") for line in lines if "==" in line and not line.startswith("#"))
     hosted, full = pins("requirements-hosted.txt"), pins("requirements.txt")
     assert not {"torch", "rustbpe", "safetensors", "onnxscript"} & set(hosted)
     assert all(full[name] == version for name, version in hosted.items())
