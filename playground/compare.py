@@ -1,22 +1,26 @@
 """Compare: one prompt and seed through several decoding strategies, side by side, with metrics.
 
-Holds the page: the settings (all in the URL), a column per strategy (its text, or the error that kept it
-from running), the metrics table and each beam search's tree. Results are kept with the inputs that made
-them and, once the settings change, shown as the previous settings' results until Run is pressed.
+Holds the page: the settings (all in the URL), a column per strategy (its text coloured by each token's
+probability under the model, or the error that kept it from running), one token of any text with the
+model's alternatives there and a way to continue from it on the Generate page, the metrics table and each
+beam search's tree. Results are kept with the inputs that made them and, once the settings change, shown
+as the previous settings' results until Run is pressed.
 
-Deliberately not here: running and measuring the strategies (core.compare), beam search (core.generate).
+Deliberately not here: running, scoring and measuring the strategies, and laying out the beam tree
+(core.compare), beam search (core.generate).
 """
 
+import math
 from pathlib import Path
 
 import streamlit as st
 
 from core.checks import PlaygroundError
-from core.compare import CUSTOM, PRESETS, Inputs, Strategy, run
+from core.compare import CUSTOM, PRESETS, Inputs, Strategy, continuation_prompt, run
 from core.generate import EARLY_STOPPING
-from core.sampling import SamplerConfig
-from playground.shared import (figure, knob_slider, model_key, open_page, starting_text, url_choice, url_choices,
-                             url_int, url_text, visible)
+from core.sampling import KNOBS, SamplerConfig
+from playground.shared import (figure, knob_slider, model_key, open_page, prob_colour, starting_text, tokens_html,
+                             url_choice, url_choices, url_int, url_text, visible, visible_text)
 
 EARLY_STOPPING_HELP = {
     "false": "False (Hugging Face's default): stop once no live beam can beat the worst finished one at its "
@@ -27,6 +31,20 @@ EARLY_STOPPING_HELP = {
 }
 ENDED = {"eos": "at end-of-text", "stop": "at a stop string", "length": "at the token limit",
          "context": "at the model's context limit"}
+PROMPT_BG = "#e5e7eb"       # the prompt's chip, as on Generate
+# the beam tree's nodes by kind: mid-tone colours that read on a light and a dark background alike
+NODE_STYLE = {
+    "prompt": dict(name="prompt", symbol="square", color="#64748b", size=10),
+    "extended": dict(name="kept in the beam", symbol="circle", color="#3b82f6", size=7),
+    "pruned": dict(name="pruned (dropped from the beam)", symbol="x-thin-open", color="#ef4444", size=9),
+    "stopped": dict(name="live when the search stopped", symbol="circle-open", color="#a855f7", size=9),
+    "finished": dict(name="finished (score)", symbol="diamond", color="#22c55e", size=12),
+}
+KIND_HOVER = {"prompt": "the prompt", "extended": "kept in the beam and extended",
+              "pruned": "pruned: no continuation of it made the beam at the next step",
+              "stopped": "still live when the search stopped: unfinished, so never returned",
+              "finished": "finished"}
+BEST = "#f59e0b"            # the returned text's path
 
 model, lim = open_page("Compare decoding strategies",
                        "The same prompt, the same seed, the same model: only the decoding differs. Metrics are "
@@ -80,6 +98,12 @@ if shown is not None and shown.inputs != current:
                f"compare with the current ones. They were made by `{Path(shown.inputs.model).name}` from "
                f"the prompt shown in each column.", icon="⏳")
 
+def token_title(s) -> str:
+    """A token chip's hover: its probability under the model and the model's top alternatives there."""
+    alts = ", ".join(f"{a.text!r} {a.prob:.2f}" for a in s.alternatives[:5])
+    return f"p={s.raw_prob:.3f} (log p {s.raw_logprob:.2f}), entropy {s.entropy:.2f} nats; top: {alts}"
+
+
 per_row = 3
 for start in range(0, len(outcomes), per_row):
     cols = st.columns(per_row)
@@ -88,44 +112,116 @@ for start in range(0, len(outcomes), per_row):
         if o.error:
             col.error(o.error)
             continue
-        col.text(shown.inputs.prompt + o.text)
+        pieces = [(shown.inputs.prompt, "prompt", PROMPT_BG)]
+        pieces += [(s.text, token_title(s), prob_colour(s.raw_prob)) for s in o.tokens]
+        col.markdown(tokens_html(pieces), unsafe_allow_html=True)
         col.caption(f"{len(o.token_ids)} tokens, ended {ENDED.get(o.finish_reason, o.finish_reason)}")
 
 ran = [o for o in outcomes if not o.error]
 if ran:
+    st.caption("Colour: each token's probability under the model (red unlikely, green likely), whichever strategy "
+               "chose it; hover a token for its alternatives.")
+    st.subheader("One token and its alternatives")
+    names = [o.strategy.name for o in ran]
+    p1, p2 = st.columns([1, 3])
+    o = ran[names.index(p1.selectbox("Strategy", names, key="cmp_pick"))]
+    # a slider needs two stops; a one-token text has just its token
+    i = 0 if len(o.tokens) == 1 else p2.select_slider(
+        "Token", options=range(len(o.tokens)), key="cmp_token",
+        format_func=lambda k: f"{k + 1}: {visible_text(o.tokens[k].text)}",
+        help="Slide through the chosen strategy's tokens, or focus it and use the arrow keys.")
+    chosen = o.tokens[i]
+    left, right = st.columns([3, 2])
+    prompt_there, cut = continuation_prompt(shown.inputs.prompt, o, i, lim.max_prompt_chars)
+    tail = prompt_there if len(prompt_there) <= 80 else "…" + prompt_there[-80:]
+    left.markdown(tokens_html([(tail, "the text before it", PROMPT_BG),
+                               (chosen.text, token_title(chosen), prob_colour(chosen.raw_prob))]),
+                  unsafe_allow_html=True)
+    rows = [{"token": visible_text(a.text), "probability": a.prob,
+             "": "← chosen" if a.token_id == chosen.token_id else ""} for a in chosen.alternatives]
+    if all(a.token_id != chosen.token_id for a in chosen.alternatives):
+        rows.append({"token": visible_text(chosen.text), "probability": chosen.raw_prob, "": "← chosen"})
+    left.dataframe(rows, hide_index=True, width="stretch", key="cmp_alternatives", column_config={
+        "probability": st.column_config.ProgressColumn("probability", format="%.3f", min_value=0.0, max_value=1.0)})
+    left.caption(f"The model's {len(chosen.alternatives)} likeliest tokens at position {i + 1} of "
+                 f"{o.strategy.name}'s text (entropy {chosen.entropy:.2f} nats).")
+    sampler = SamplerConfig() if o.strategy.beam_width else o.strategy.sampler     # a beam's sampler is unused
+    if right.button("Continue from here in Generate", key="cmp_continue", icon="🎲"):
+        params = {k: st.query_params[k] for k in ("model", "weights") if k in st.query_params}
+        params.update({k: str(getattr(sampler, k)) for k, knob in KNOBS.items() if getattr(sampler, k) != knob.default})
+        params.update(prompt=prompt_there, seed=str(shown.inputs.seed))
+        st.switch_page("playground/generate.py", query_params=params)
+    right.caption("The text before this token becomes Generate's prompt: its next-token candidates there are these "
+                  "alternatives; force another one to branch. "
+                  + ("Beam search has no sampler knobs: Generate opens with its own." if o.strategy.beam_width
+                     else f"Generate opens with {o.strategy.name}'s sampler knobs and this seed: where the text "
+                          f"tokenizes as it did here, its next draw is this token again."))
+    if cut:
+        right.caption(f"The text is longer than the {lim.max_prompt_chars:,} characters a prompt may have here: "
+                      f"its start is left out.")
+
     st.subheader("Metrics")
     st.dataframe([{"strategy": o.strategy.name, "tokens": o.metrics.length,
                    "mean logprob": round(o.metrics.mean_logprob, 3), "perplexity": round(o.metrics.perplexity, 2),
                    "distinct-1": round(o.metrics.distinct_1, 3), "distinct-2": round(o.metrics.distinct_2, 3),
                    "distinct-3": round(o.metrics.distinct_3, 3),
                    "repeated 3-grams": round(o.metrics.repeated_3gram_rate, 3),
-                   "ms/token": round(o.metrics.ms_per_token, 2)} for o in ran], hide_index=True)
+                   "ms/token": round(o.metrics.ms_per_token, 2)} for o in ran], hide_index=True, key="cmp_metrics")
     st.caption("Low perplexity with high repetition is the degenerate text greedy and beam search are known "
                "for; sampling trades likelihood for diversity. distinct-n: share of n-grams that are unique.")
 
-for i, o in enumerate(ran):
-    if not o.beam_steps:
+
+def node_hover(n) -> str:
+    if n.kind == "prompt":
+        return "the prompt"
+    what = KIND_HOVER[n.kind]
+    if n.kind == "finished":
+        what += f" {ENDED.get(n.end, n.end)}" + (f", #{n.rank} of the n-best" if n.rank else ", later outscored")
+    return (f"token {visible(n.label)} (step {n.step})<br>log p {n.logprob:.3f} (p {math.exp(n.logprob):.3f})"
+            f"<br>sum log p {n.sum_logprob:.2f} · score {n.score:.3f}<br>{what}"
+            + ("<br><b>on the path of the returned text</b>" if n.best else ""))
+
+
+for k, o in enumerate(ran):
+    if o.tree is None:
         continue
     st.subheader(f"The search tree of {o.strategy.name}")
-    steps = o.beam_steps[:40]
-    # every parent-child edge in one trace (None breaks the line): one trace per edge is slow to draw
-    xs, ys = [], []
-    for s, step in enumerate(steps[1:], start=1):
-        for rank, beam in enumerate(step.beams):
-            xs += [s - 1, s, None]
-            ys += [beam.parent, rank, None]
-    traces = [dict(type="scatter", x=xs, y=ys, mode="lines", line=dict(color="#94a3b8", width=1),
-                   showlegend=False, hoverinfo="skip")]
-    for s, step in enumerate(steps):
+    nodes, edges = o.tree.nodes, o.tree.edges
+    # every edge in one trace (None breaks the line): one trace per edge is slow to draw
+    xs, ys, bx, by = [], [], [], []
+    for p, c in edges:
+        xs += [nodes[p].step, nodes[c].step, None]
+        ys += [nodes[p].slot, nodes[c].slot, None]
+        if nodes[c].best:
+            bx += [nodes[p].step, nodes[c].step, None]
+            by += [nodes[p].slot, nodes[c].slot, None]
+    traces = [dict(type="scatter", x=xs, y=ys, mode="lines", line=dict(color="rgba(148,163,184,0.6)", width=1),
+                   showlegend=False, hoverinfo="skip"),
+              dict(type="scatter", x=bx, y=by, mode="lines", line=dict(color=BEST, width=4),
+                   name="the returned text", hoverinfo="skip")]
+    for kind, style in NODE_STYLE.items():
+        group = [n for n in nodes if n.kind == kind]
+        if not group:
+            continue
         traces.append(dict(
-            type="scatter", x=[s] * len(step.beams), y=list(range(len(step.beams))), mode="markers+text",
-            text=[visible(label) for label in o.beam_labels[s]], textposition="top center",
-            hovertext=[f"score {b.score:.3f}, logprob {b.sum_logprob:.2f}"
-                       + (f" (finished {ENDED.get(b.end, '')})" if b.finished else "") for b in step.beams],
-            marker=dict(size=8, color=["#16a34a" if b.finished else "#2563eb" for b in step.beams]),
-            showlegend=False))
-    st.plotly_chart(figure(traces, height=320, margin=dict(t=20, b=20), xaxis=dict(title=dict(text="step")),
-                           yaxis=dict(autorange="reversed", title=dict(text="beam (best first)"))),
-                    width="stretch", key=f"tree_{i}_{o.strategy.name}")
-    st.caption("Blue: live beams, best first; green: hypotheses that finished at this step (at end-of-text, or "
-               "cut at the limit). The answer is the best-scoring finished one, never an unfinished text.")
+            type="scatter", x=[n.step for n in group], y=[n.slot for n in group], mode="markers+text",
+            name=style["name"], text=[visible(n.label) for n in group], textposition="top center",
+            textfont=dict(size=10), hovertext=[node_hover(n) for n in group], hoverinfo="text",
+            marker=dict(symbol=style["symbol"], color=style["color"], size=style["size"],
+                        line=dict(color=[BEST if n.best else style["color"] for n in group],
+                                  width=[3 if n.best else 1 for n in group]))))
+    done = [n for n in nodes if n.kind == "finished"]
+    traces.append(dict(type="scatter", x=[n.step for n in done], y=[n.slot for n in done], mode="text",
+                       text=[f"  {n.score:.2f}" + (f" #{n.rank}" if n.rank else "") for n in done],
+                       textposition="middle right", textfont=dict(size=10), showlegend=False, hoverinfo="skip"))
+    last, rows = max(n.step for n in nodes), max(n.slot for n in nodes) + 1
+    st.plotly_chart(figure(traces, height=max(280, 22 * rows + 110), margin=dict(t=30, b=40, l=10, r=10),
+                           legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
+                           xaxis=dict(title=dict(text="tokens generated"),
+                                      range=[-0.7, last + 3 + 0.07 * last]),   # room for the scores
+                           yaxis=dict(autorange="reversed", showticklabels=False, showgrid=False, zeroline=False)),
+                    width="stretch", key=f"tree_{k}_{o.strategy.name}")
+    st.caption("Each step keeps the best-scoring continuations of the live beams; a branch that stops short was "
+               "pruned (no continuation of it made the beam). Finished hypotheses are diamonds with their score "
+               "(sum log p / length ** length penalty) and rank; the answer is the best finished one, never an "
+               "unfinished text, and its path is drawn thick. Hover a node for its token, log-prob and score.")

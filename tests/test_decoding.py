@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from core import sampling
-from core.compare import PRESETS, Comparison, Inputs, Strategy, compare, run
+from core.compare import PRESETS, Comparison, Inputs, Strategy, compare, continuation_prompt, run
 from core.generate import (GenerationConfig, BeamResult, BeamStep, beam_search, best_of, complete, decode,
                            sample_n)
 from core.limits import Limits
@@ -516,8 +516,44 @@ def test_a_comparison_keeps_its_inputs_and_decoded_beam_labels():
     direct = list(beam_search(toy, "ab", 3, 10, early_stopping=True))
     assert o.token_ids == direct[-1].hypotheses[0].tokens and o.finish_reason == direct[-1].finish_reason
     assert [[b.tokens for b in s.beams] for s in o.beam_steps] == [[b.tokens for b in s.beams] for s in direct[:-1]]
-    assert o.beam_labels == [[toy.tokenizer.token_text(b.tokens[-1]) for b in s.beams] for s in o.beam_steps]
-    assert "\\xa8" in o.beam_labels[0] and "\ufffd" not in str(o.beam_labels)     # bytes shown, not U+FFFD
+    labels = [n.label for n in o.tree.nodes[1:]]
+    assert labels == [toy.tokenizer.token_text(b.tokens[-1]) for s in o.beam_steps for b in s.beams]
+    assert "\\xa8" in labels and "\ufffd" not in str(labels)     # bytes shown, not U+FFFD
+    # the tree's answer is the text returned, its per-token log-probs those the scoring pass gives
+    path = [n for n in o.tree.nodes[1:] if n.best]
+    assert [n.label for n in path] == [toy.tokenizer.token_text(t) for t in o.token_ids]
+    assert [n.logprob for n in path] == pytest.approx([s.raw_logprob for s in o.tokens], abs=1e-9)
+
+
+def test_compare_scores_every_text_once_under_the_model_with_its_alternatives():
+    toy = ToySource(vocab=257, order=1, seed=7, scale=1.0, boost=list(range(97, 123)))
+    out = compare(toy, "ab", [PRESETS["greedy"], PRESETS["top-p 0.9"], Strategy("beam 2", beam_width=2)],
+                  max_new_tokens=12)
+    for o in out:
+        assert [s.token_id for s in o.tokens] == o.token_ids and len(o.pieces) == len(o.token_ids)
+        expected = measure(toy, toy.tokenizer.encode("ab"), o.token_ids, o.seconds)
+        assert o.metrics == dataclasses.replace(expected, mean_logprob=pytest.approx(expected.mean_logprob),
+                                                perplexity=pytest.approx(expected.perplexity))
+        for s in o.tokens:
+            assert s.prob == pytest.approx(s.raw_prob) and len(s.alternatives) == 10
+            probs = [a.prob for a in s.alternatives]
+            assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-9
+            listed = {a.token_id: a.prob for a in s.alternatives}
+            assert listed[s.token_id] == s.raw_prob if s.token_id in listed else s.raw_prob <= probs[-1]
+    greedy = out[0]
+    assert all(s.token_id == s.alternatives[0].token_id for s in greedy.tokens)     # greedy takes the top one
+    # a sampled text's probabilities are the ones decoding recorded (the same distribution, one pass each)
+    sampled = complete(toy, "ab", GenerationConfig(max_new_tokens=12, sampler=SamplerConfig(top_p=0.9), top_n=0))
+    assert [s.raw_prob for s in out[1].tokens] == pytest.approx([s.raw_prob for s in sampled.steps], abs=1e-12)
+
+
+def test_a_continuation_prompt_is_the_text_before_the_token_within_the_limit():
+    toy = ToySource(vocab=257, order=1, seed=7, scale=1.0, boost=list(range(97, 123)))
+    o = compare(toy, "ab", [PRESETS["greedy"]], max_new_tokens=8)[0]
+    assert continuation_prompt("ab", o, 0, 100) == ("ab", False)
+    assert continuation_prompt("ab", o, 5, 100) == ("ab" + o.text[:5], False)
+    assert continuation_prompt("ab", o, 5, 4) == (("ab" + o.text[:5])[-4:], True)     # the end is kept
+    assert o.text_before(len(o.token_ids)) == o.text
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -534,7 +570,12 @@ def compare_page(query: dict | None = None):
 
 
 def shown_texts(at) -> list[str]:
-    return [t.value for t in at.text]
+    """Each strategy's text as drawn: its token chips, the prompt's first (newlines drawn as ↵)."""
+    return [m.value for m in at.markdown if 'title="prompt"' in m.value]
+
+
+def metrics_table(at):
+    return next(d.value for d in at.dataframe if "strategy" in d.value.columns)
 
 
 @pytest.mark.parametrize("raw, used", [("-1", 0), ("99999999999", 2**31 - 1), ("seven", 0)])
@@ -553,7 +594,7 @@ def test_compare_in_hosted_mode_opens_a_link_with_too_many_strategies(monkeypatc
     assert not at.exception, at.exception
     assert at.multiselect(key="cmp_strategies").value == list(PRESETS)[:6]
     assert any("at most 6 at once" in w.value for w in at.warning)
-    assert len(at.dataframe[0].value) == 6
+    assert len(metrics_table(at)) == 6
 
 
 def test_compare_refuses_a_custom_strategy_past_the_limit_and_keeps_the_results():
@@ -563,14 +604,14 @@ def test_compare_refuses_a_custom_strategy_past_the_limit_and_keeps_the_results(
     next(b for b in at.button if b.label == "Run").click().run()
     assert not at.exception, at.exception
     assert any("at most 8 strategies" in w.value and "custom strategy counts too" in w.value for w in at.warning)
-    assert list(at.dataframe[0].value["strategy"]) == ["greedy"]             # the last results, kept
+    assert list(metrics_table(at)["strategy"]) == ["greedy"]                # the last results, kept
     assert any("previous settings" in w.value for w in at.warning)
 
 
 def test_compare_marks_results_stale_when_the_prompt_or_model_changes():
     at = compare_page({"strategies": "greedy,beam 4"})
     before = shown_texts(at)
-    assert len(before) == 2 and all(t.startswith("ROMEO:\n") for t in before)
+    assert len(before) == 2 and all(">ROMEO:↵</span>" in t for t in before)
     at.text_area(key="cmp_prompt").set_value("JULIET:\n").run()
     assert not at.exception
     assert any("previous settings (the prompt changed" in w.value and "press Run" in w.value for w in at.warning)
@@ -581,7 +622,7 @@ def test_compare_marks_results_stale_when_the_prompt_or_model_changes():
     assert shown_texts(at) == before                                        # decoded by the model that made them
     next(b for b in at.button if b.label == "Run").click().run()
     assert not at.exception and not any("previous settings" in w.value for w in at.warning)
-    assert all(t.startswith("JULIET:\n") for t in shown_texts(at))
+    assert all(">JULIET:↵</span>" in t for t in shown_texts(at))
     assert at.session_state["cmp_result"].inputs.model.endswith("shakespeare-bpe")
 
 
@@ -590,8 +631,9 @@ def test_compare_shows_a_strategy_that_cannot_run_in_its_own_column():
     at = compare_page({"prompt": prompt, "strategies": "greedy,beam 4"})
     assert not at.exception, at.exception
     assert any("beam search needs room in the context of 128" in e.value for e in at.error)
-    assert list(at.dataframe[0].value["strategy"]) == ["greedy"]
-    assert len(shown_texts(at)) == 1 and shown_texts(at)[0].startswith(prompt)
+    assert list(metrics_table(at)["strategy"]) == ["greedy"]
+    from playground.shared import visible
+    assert len(shown_texts(at)) == 1 and visible(prompt) in shown_texts(at)[0]
 
 
 def test_compare_early_stopping_is_chosen_named_and_shared():

@@ -108,12 +108,63 @@ def test_generate_rejects_a_damaged_link():
     assert any("damaged" in w.value for w in at.warning)
 
 
+def table_with(at: AppTest, column: str):
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
 def test_compare_runs_the_strategies_with_metrics():
     at = page("playground/compare.py")
     assert not at.exception
-    table = at.dataframe[0].value
+    table = table_with(at, "strategy")
     assert list(table["strategy"]) == ["greedy", "beam 4", "top-p 0.9", "min-p 0.1"]
     assert (table["perplexity"] > 1).all() and (table["tokens"] > 0).all()
+
+
+def test_compare_colours_its_texts_and_continues_from_a_token_in_generate():
+    at = page("playground/compare.py")
+    outcomes = at.session_state["cmp_result"].outcomes
+    # every text as chips, like Generate's: the prompt, then each token coloured by its probability under the
+    # model, its hover naming the model's alternatives there
+    chips = [m.value for m in at.markdown if 'title="prompt"' in m.value]
+    assert len(chips) == len(outcomes) == 4
+    for html, o in zip(chips, outcomes):
+        assert html.count("<span") == 1 + len(o.token_ids)
+        assert shared.prob_colour(o.tokens[0].raw_prob) in html and "; top: " in html
+
+    # one token of top-p's text: the model's alternatives there, the chosen one marked
+    at.selectbox(key="cmp_pick").set_value("top-p 0.9").run()
+    at.select_slider(key="cmp_token").set_value(5).run()
+    assert not at.exception
+    o, chosen = outcomes[2], outcomes[2].tokens[5]
+    alts = table_with(at, "probability")
+    assert list(alts["probability"]) == sorted(alts["probability"], reverse=True) and alts["probability"].sum() <= 1
+    mark = alts[alts[""] == "← chosen"]
+    assert len(mark) == 1 and mark["token"].iloc[0] == shared.visible_text(chosen.text)
+    assert mark["probability"].iloc[0] == pytest.approx(chosen.raw_prob)
+
+    # continue there in Generate: the text before the token is the prompt, with top-p's knob and the seed, so
+    # Generate's next token is the one top-p drew (randomness is per position)
+    button(at, "Continue from here in Generate").click().run()
+    assert not at.exception
+    assert at.text_area(key="prompt").value == "ROMEO:\n" + o.text_before(5)
+    assert at.query_params["top_p"] == "0.9" and at.query_params["seed"] == "0"
+    assert at.query_params["model"] == "shakespeare-char"
+    button(at, "Sample one").click().run()
+    assert at.session_state["trace"]["state"]["branches"][0]["tokens"] == [chosen.token_id]
+
+
+def test_compare_continues_a_beam_from_its_answer_and_keeps_the_prompt_within_the_limit(monkeypatch):
+    from core.limits import Limits
+    monkeypatch.setattr(shared, "limits", lambda: Limits(max_prompt_chars=20))
+    at = page("playground/compare.py", {"strategies": "beam 4", "prompt": "ROMEO:\n"})
+    o = at.session_state["cmp_result"].outcomes[0]
+    at.select_slider(key="cmp_token").set_value(30).run()
+    assert any("its start is left out" in c.value for c in at.caption)
+    button(at, "Continue from here in Generate").click().run()
+    assert not at.exception
+    assert at.text_area(key="prompt").value == ("ROMEO:\n" + o.text_before(30))[-20:]
+    assert not [w for w in at.warning if "`prompt`" in w.value]       # cut here, not refused by Generate
+    assert not {k for k in at.query_params if k in ("temperature", "top_p", "top_k")}  # beams have no knobs
 
 
 def test_compare_limits_strategies_in_hosted_mode(monkeypatch):
