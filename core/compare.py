@@ -19,7 +19,6 @@ Deliberately not here: the decoding itself (`core.generate`), rendering (the Com
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -28,7 +27,7 @@ from core.checks import PlaygroundError
 from core.generate import (Beam, BeamResult, BeamStep, Context, GenerationConfig, GenerationError, LogitsSource, Step,
                            beam_search, check_early_stopping, complete, make_step, prompt_ids)
 from core.limits import Limits
-from core.metrics import GenerationMetrics, distinct_n, repeated_ngram_rate
+from core.metrics import GenerationMetrics, metrics_from_logprobs
 from core.sampling import SamplerConfig
 
 
@@ -196,12 +195,9 @@ def score_tokens(source: LogitsSource, prompt_ids: Sequence[int], tokens: Sequen
 
 
 def _metrics(tokens: Sequence[int], scored: Sequence[Step], seconds: float) -> GenerationMetrics:
-    # core.metrics.measure's figures from the scoring pass's log-probs (the same Context walk measure makes),
-    # so a comparison runs the model over each text once, not twice
-    mean = sum(s.raw_logprob for s in scored) / len(scored)
-    return GenerationMetrics(len(tokens), mean, math.exp(min(-mean, 700)), distinct_n(tokens, 1),
-                             distinct_n(tokens, 2), distinct_n(tokens, 3), repeated_ngram_rate(tokens, 3),
-                             1000 * seconds / len(tokens))
+    # core.metrics' figures from the scoring pass's log-probs (the same Context walk `measure` makes), so a
+    # comparison runs the model over each text once, not twice
+    return metrics_from_logprobs(tokens, [s.raw_logprob for s in scored], seconds)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -63,8 +63,16 @@ def measure(source: LogitsSource, prompt_ids: Sequence[int], tokens: Sequence[in
             seconds: float | None = None) -> GenerationMetrics:
     if not tokens:
         raise ValueError("nothing was generated, so there is nothing to measure")
-    lps = continuation_logprobs(source, prompt_ids, tokens)
-    mean = sum(lps) / len(lps)
+    return metrics_from_logprobs(tokens, continuation_logprobs(source, prompt_ids, tokens), seconds)
+
+
+def metrics_from_logprobs(tokens: Sequence[int], logprobs: Sequence[float],
+                          seconds: float | None = None) -> GenerationMetrics:
+    """`measure`'s figures from each token's log-prob under the model, for a caller that has them already
+    (Compare scores every text once, for its colours and these)."""
+    if not tokens or len(logprobs) != len(tokens):
+        raise ValueError(f"one log-prob per generated token is needed; got {len(logprobs)} for {len(tokens)} tokens")
+    mean = sum(logprobs) / len(logprobs)
     return GenerationMetrics(len(tokens), mean, math.exp(min(-mean, 700)), distinct_n(tokens, 1),
                              distinct_n(tokens, 2), distinct_n(tokens, 3), repeated_ngram_rate(tokens, 3),
                              None if seconds is None else 1000 * seconds / len(tokens))
