@@ -3,7 +3,9 @@
 Holds `Trace`: a prompt, generation settings (sampler, seed) and named branches of tokens with a
 cursor. `step()` samples (or takes the greedy choice) at the cursor, `force()` takes a token the user
 picked, `back()` / `forward()` move the cursor, and choosing a different token where the branch
-already continues forks a new branch (the old one is kept); `fork()` and `switch()` do it by hand.
+already continues forks a new branch (the old one is kept); `fork()` and `switch()` do it by hand, and
+`continue_with(position, token)` does it at any earlier token (a loom: `tree()` is the outline of the
+branches, each under its parent where it forked).
 Each step draws its randomness from (seed, absolute position), so replaying a trace, or restoring it
 from JSON or a URL string, continues exactly as the original would have.
 
@@ -42,6 +44,17 @@ class Branch:
     forced: list[int] = field(default_factory=list)     # indices (into tokens) the user chose
     parent: str | None = None
     fork_at: int = 0                                    # tokens shared with the parent
+
+
+@dataclass(frozen=True)
+class BranchNode:
+    """One branch in the loom's outline (`Trace.tree`)."""
+    name: str
+    parent: str | None
+    fork_at: int            # generated tokens it shares with its parent
+    depth: int              # 0 for main, 1 for its children...
+    length: int             # its generated tokens
+    added: str              # the text of its tokens after the fork
 
 
 class Trace:
@@ -219,6 +232,30 @@ class Trace:
             raise GenerationError(f"no branch named {name!r}; branches: {', '.join(self.branches)}")
         self.current = name
         self.cursor = len(self.branch.tokens)
+
+    def continue_with(self, position: int, token_id: int) -> None:
+        """The loom's move: go back to `position` (the tokens generated before it stay) and take `token_id`
+        there. Where the branch already continues with another token, a new branch keeps the old path."""
+        self.cursor = checks.integer("position", position, 0, len(self.branch.tokens), GenerationError)
+        self.force(token_id)
+
+    def tree(self) -> list["BranchNode"]:
+        """The branches as a tree, depth-first from main: each under its parent at the token where it forked,
+        with the text it adds there (the loom's outline)."""
+        children: dict[str | None, list[Branch]] = {}
+        for b in self.branches.values():
+            children.setdefault(b.parent, []).append(b)
+        out: list[BranchNode] = []
+
+        def visit(b: Branch, depth: int) -> None:
+            added = bytes(b"".join(self.source.tokenizer.token_bytes(t) for t in b.tokens[b.fork_at:]))
+            out.append(BranchNode(b.name, b.parent, b.fork_at, depth, len(b.tokens),
+                                  added.decode("utf-8", errors="replace")))
+            for child in sorted(children.get(b.name, []), key=lambda c: (c.fork_at, c.name)):
+                visit(child, depth + 1)
+        for root in children.get(None, []):
+            visit(root, 0)
+        return out
 
     def _new_name(self) -> str:
         i = len(self.branches)

@@ -148,3 +148,35 @@ def test_a_link_cannot_ask_for_more_than_the_server_allows():
     d = Trace(toy, "x" * 3000).to_dict()
     with pytest.raises(GenerationError, match="limit is 2,000"):
         Trace.from_dict(toy, d, Limits.hosted())
+
+
+def test_the_loom_continues_from_any_token_keeps_every_path_and_survives_json_and_links():
+    toy = ToySource(vocab=40, order=2, seed=3, block_size=512)
+    t = Trace(toy, "ab", GenerationConfig(seed=2, sampler=SamplerConfig(temperature=0.9)))
+    t.run(8)
+    main = list(t.branch.tokens)
+    other = next(a for a in range(toy.vocab_size) if a != main[3])
+    t.continue_with(3, other)                        # a different token at the 4th: a child of main
+    child = t.current
+    assert t.tokens == main[:3] + [other] and t.branches["main"].tokens == main
+    t.run(2)
+    t.switch("main")
+    t.continue_with(3, main[3])                      # the same token main already has there: no new branch
+    assert t.current == "main" and t.cursor == 4 and len(t.branches) == 2
+    t.switch(child)
+    grand_other = next(a for a in range(toy.vocab_size) if a != t.branch.tokens[4])
+    t.continue_with(4, grand_other)                  # a child of the child
+    t.switch("main")
+    t.continue_with(1, next(a for a in range(toy.vocab_size) if a != main[1]))   # a second child of main
+    outline = [(n.name, n.parent, n.fork_at, n.depth) for n in t.tree()]
+    assert outline[0] == ("main", None, 0, 0)
+    # depth-first, children in the order of where they fork: main's fork at 1, then its fork at 3 and that one's child
+    assert [n[3] for n in outline] == [0, 1, 1, 2] and outline[1][2] == 1 and outline[2][2] == 3
+    assert outline[3][1] == outline[2][0] and outline[3][2] == 4
+    assert t.tree()[2].added == toy.tokenizer.decode(t.branches[outline[2][0]].tokens[3:])
+    for restored in (Trace.from_dict(toy, t.to_dict()), Trace.from_url(toy, t.to_url())):
+        assert [(n.name, n.parent, n.fork_at, n.depth, n.added) for n in restored.tree()] == \
+               [(n.name, n.parent, n.fork_at, n.depth, n.added) for n in t.tree()]
+        assert restored.steps() == t.steps()
+    with pytest.raises(Exception, match="position"):
+        t.continue_with(99, 1)
