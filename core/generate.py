@@ -434,6 +434,11 @@ def main(argv: list[str] | None = None) -> int:
         default = CLI_TEMPERATURE if knob.name == "temperature" else knob.default
         p.add_argument("--" + knob.name.replace("_", "-"), type=int if knob.integer else float, default=default,
                        help=f"{knob.explain} Valid: {knob.range_text} (default: {default})")
+    p.add_argument("--dry-sequence-breakers", default=sampling.format_breakers(sampling.DRY_BREAKERS),
+                   help="DRY: quoted strings, comma-separated, that end a repeated run (default: %(default)s)")
+    p.add_argument("--order", default=",".join(sampling.DEFAULT_ORDER),
+                   help="the sampler stages' order, comma-separated; stages left out follow in the default order "
+                        "(default: %(default)s)")
     p.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
     p.add_argument("--beam", type=int, default=0, help="beam search with this width instead of sampling")
     p.add_argument("--length-penalty", type=float, default=1.0,
@@ -453,8 +458,10 @@ def main(argv: list[str] | None = None) -> int:
             for h, text in zip(result.hypotheses, result.texts):
                 print(f"[score {h.score:.3f}, {h.end}] {args.prompt}{text}")
             return 0
-        cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop),
-                               sampler=SamplerConfig(**{name: getattr(args, name) for name in sampling.KNOBS}))
+        breakers, _ = sampling.breaker_ids(model.tokenizer.encode, sampling.parse_breakers(args.dry_sequence_breakers))
+        sampler = SamplerConfig(**{name: getattr(args, name) for name in sampling.KNOBS}, dry_breaker_ids=breakers,
+                                order=sampling.parse_order(args.order))
+        cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop), sampler=sampler)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")   # bytes split across tokens
         t0, n, slides, printed, data = time.perf_counter(), 0, 0, "", b""
         for step in decode(model, args.prompt, cfg):
