@@ -1,15 +1,19 @@
 """Generate: step through generation one token at a time and see every stage of the sampler."""
 
+import html
+import math
 import time
 
 import streamlit as st
 
-from core.checks import PlaygroundError
+from core.checks import ConfigError, PlaygroundError
 from core.generate import GenerationConfig
-from core.sampling import KNOBS, SamplerConfig, entropy_by_temperature
+from core.sampling import (DEFAULT_ORDER, DRY_BREAKERS, KNOBS, STAGE_LABELS, STAGES, SamplerConfig, StageDelta,
+                           breaker_ids, complete_order, entropy_by_temperature, format_breakers, parse_breakers,
+                           parse_order, stage_deltas)
 from core.trace import Trace
 from playground.shared import (figure, knob_slider, model_key, open_page, prob_colour, starting_text, tokens_html,
-                             url_float, url_int, url_text, visible, visible_text)
+                             url_float, url_int, url_notice, url_text, visible, visible_text)
 
 model, lim = open_page("Generate, step by step",
                        "Each step: the model scores every token, the sampler stages reshape those scores, one token "
@@ -26,11 +30,60 @@ with st.sidebar:
             st.query_params[key] = str(values[key])
         elif key in st.query_params:
             del st.query_params[key]
+    default_breakers = format_breakers(DRY_BREAKERS)
+    breakers_text = st.text_input("DRY sequence breakers", url_text("dry_breakers", default_breakers, 400), max_chars=400,
+                                  key="dry_breakers", disabled=values["dry_multiplier"] == 0,
+                                  help="Quoted strings, comma-separated (text-generation-webui's form): a repeated run "
+                                       "never reaches across one, and nothing is penalised right after one.")
+    try:
+        breakers = parse_breakers(breakers_text)
+    except ConfigError as e:
+        st.warning(f"{e}. DRY uses its default breakers.")
+        breakers = DRY_BREAKERS
+    if breakers == DRY_BREAKERS:
+        st.query_params.pop("dry_breakers", None)
+    else:
+        st.query_params["dry_breakers"] = format_breakers(breakers)
+    breaker_tokens, unknown = breaker_ids(model.tokenizer.encode, breakers)
+    if unknown and values["dry_multiplier"] > 0:
+        st.caption(f"Not in this model's vocabulary, so no breaker here: {', '.join(map(repr, unknown))}.")
+
+    if "stage_order" not in st.session_state:
+        raw_order = st.query_params.get("order")
+        try:
+            st.session_state["stage_order"] = list(DEFAULT_ORDER if raw_order is None else parse_order(raw_order))
+        except ConfigError:
+            url_notice("order", raw_order, "it does not name the sampler's stages once each, so the default order "
+                                           "is used")
+            st.session_state["stage_order"] = list(DEFAULT_ORDER)
+
+    def complete_stage_order() -> None:
+        """A stage taken out of the list goes to the end: every stage always runs, in the order shown."""
+        st.session_state["stage_order"] = list(complete_order(st.session_state["stage_order"]))
+
+    def default_stage_order() -> None:
+        st.session_state["stage_order"] = list(DEFAULT_ORDER)
+
+    st.multiselect("Stage order", STAGES, key="stage_order", format_func=STAGE_LABELS.get,
+                   on_change=complete_stage_order,
+                   help="The stages run left to right. Remove a stage to move it to the end; to move it forward, "
+                        "remove the ones that should come after it too, in the order they should follow.")
+    order = complete_order(st.session_state["stage_order"])
+    if order == DEFAULT_ORDER:
+        st.query_params.pop("order", None)
+    else:
+        st.query_params["order"] = ",".join(order)
+        st.button("Default order", on_click=default_stage_order, key="order_reset")
+    st.caption("Order matters when a stage reshapes what a later one measures: temperature before top-p, min-p, "
+               "typical-p or XTC changes the probabilities they cut by (a flatter distribution keeps more tokens), "
+               "while top-k and top-nσ keep the same tokens at any temperature. Penalties and DRY subtract from the "
+               "logits: before temperature the subtraction is divided by it, after it not. A cut after another cut "
+               "measures the renormalised remainder.")
     seed = st.number_input("Seed", 0, 2**31 - 1, url_int("seed", 0, 0, 2**31 - 1), help="Same seed, same choices: a "
                            "shared link replays exactly.", key="seed")
     st.query_params["seed"] = str(seed)
 
-sampler = SamplerConfig(**values)
+sampler = SamplerConfig(**values, dry_breaker_ids=breaker_tokens, order=order)
 config = GenerationConfig(max_new_tokens=lim.max_new_tokens, sampler=sampler, seed=int(seed), top_n=10)
 prompt = st.text_area("Prompt", url_text("prompt", starting_text(model, "ROMEO:\n"), lim.max_prompt_chars), max_chars=lim.max_prompt_chars, key="prompt")
 st.query_params["prompt"] = prompt
@@ -106,6 +159,76 @@ if not prompt:
     st.stop()
 
 
+def chip(text: str, p: float, title: str, removed: bool = False, trend: str = "") -> str:
+    """A token as a chip: kept ones filled by probability on a log scale (1e-3 pale to 1 dark, so 0.01 and 0.25
+    look different), with their own text colour so they read in light and dark themes; removed ones struck and
+    grey, unfilled."""
+    shown = f"{p:.2f}" if p >= 0.1 else f"{p:.3f}" if p >= 0.001 else f"{p:.0e}"
+    label = f"{visible(text) or '∅'} <small>{shown}</small>{trend}"
+    style = "border-radius:4px;padding:1px 5px;margin:2px;display:inline-block;font-family:monospace;white-space:pre;"
+    if removed:
+        style += "color:#8b8b8b;text-decoration:line-through;border:1px dashed rgba(139,139,139,.6)"
+    else:
+        t = min(1.0, max(0.0, (math.log10(max(p, 1e-12)) + 3) / 3))
+        lightness = 93 - 58 * t
+        fg = "#0b1220" if lightness > 58 else "#ffffff"
+        style += f"background:hsl(214,85%,{lightness:.0f}%);color:{fg};border:1px solid hsl(214,85%,{lightness:.0f}%)"
+    return f'<span title="{html.escape(title)}" style="{style}">{label}</span>'
+
+
+def setting_text(stage: str, cfg: SamplerConfig) -> str:
+    knobs = [k for k in KNOBS.values() if k.stage == stage]
+    if len(knobs) == 1:
+        return f"{getattr(cfg, knobs[0].name):g}"
+    return ", ".join(f"{k.label.removeprefix(STAGE_LABELS[stage]).strip().lower()} {getattr(cfg, k.name):g}"
+                     for k in knobs)
+
+
+def stage_view(deltas: list[StageDelta], raw_probs, cfg: SamplerConfig) -> str:
+    """One row for the model's distribution, one per stage that is on (what it kept, removed and moved, and its
+    top tokens before it: kept vs removed), and a line naming the stages that are off."""
+    muted = "opacity:.7;font-size:.85em"
+    row = ("display:flex;gap:.8rem;align-items:center;padding:.35rem 0;"
+           "border-top:1px solid rgba(128,128,128,.25)")
+    text = model.tokenizer.token_text
+
+    top = deltas[0].top                 # the first stage's "before" is the model's own distribution
+    chips = "".join(chip(text(int(t)), raw_probs[t], f"id {int(t)}: p = {raw_probs[t]:.4f}") for t in top)
+    rows = [f'<div style="{row}"><div style="flex:0 0 15rem"><b>Model</b><br><span style="{muted}">'
+            f'{int((raw_probs > 0).sum()):,} tokens possible</span></div><div>{chips}</div></div>']
+    on = [d for d in deltas if d.on]
+    for i, d in enumerate(on, 1):
+        head = (f'<b>{i} · {STAGE_LABELS[d.name]}</b> <span style="{muted}">{setting_text(d.name, cfg)}</span>'
+                f'<br><span style="{muted}">')
+        if not d.changed:
+            why = " (a coin flip, and two or more tokens must reach the threshold)" if d.name == "xtc" else ""
+            rows.append(f'<div style="{row}"><div>{head}on; changed nothing at this step{why}</span></div></div>')
+            continue
+        stats = [f"{d.kept_before:,} → {d.kept:,} token{'' if d.kept == 1 else 's'}"]
+        if d.removed.size:
+            stats.append(f"cut {d.mass_removed:.2f} of the mass")
+        if abs(d.moved - d.mass_removed) > 5e-3:        # a pure cut moves exactly what it cut: said once
+            stats.append(f"moved {d.moved:.2f}")
+        chips = []
+        for t, before, after in zip(d.top, d.before, d.after):
+            if after == 0:
+                chips.append(chip(text(int(t)), before, f"id {int(t)}: p = {before:.4f} before; removed", removed=True))
+            else:
+                # an arrow only where the stage moved a token visibly: a quarter or more, and half a percent
+                ratio, visible_move = after / before, abs(after - before) >= 0.005
+                trend = " ↑" if visible_move and ratio > 1.25 else " ↓" if visible_move and ratio < 0.8 else ""
+                chips.append(chip(text(int(t)), after, f"id {int(t)}: p {before:.4f} → {after:.4f}", trend=trend))
+        more = d.removed.size - int((d.after == 0).sum())
+        tail = f' <span style="{muted}">+ {more:,} more removed</span>' if more > 0 else ""
+        rows.append(f'<div style="{row}"><div style="flex:0 0 15rem">{head}{" · ".join(stats)}</span></div>'
+                    f'<div>{"".join(chips)}{tail}</div></div>')
+    off = [STAGE_LABELS[d.name] for d in deltas if not d.on]
+    note = (f"Off (their knobs leave the distribution as it is): {', '.join(off)}." if on else
+            "Every stage is off: the token is drawn from the model's own distribution.")
+    rows.append(f'<div style="{row};{muted}">{note}</div>')
+    return "<div>" + "".join(rows) + "</div>"
+
+
 def lens_view(ids: list[int]) -> None:
     """The next token's logit lens (core.interpret): each residual point's top tokens at the last position."""
     from core import interpret
@@ -164,19 +287,16 @@ def stepper() -> None:
                            help=f"token id {int(t)}: click to take it next")
 
     raw = view.stages[0]
+    st.subheader("What each stage did")
+    st.markdown(stage_view(stage_deltas(view, sampler), raw.probs, sampler), unsafe_allow_html=True)
+    st.caption("Each row: the most likely tokens *before* that stage. Filled: kept, with the probability after it "
+               "(colour on a log scale, pale 0.001 to dark 1; ↑ ↓ where the stage moved it by a quarter or more); "
+               "struck grey: removed, with the probability it had. *Cut*: the mass the removed tokens held; "
+               "*moved*: how much probability changed hands (half the summed |after − before|).")
     labels_ids = raw.probs.argsort()[::-1][:15]
     labels = [f"{visible(model.tokenizer.token_text(int(t))) or '∅'} " for t in labels_ids]
-    rows = [f"{s.name} ({s.kept} kept)" for s in view.stages]
-    z = [s.probs[labels_ids] for s in view.stages]
-    heat = figure([dict(type="heatmap", z=z, x=labels, y=rows, colorscale="Blues", zmin=0, zmax=1,
-                        text=[[f"{v:.2f}" for v in row] for row in z], texttemplate="%{text}",
-                        hovertemplate="%{y}<br>token %{x}: p = %{z:.4f}<extra></extra>")],
-                  height=60 + 34 * len(rows), margin=dict(t=40, b=20, l=10, r=10), yaxis=dict(autorange="reversed"),
-                  title=dict(text="The sampler, stage by stage: each row is the distribution after that stage "
-                                  "(top 15 tokens of the raw one)"))
-    st.plotly_chart(heat, width="stretch", key="stages_chart")
-    bars = figure([dict(type="bar", x=labels, y=z[0], name="raw (the model)"),
-                   dict(type="bar", x=labels, y=z[-1], name="final (sampled from)")],
+    bars = figure([dict(type="bar", x=labels, y=raw.probs[labels_ids], name="raw (the model)"),
+                   dict(type="bar", x=labels, y=final.probs[labels_ids], name="final (sampled from)")],
                   barmode="group", height=260, margin=dict(t=30, b=20), title=dict(text="Raw vs final"))
     st.plotly_chart(bars, width="stretch", key="raw_final_chart")
 

@@ -248,6 +248,12 @@ elif section == "logits":
                    "likely text than greedy, and a blander one than sampling.")
     except PlaygroundError as e:
         st.info(str(e))
+    st.markdown("Samplers people tune today go further. **Top-nσ** (Tang et al. 2024) keeps the tokens whose logit "
+                "is within n standard deviations of the best one, a cut that temperature cannot widen. **XTC** "
+                "(exclude top choices) sometimes removes every very likely token but the least likely of them, to "
+                "steer away from the most predictable continuation. **DRY** (don't repeat yourself) penalises the "
+                "token that would continue a run of text already written, more steeply the longer the run. The "
+                "order of the stages matters: temperature before top-p or min-p changes which tokens they keep.")
     st.page_link("playground/generate.py", label="Go deeper: every sampler stage, step by step, on the Generate page",
                  icon="🎲")
 

@@ -108,6 +108,46 @@ def test_generate_rejects_a_damaged_link():
     assert any("damaged" in w.value for w in at.warning)
 
 
+def stage_view(at: AppTest) -> str:
+    return next(m.value for m in at.markdown if "tokens possible" in m.value)
+
+
+def test_generate_stage_view_draws_each_stage_that_is_on_and_collapses_the_rest():
+    at = page("playground/generate.py")
+    view = stage_view(at)
+    assert "Every stage is off" in view and "1 · " not in view and "line-through" not in view
+    at = page("playground/generate.py", {"temperature": "0.7", "top_k": "5", "prompt": "ROMEO:\n"})
+    assert not at.exception
+    view = stage_view(at)
+    assert "1 · Temperature" in view and "2 · Top-k" in view and "3 · " not in view
+    assert "257 → 5 tokens" in view and "line-through" in view          # top-k struck out what it removed
+    assert "Off (their knobs leave the distribution as it is): Repetition penalty" in view and "XTC." in view
+    at.slider(key="knob_dry_multiplier").set_value(0.8).run()        # the new knobs are sidebar sliders too
+    assert at.query_params["dry_multiplier"] == "0.8" and "· DRY" in stage_view(at)
+
+
+def test_generate_reorders_the_stages_and_a_bad_order_link_falls_back_with_a_note():
+    at = page("playground/generate.py", {"temperature": "3.0", "min_p": "0.3", "prompt": "ROMEO:\n"})
+    assert stage_view(at).index("1 · Temperature") < stage_view(at).index("2 · Min-p")
+    at.multiselect(key="stage_order").unselect("temperature").run()   # out of the list: to the end
+    order = at.session_state["stage_order"]
+    assert order[-1] == "temperature" and len(order) == 10
+    assert at.query_params["order"].endswith(",xtc,temperature")
+    assert stage_view(at).index("1 · Min-p") < stage_view(at).index("2 · Temperature")
+    shared_link = dict(at.query_params)
+    fresh = page("playground/generate.py", shared_link)
+    assert fresh.session_state["stage_order"] == order and not fresh.warning
+    button(at, "Default order").click().run()
+    assert "order" not in at.query_params
+
+    for bad in ("temperature,temperature", "top_k,<b>x</b>", "x" * 5000):
+        at = page("playground/generate.py", {"order": bad, "dry_breakers": "nope", "dry_multiplier": "0.5"})
+        assert not at.exception
+        notes = " ".join(w.value for w in at.warning)
+        assert "so the default order is used" in notes and "DRY uses its default breakers" in notes
+        assert "order" not in at.query_params and "dry_breakers" not in at.query_params
+
+
 def table_with(at: AppTest, column: str):
     return next(d.value for d in at.dataframe if column in d.value.columns)
 
