@@ -210,9 +210,9 @@ def next_choice(logits: np.ndarray, cfg: GenerationConfig, history: Sequence[int
                 ) -> tuple[np.ndarray, list[StageView] | None]:
     """Processed logits for the next token (and every stage's view when cfg.keep_stages)."""
     if cfg.keep_stages:
-        view = sampling.run_pipeline(logits, cfg.sampler, history, generated, keep_stages=True)
+        view = sampling.run_pipeline(logits, cfg.sampler, history, generated, keep_stages=True, seed=cfg.seed)
         return view.final.logits, view.stages
-    return sampling.process(logits, cfg.sampler, history, generated), None
+    return sampling.process(logits, cfg.sampler, history, generated, seed=cfg.seed), None
 
 
 def decode(source: LogitsSource, prompt: str | Sequence[int], cfg: GenerationConfig = GenerationConfig(),

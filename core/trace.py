@@ -154,7 +154,8 @@ class Trace:
     def distribution(self) -> PipelineResult:
         """Every stage's distribution for the next token at the cursor (what the stepper shows)."""
         ctx = self._sync()
-        return sampling.run_pipeline(ctx.logits, self.config.sampler, ctx.ids, ctx.ids[len(self.prompt_ids):])
+        return sampling.run_pipeline(ctx.logits, self.config.sampler, ctx.ids, ctx.ids[len(self.prompt_ids):],
+                                     seed=self.config.seed)
 
     def steps(self) -> list[Step]:
         """A Step record for every token in view (probabilities, alternatives, forced or not)."""

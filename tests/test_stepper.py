@@ -180,3 +180,24 @@ def test_the_loom_continues_from_any_token_keeps_every_path_and_survives_json_an
         assert restored.steps() == t.steps()
     with pytest.raises(Exception, match="position"):
         t.continue_with(99, 1)
+
+
+def test_xtc_s_coin_follows_the_trace_s_seed_in_the_view_and_the_draw():
+    """XTC draws a coin per position from the trace's seed: the stage view shows XTC acting exactly where that
+    seed's coin says, and the token then drawn is one the view allows."""
+    from core.sampling import xtc_draw
+    toy = ToySource(vocab=40, order=2, seed=5, block_size=512)
+    acted_somewhere = {}
+    for seed in (0, 7):
+        t = Trace(toy, "ab", GenerationConfig(seed=seed, sampler=SamplerConfig(xtc_threshold=0.05, xtc_probability=0.5)))
+        acted_somewhere[seed] = []
+        for _ in range(30):
+            stages = t.distribution().stages
+            assert stages[-1].name == "xtc"
+            before, after = stages[-2].probs, stages[-1].probs
+            acted = (after > 0).sum() < (before > 0).sum()
+            assert acted == (xtc_draw(seed, len(t.ids)) < 0.5 and (before >= 0.05).sum() >= 2), (seed, len(t.ids))
+            acted_somewhere[seed].append(acted)
+            token = t.step()
+            assert after[token] > 0, (seed, len(t.tokens))
+    assert acted_somewhere[0] != acted_somewhere[7] and any(acted_somewhere[7])
