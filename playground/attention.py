@@ -1,10 +1,7 @@
 """Attention: what every head of every layer looks at, on your text, as generation proceeds."""
 
-import functools
-
 import numpy as np
 import streamlit as st
-from plotly.subplots import make_subplots
 
 from core.checks import PlaygroundError
 from core.generate import GenerationConfig, complete
@@ -21,19 +18,20 @@ model, lim = open_page("Attention",
 LAYERS_PER_VIEW, HEADS_PER_VIEW = 4, 8      # a grid larger than this (GPT-2 has 12 x 12) is shown a block at a time
 
 
-@functools.lru_cache(maxsize=32)
-def grid_layout(layers: tuple[int, ...], heads: tuple[int, ...]) -> dict:
-    """The layout of a layers x heads grid (axes, titles, one colour scale), built once per block."""
-    n_layer, n_head = len(layers), len(heads)
-    g = make_subplots(rows=n_layer, cols=n_head, horizontal_spacing=0.02, vertical_spacing=0.04,
-                      subplot_titles=[f"L{l} H{h}" for l in layers for h in heads])
-    g.update_xaxes(showticklabels=False)
-    g.update_yaxes(showticklabels=False, autorange="reversed")
-    g.update_layout(height=170 * n_layer + 60, coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1),
-                    margin=dict(t=40, b=10, l=10, r=10), title="Layers (rows) and heads (columns)")
-    layout = g.to_dict()["layout"]
-    layout.pop("template", None)        # the default template: sent by st.plotly_chart's theme anyway
-    return layout
+GAP = 0.15         # the space between two maps of the grid, as a share of one map's side
+
+
+def tile(maps: list, layers: tuple[int, ...], heads: tuple[int, ...]) -> tuple[np.ndarray, float]:
+    """The grid's maps as one image (NaN between them): a single heatmap draws in a fraction of the time of
+    one subplot per head, which is most of what a click on this page waits for. Returns it and a map's pitch."""
+    T = maps[0].shape[-1]
+    gap = max(1, round(GAP * T))
+    pitch = T + gap
+    image = np.full((len(layers) * pitch - gap, len(heads) * pitch - gap), np.nan, np.float32)
+    for i, l in enumerate(layers):
+        for j, h in enumerate(heads):
+            image[i * pitch:i * pitch + T, j * pitch:j * pitch + T] = maps[l][0, h]
+    return image, pitch
 
 
 if "attn_text" not in st.session_state:
@@ -97,27 +95,36 @@ hb = g2.selectbox(f"Heads in the grid (of {H})", range(len(head_blocks)), format
 st.query_params["layers"], st.query_params["heads"] = str(lb), str(hb)
 layers, heads = layer_blocks[lb], head_blocks[hb]
 cells = [(l, h) for l in layers for h in heads]
-# Streamlit reports no clicks on heatmaps (streamlit#8760), so each map carries a lattice of invisible
-# markers: a click anywhere on a map lands near one, and the marker's trace says which head it was
-lattice = np.linspace(0, T - 1, 6)
-lx, ly = np.meshgrid(lattice, lattice)
+image, pitch = tile(maps, layers, heads)
+# Streamlit reports no clicks on heatmaps (streamlit#8760), so the maps carry a lattice of invisible markers:
+# a click anywhere on a map lands near one, and the marker says which map it was
+lattice = np.linspace(0, T - 1, 5)
+marks = [(j * pitch + x, i * pitch + y, k) for k, (i, j) in enumerate((i, j) for i in range(len(layers))
+                                                                          for j in range(len(heads)))
+         for x in lattice for y in lattice]
+mx, my, which = (list(v) for v in zip(*marks))
 hidden = dict(marker=dict(opacity=0))
-grid = figure([dict(type="heatmap", z=maps[l][0, h], coloraxis="coloraxis", xaxis=f"x{i + 1}", yaxis=f"y{i + 1}")
-               for i, (l, h) in enumerate(cells)]
-              + [dict(type="scatter", x=lx.ravel(), y=ly.ravel(), mode="markers", xaxis=f"x{i + 1}", yaxis=f"y{i + 1}",
-                      marker=dict(size=30, opacity=0), selected=hidden, unselected=hidden, hoverinfo="none",
-                      showlegend=False) for i in range(len(cells))], **grid_layout(layers, heads))
-picked = st.plotly_chart(grid, width="stretch", key="attn_grid", on_select="rerun", selection_mode="points")
+titles = [dict(x=j * pitch + (T - 1) / 2, y=i * pitch - 0.5, text=f"L{l} H{h}", showarrow=False, yanchor="bottom",
+               font=dict(size=11)) for i, l in enumerate(layers) for j, h in enumerate(heads)]
+grid = figure([dict(type="heatmap", z=image, colorscale="Viridis", zmin=0, zmax=1, hoverongaps=False,
+                    hovertemplate="attention %{z:.3f}<extra></extra>"),
+               dict(type="scatter", x=mx, y=my, customdata=which, mode="markers", marker=dict(size=24, opacity=0),
+                    selected=hidden, unselected=hidden, hoverinfo="none", showlegend=False)],
+              height=int(150 * len(layers) + 80), margin=dict(t=50, b=10, l=10, r=10), annotations=titles,
+              title=dict(text="Layers (rows) and heads (columns): click a map to open it below"),
+              xaxis=dict(visible=False, constrain="domain"), yaxis=dict(visible=False, autorange="reversed",
+                                                                       scaleanchor="x"))
+picked = st.plotly_chart(grid, width="stretch", key="attn_grid", on_select="rerun", selection_mode="points",
+                         config={"displayModeBar": False})
 points = picked.get("selection", {}).get("points", []) if picked else []
 if points:
     # a click on a map opens that head below; applied once per click, so the selectboxes stay usable after it
-    clicked = cells[int(points[0].get("curve_number", len(cells))) % len(cells)]
+    clicked = cells[int(points[0].get("customdata", 0)) % len(cells)]
     if st.session_state.get("attn_clicked") != clicked:
         st.session_state["attn_clicked"] = clicked
         st.session_state["attn_layer"], st.session_state["attn_head"] = clicked
 else:
     st.session_state.pop("attn_clicked", None)
-st.caption("Click a head's map to open it below.")
 
 c1, c2 = st.columns(2)
 # the choices live in session state (a click on the grid sets them too); a link's or another model's
@@ -128,10 +135,13 @@ for key, n in (("layer", L), ("head", H)):
 layer = c1.selectbox("Layer", list(range(L)), key="attn_layer")
 head = c2.selectbox("Head", list(range(H)), key="attn_head")
 st.query_params["layer"], st.query_params["head"] = str(layer), str(head)
-big = figure([dict(type="heatmap", z=maps[layer][0, head], x=labels, y=labels, colorscale="Viridis", zmin=0, zmax=1)],
-             yaxis=dict(autorange="reversed"), height=max(400, 14 * T + 150), margin=dict(t=40, b=10),
-             title=dict(text=f"Layer {layer}, head {head}"))
-st.plotly_chart(big, width="stretch", key="attn_big")
+# numeric axes labelled with the tokens: plotly lays out category axes several times slower, on every click
+ticks = dict(tickvals=list(range(T)), ticktext=labels)
+big = figure([dict(type="heatmap", z=maps[layer][0, head], colorscale="Viridis", zmin=0, zmax=1, customdata=[labels] * T,
+                   hovertemplate="from %{y}: to %{customdata}: %{z:.3f}<extra></extra>")],
+             xaxis=ticks, yaxis=dict(autorange="reversed", **ticks), height=max(400, 14 * T + 150),
+             margin=dict(t=40, b=10), title=dict(text=f"Layer {layer}, head {head}"))
+st.plotly_chart(big, width="stretch", key="attn_big", config={"displayModeBar": False})
 
 st.subheader("The newest token's attention")
 pos = st.slider("Token", 0, T - 1, T - 1, key="attn_pos",

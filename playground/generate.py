@@ -12,8 +12,8 @@ from core.sampling import (DEFAULT_ORDER, DRY_BREAKERS, KNOBS, STAGE_LABELS, STA
                            breaker_ids, complete_order, entropy_by_temperature, format_breakers, parse_breakers,
                            parse_order, stage_deltas)
 from core.trace import Trace
-from playground.shared import (figure, knob_slider, model_key, open_page, prob_colour, starting_text, tokens_html,
-                             url_float, url_int, url_notice, url_text, visible, visible_text)
+from playground.shared import (figure, knob_slider, model_key, open_page, prob_colour, starting_text, text_colour,
+                               tokens_html, url_float, url_int, url_notice, url_text, visible, visible_text)
 
 model, lim = open_page("Generate, step by step",
                        "Each step: the model scores every token, the sampler stages reshape those scores, one token "
@@ -170,9 +170,8 @@ def chip(text: str, p: float, title: str, removed: bool = False, trend: str = ""
         style += "color:#8b8b8b;text-decoration:line-through;border:1px dashed rgba(139,139,139,.6)"
     else:
         t = min(1.0, max(0.0, (math.log10(max(p, 1e-12)) + 3) / 3))
-        lightness = 93 - 58 * t
-        fg = "#0b1220" if lightness > 58 else "#ffffff"
-        style += f"background:hsl(214,85%,{lightness:.0f}%);color:{fg};border:1px solid hsl(214,85%,{lightness:.0f}%)"
+        fill = f"hsl(214, 85%, {93 - 58 * t:.0f}%)"
+        style += f"background:{fill};color:{text_colour(fill)};border:1px solid {fill}"
     return f'<span title="{html.escape(title)}" style="{style}">{label}</span>'
 
 

@@ -339,7 +339,7 @@ def test_an_emergence_preset_jumps_and_its_heads_are_scrubbed_across_the_jump(tr
 
 PAGES = {"": "LLM Playground", "learn": "Learn", "tokenizer": "Tokenizer", "generate": "Generate",
          "compare": "Compare", "attention": "Attention", "models": "Model", "train": "Train", "scaling": "Scaling",
-         "emergence": "Emergence", "inside": "Inside", "posttrain": "Post-train"}
+         "emergence": "Emergence", "inside": "Inside", "posttrain": "Post-train", "glance": "The whole model at a glance"}
 
 
 @pytest.mark.parametrize("scheme", ["dark"])
@@ -419,6 +419,32 @@ CHIP_CONTRAST_JS = """() => {
   }
   return low;
 }"""
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_the_tour_walks_the_real_pages_with_the_visitors_prompt_and_outlines_each_control(server, browser, scheme):
+    from playground.tour import STEPS
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, color_scheme=scheme)
+    page.goto(server)
+    page.wait_for_selector(IDLE, timeout=CEILING_MS)
+    page.get_by_label("Your prompt").fill("JULIET:\nO Romeo")
+    page.keyboard.press("Tab")                                      # the text area commits on blur
+    page.wait_for_selector(IDLE, timeout=CEILING_MS)
+    page.get_by_role("button", name="Start the tour").click()
+    for i, step in enumerate(STEPS):
+        page.wait_for_function(f"document.body.innerText.includes({step.title!r})", timeout=CEILING_MS)
+        page.wait_for_selector(IDLE, timeout=CEILING_MS)
+        assert page.locator("[data-testid='stException']").count() == 0, step.page
+        if step.prompt_param:
+            assert "Romeo" in page.url, (step.page, page.url)
+        widget = page.locator(f".st-key-{step.widget}").first
+        widget.wait_for(timeout=CEILING_MS)
+        assert widget.evaluate("e => getComputedStyle(e).outlineStyle") == "solid", step.widget
+        if i in (1, 3):
+            shot(page, f"tour-step-{i + 1}-{scheme}")
+        page.get_by_role("button", name="Next" if i + 1 < len(STEPS) else "Finish", exact=True).click()
+    page.wait_for_function("!document.body.innerText.includes('Tour ·')", timeout=CEILING_MS)
+    page.close()
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])

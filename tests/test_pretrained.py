@@ -487,8 +487,8 @@ def test_attention_shows_a_large_model_a_block_of_layers_and_heads_at_a_time(tmp
     at = open_page("playground/attention.py", {"model": "wide"})
     assert not at.exception
     assert len(at.selectbox(key="attn_layers").options) == 2 and len(at.selectbox(key="attn_heads").options) == 2
-    def grid_maps() -> int:
-        return len(json.loads(at.get("plotly_chart")[0].proto.spec)["data"])
+    def grid_maps() -> int:           # the grid is one tiled image; each map carries its title
+        return len(json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["annotations"])
     assert grid_maps() == 4 * 8                                 # of 6 x 12
     at.selectbox(key="attn_layers").set_value(1).run()
     at.selectbox(key="attn_heads").set_value(1).run()
