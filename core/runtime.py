@@ -2,8 +2,8 @@
 
 Holds `Model`, which opens an exported model directory (see `core.export`) and answers: next-token
 logits with a KV cache (`step`), logits for a whole sequence (`logits`), attention probabilities of
-every layer and head (`attention`), and a text's score (`score`: per-token logprobs, perplexity, bits
-per byte). One `Model` (and its onnxruntime sessions) is shared by every user of a server: it keeps
+every layer and head (`attention`), and a text's score (`score`: per-token logprobs and ranks, optionally each
+position's likeliest tokens, perplexity, bits per byte). One `Model` (and its onnxruntime sessions) is shared by every user of a server: it keeps
 no per-caller state; each caller holds its own `KVCache`, a value that can be kept, forked and thrown
 away freely. `CachedGraph` runs model.onnx's graph (any variant) from a `KVCache`, in either of the
 export's cache layouts: "shared" (one preallocated buffer per layer that onnxruntime writes each step's
@@ -58,6 +58,9 @@ from core.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 ATTENTION_PARTS = ("q", "k", "v", "heads", "proj")
 THREADS_ENV = "LLM_PLAYGROUND_ORT_THREADS"     # onnxruntime intra-op threads, overriding the default
 MIN_CAPACITY = 64      # positions a fresh shared cache holds; it doubles when full, up to the context
+# rows of a window that `score` turns into float64 log-probs at once: with a 150k vocabulary, 64 rows are ~77 MB
+# (and a bool copy for the ranks), where a whole 4k-token window would be ~5 GB
+SCORE_ROWS = 64
 
 
 class ModelError(PlaygroundError):
@@ -199,6 +202,15 @@ class TextScore:
     perplexity: float
     bits_per_byte: float             # over the bytes of the predicted tokens
     windows: int                     # model calls (more than one when the text exceeds the context)
+    # per scored token, aligned with logprobs (row j is token j + 1), from the same log-softmax rows:
+    ranks: list[int] = field(default_factory=list)      # its rank among all tokens there (1: the likeliest)
+    top_ids: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))        # (n, top), likeliest first
+    top_logprobs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float64))  # (n, top), theirs
+    pieces: list[bytes] = field(default_factory=list, repr=False)   # each token's bytes in the text (b"" for a BOS)
+
+    def text_before(self, index: int) -> str:
+        """The text before token `index`: the model's context when it predicted that token."""
+        return b"".join(self.pieces[:index]).decode("utf-8", errors="replace")
 
 
 @dataclass
@@ -411,22 +423,35 @@ class Model:
             parts = [{kind: outs[f"{kind}.{i}"] for kind in ATTENTION_PARTS} for i in range(L)]
         return AttentionMaps(self._served(outs["logits"]), [outs[f"attn.{i}"] for i in range(L)], parts)
 
-    def score(self, text: str) -> TextScore:
-        """How well the model predicts `text`: each token's logprob given the ones before it.
+    def score(self, text: str, top: int = 0) -> TextScore:
+        """How well the model predicts `text`: each token's logprob given the ones before it, its rank among all
+        tokens there and, with `top` > 0, the model's `top` likeliest tokens at each position (one pass: all of
+        them come from the same log-softmax rows).
 
         Texts longer than the context are scored in windows that overlap by half a context, each token
-        scored once with at least half a context before it (except at the start)."""
+        scored once with at least half a context before it (except at the start). Memory stays one window's
+        logits plus SCORE_ROWS rows of log-probs at a time, whatever the text's length or the vocabulary."""
         ids = self.tokenizer.encode_prompt(text)
         if len(ids) < 2:
             raise ModelError("scoring needs at least 2 tokens (the first is only context); give a longer text")
+        top = min(max(0, int(top)), self.vocab_size)
         logprobs: list[float] = []
+        ranks: list[int] = []
+        tops: list[tuple[np.ndarray, np.ndarray]] = []
         windows, start, stride = 0, 0, max(1, self.block_size // 2)
         while True:
             window = ids[start:start + self.block_size]
-            lp = log_softmax(self.logits(window)[0])             # (T, V)
+            logits = self.logits(window)[0]                       # (T, V): the one window held
             first = 0 if start == 0 else self.block_size - stride - 1
-            for t in range(first, len(window) - 1):
-                logprobs.append(float(lp[t, window[t + 1]]))
+            targets = np.asarray(window[first + 1:], dtype=np.int64)
+            for c in range(0, len(targets), SCORE_ROWS):
+                want = targets[c:c + SCORE_ROWS]
+                lp = log_softmax(logits[first + c:first + c + len(want)])      # (rows, V)
+                got = lp[np.arange(len(want)), want]
+                logprobs += got.tolist()
+                ranks += (1 + (lp > got[:, None]).sum(axis=1)).tolist()     # ties share the better rank
+                if top:
+                    tops.append(_likeliest(lp, top))
             windows += 1
             if start + self.block_size >= len(ids):
                 break
@@ -434,7 +459,25 @@ class Model:
         nll = -sum(logprobs)
         n_bytes = len(self.tokenizer.decode_bytes(ids[1:]))
         mean = nll / len(logprobs)
-        return TextScore(ids, logprobs, mean, math.exp(min(mean, 700)), nll / math.log(2) / n_bytes, windows)
+        tok = self.tokenizer
+        bos = tok.add_bos and tok.bos_id is not None and ids[0] == tok.bos_id     # encode_prompt put it there
+        pieces = [b"" if bos and i == 0 else tok.token_bytes(t) for i, t in enumerate(ids)]
+        top_ids = np.concatenate([t[0] for t in tops]) if tops else np.zeros((len(logprobs), 0), np.int64)
+        top_lps = np.concatenate([t[1] for t in tops]) if tops else np.zeros((len(logprobs), 0), np.float64)
+        return TextScore(ids, logprobs, mean, math.exp(min(mean, 700)), nll / math.log(2) / n_bytes, windows,
+                         ranks, top_ids, top_lps, pieces)
+
+
+def _likeliest(lp: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k likeliest ids of each row of log-probs (rows, V) and their log-probs, likeliest first (equal ones
+    by id). argpartition finds them in O(V) per row; only the k are sorted."""
+    if k < lp.shape[1]:
+        idx = np.argpartition(-lp, k - 1, axis=1)[:, :k]
+    else:
+        idx = np.broadcast_to(np.arange(lp.shape[1]), lp.shape)
+    vals = np.take_along_axis(lp, idx, axis=1)
+    order = np.lexsort((idx, -vals), axis=1)
+    return np.take_along_axis(idx, order, axis=1).astype(np.int64), np.take_along_axis(vals, order, axis=1)
 
 
 def default_threads(n_embd: int) -> int:

@@ -17,10 +17,11 @@ import streamlit as st
 
 from core.checks import PlaygroundError
 from core.compare import CUSTOM, PRESETS, Inputs, Strategy, continuation_prompt, run
-from core.generate import EARLY_STOPPING
+from core.generate import EARLY_STOPPING, Alternative
 from core.sampling import KNOBS, SamplerConfig
-from playground.shared import (figure, knob_slider, model_key, open_page, prob_colour, starting_text, tokens_html,
-                             url_choice, url_choices, url_int, url_text, visible, visible_text)
+from playground.shared import (CONTEXT_BG, figure, knob_slider, model_key, open_page, prob_colour, starting_text,
+                               token_alternatives, tokens_html, url_choice, url_choices, url_int, url_text, visible,
+                               visible_text)
 
 EARLY_STOPPING_HELP = {
     "false": "False (Hugging Face's default): stop once no live beam can beat the worst finished one at its "
@@ -31,7 +32,6 @@ EARLY_STOPPING_HELP = {
 }
 ENDED = {"eos": "at end-of-text", "stop": "at a stop string", "length": "at the token limit",
          "context": "at the model's context limit"}
-PROMPT_BG = "#e5e7eb"       # the prompt's chip, as on Generate
 # the beam tree's nodes by kind: mid-tone colours that read on a light and a dark background alike
 NODE_STYLE = {
     "prompt": dict(name="prompt", symbol="square", color="#64748b", size=10),
@@ -112,7 +112,7 @@ for start in range(0, len(outcomes), per_row):
         if o.error:
             col.error(o.error)
             continue
-        pieces = [(shown.inputs.prompt, "prompt", PROMPT_BG)]
+        pieces = [(shown.inputs.prompt, "prompt", CONTEXT_BG)]
         pieces += [(s.text, token_title(s), prob_colour(s.raw_prob)) for s in o.tokens]
         col.markdown(tokens_html(pieces), unsafe_allow_html=True)
         col.caption(f"{len(o.token_ids)} tokens, ended {ENDED.get(o.finish_reason, o.finish_reason)}")
@@ -133,16 +133,8 @@ if ran:
     chosen = o.tokens[i]
     left, right = st.columns([3, 2])
     prompt_there, cut = continuation_prompt(shown.inputs.prompt, o, i, lim.max_prompt_chars)
-    tail = prompt_there if len(prompt_there) <= 80 else "…" + prompt_there[-80:]
-    left.markdown(tokens_html([(tail, "the text before it", PROMPT_BG),
-                               (chosen.text, token_title(chosen), prob_colour(chosen.raw_prob))]),
-                  unsafe_allow_html=True)
-    rows = [{"token": visible_text(a.text), "probability": a.prob,
-             "": "← chosen" if a.token_id == chosen.token_id else ""} for a in chosen.alternatives]
-    if all(a.token_id != chosen.token_id for a in chosen.alternatives):
-        rows.append({"token": visible_text(chosen.text), "probability": chosen.raw_prob, "": "← chosen"})
-    left.dataframe(rows, hide_index=True, width="stretch", key="cmp_alternatives", column_config={
-        "probability": st.column_config.ProgressColumn("probability", format="%.3f", min_value=0.0, max_value=1.0)})
+    token_alternatives(left, prompt_there, Alternative(chosen.token_id, chosen.text, chosen.raw_prob),
+                       token_title(chosen), chosen.alternatives, "cmp_alternatives")
     left.caption(f"The model's {len(chosen.alternatives)} likeliest tokens at position {i + 1} of "
                  f"{o.strategy.name}'s text (entropy {chosen.entropy:.2f} nats).")
     sampler = SamplerConfig() if o.strategy.beam_width else o.strategy.sampler     # a beam's sampler is unused

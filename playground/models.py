@@ -1,5 +1,7 @@
-"""Models: each exported model's card, its training curve, how well it predicts your text, and (locally) importing a
-pretrained checkpoint as a new model: the board's import job does the work; this page only asks and watches."""
+"""Models: each exported model's card, its training curve, how well it predicts your text (any token of it with the
+model's alternatives there, its rank, and a way to continue from it on the Generate page, as on Compare), and
+(locally) importing a pretrained checkpoint as a new model: the board's import job does the work; this page only
+asks and watches."""
 
 import math
 import time
@@ -8,8 +10,11 @@ import streamlit as st
 
 from core.jobs import JobError
 from core.quantize import QuantizeConfig, is_approximate
+from core.compare import ALTERNATIVES
+from core.generate import Alternative
 from core.runtime import ModelError
-from playground.shared import figure, job_board, open_page, prob_colour, tokens_html, url_text, visitor_token
+from playground.shared import (CONTEXT_BG, figure, job_board, model_key, open_page, prob_colour, token_alternatives,
+                               tokens_html, url_text, visible_text, visitor_token)
 
 model, lim = open_page(None)
 board, token = job_board(), visitor_token()
@@ -140,18 +145,58 @@ if model.variant != "fp32":
 text = st.text_area("Text", url_text("score", "The night is long, and the morning will come.", lim.max_prompt_chars),
                     max_chars=lim.max_prompt_chars, key="score_text")
 st.query_params["score"] = text
-try:
-    s = model.score(text)
-except ModelError as e:
-    st.info(str(e))
-    st.stop()
+kept = st.session_state.get("score_result")
+if kept is None or kept[0] != (model_key(model), text):
+    # scored once per model and text: picking a token below reruns the page, not the model
+    try:
+        kept = st.session_state["score_result"] = ((model_key(model), text), model.score(text, top=ALTERNATIVES))
+    except ModelError as e:
+        st.info(str(e))
+        st.stop()
+s = kept[1]
 m = st.columns(3)
 m[0].metric("perplexity", f"{s.perplexity:.2f}", help="exp(mean loss): the model is as unsure as a fair die "
             "with this many sides, on average")
 m[1].metric("mean loss", f"{s.mean_nll:.3f} nats/token")
 m[2].metric("bits per byte", f"{s.bits_per_byte:.3f}")
-pieces = [(model.tokenizer.token_text(s.tokens[0]), "first token: context only", "#e5e7eb")]
-pieces += [(model.tokenizer.token_text(t), f"log p = {lp:.2f} (p = {math.exp(lp):.3f})", prob_colour(math.exp(lp)))
-           for t, lp in zip(s.tokens[1:], s.logprobs)]
+texts = [model.tokenizer.token_text(t) for t in s.tokens]
+
+
+def title(j: int) -> str:
+    """Scored token j's hover: its log-prob, probability and rank there."""
+    lp = s.logprobs[j - 1]
+    return f"log p = {lp:.2f} (p = {math.exp(lp):.3f}), #{s.ranks[j - 1]:,} of {model.vocab_size:,}"
+
+
+pieces = [(texts[0], "first token: context only", CONTEXT_BG)]
+pieces += [(texts[j], title(j), prob_colour(math.exp(s.logprobs[j - 1]))) for j in range(1, len(s.tokens))]
 st.markdown(tokens_html(pieces), unsafe_allow_html=True)
-st.caption("Each token coloured by the probability the model gave it, from red (surprising) to green (expected).")
+st.caption("Each token coloured by the probability the model gave it, from red (surprising) to green (expected); "
+           "hover one for its rank among all tokens.")
+
+st.markdown("**One token and its alternatives**")
+# token 0 is only context; a slider needs two stops, so a text of two tokens has just its second
+j = 1 if len(s.tokens) == 2 else st.select_slider(
+    "Token", options=range(1, len(s.tokens)), key="score_token",
+    format_func=lambda k: f"{k + 1}: {visible_text(texts[k])}",
+    help="Slide through the text's tokens, or focus it and use the arrow keys.")
+row = j - 1
+left, right = st.columns([3, 2])
+before = s.text_before(j)
+alternatives = [Alternative(int(t), model.tokenizer.token_text(int(t)), math.exp(lp))
+                for t, lp in zip(s.top_ids[row], s.top_logprobs[row])]
+token_alternatives(left, before, Alternative(s.tokens[j], texts[j], math.exp(s.logprobs[row])), title(j),
+                   alternatives, "score_alternatives")
+left.caption(f"The model's {len(alternatives)} likeliest tokens at position {j + 1} of the text; the text's own "
+             f"token there is #{s.ranks[row]:,} of all {model.vocab_size:,}.")
+prompt_there = before[-lim.max_prompt_chars:]       # the end is what the model continues from
+params = {k: st.query_params[k] for k in ("model", "weights") if k in st.query_params}
+right.page_link("playground/generate.py", label="Continue from here in Generate", icon="🎲",
+                query_params={**params, "prompt": prompt_there}, disabled=not prompt_there)
+right.caption("The text before this token becomes Generate's prompt: its next-token candidates there are these "
+              "alternatives; force another one to branch."
+              if prompt_there else "No text comes before this token (only the tokenizer's start token): nothing "
+                                   "to continue from.")
+if len(before) > len(prompt_there):
+    right.caption(f"The text is longer than the {lim.max_prompt_chars:,} characters a prompt may have here: its "
+                  f"start is left out.")

@@ -23,6 +23,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import catalog, scaling
+from core.generate import Alternative
 from core.limits import Limits, allowed_models, hosted
 from core.quantize import is_approximate
 from core.runtime import Model, ModelError
@@ -326,6 +327,24 @@ def tokens_html(pieces: list[tuple[str, str, str | None]]) -> str:
                      f'border-radius:3px;padding:1px 2px;margin:1px;display:inline-block;font-family:monospace;'
                      f'white-space:pre">{visible(text)}</span>')
     return '<div style="line-height:2.0">' + "".join(chips) + "</div>"
+
+
+CONTEXT_BG = "#e5e7eb"      # the chip of text the model only reads: a prompt, the text before a token
+
+
+def token_alternatives(container, before: str, chosen: Alternative, title: str,
+                       alternatives: Sequence[Alternative], key: str) -> None:
+    """One token after the end of the text before it, and the model's likeliest tokens there as a table of
+    probabilities with the chosen one marked (added below them when it is not among them)."""
+    tail = before if len(before) <= 80 else "…" + before[-80:]
+    container.markdown(tokens_html([(tail, "the text before it", CONTEXT_BG),
+                                    (chosen.text, title, prob_colour(chosen.prob))]), unsafe_allow_html=True)
+    rows = [{"token": visible_text(a.text), "probability": a.prob,
+             "": "← chosen" if a.token_id == chosen.token_id else ""} for a in alternatives]
+    if all(a.token_id != chosen.token_id for a in alternatives):
+        rows.append({"token": visible_text(chosen.text), "probability": chosen.prob, "": "← chosen"})
+    container.dataframe(rows, hide_index=True, width="stretch", key=key, column_config={
+        "probability": st.column_config.ProgressColumn("probability", format="%.3f", min_value=0.0, max_value=1.0)})
 
 
 def figure(traces: list[dict], xtitle: str | None = None, ytitle: str | None = None, **layout) -> go.Figure:

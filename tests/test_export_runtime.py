@@ -184,6 +184,51 @@ def test_score_matches_the_logits(exported):
         m.score("x")
 
 
+def numpy_log_softmax(x) -> np.ndarray:
+    """Log-probabilities written here, independently of core.sampling."""
+    z = np.asarray(x, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def test_score_gives_ranks_and_alternatives_from_its_own_pass_in_bounded_rows(exported, monkeypatch):
+    import core.runtime as runtime
+    m = Model(exported)
+    B, stride, top = m.block_size, m.block_size // 2, 7
+    text = "The dog ran over the garden, and the cat sat. " * 3         # 141 bytes > context 24
+    real_lsm, real_logits, rows, calls = runtime.log_softmax, m.logits, [], []
+    monkeypatch.setattr(runtime, "SCORE_ROWS", 5)
+    monkeypatch.setattr(runtime, "log_softmax", lambda x: rows.append(x.shape[0]) or real_lsm(x))
+    monkeypatch.setattr(m, "logits", lambda ids: calls.append(len(ids)) or real_logits(ids))
+    s = m.score(text, top=top)
+    monkeypatch.undo()
+    # one model call per window, no second run for the alternatives; log-probs never a whole window's rows at once
+    assert len(calls) == s.windows > 2 and max(rows) <= 5
+    assert s.top_ids.shape == s.top_logprobs.shape == (len(s.tokens) - 1, top) and len(s.ranks) == len(s.logprobs)
+    windows = {}
+    for j, p in enumerate(range(1, len(s.tokens))):
+        # token p is scored in the first window that holds it after the start's, at least half a context in
+        start = 0 if p < B else -(-(p - B + 1) // stride) * stride
+        assert p - start >= min(p, B - stride)
+        if start not in windows:
+            windows[start] = numpy_log_softmax(m.logits(s.tokens[start:start + B])[0])
+        lp = windows[start][p - start - 1]
+        token = s.tokens[p]
+        assert s.logprobs[j] == pytest.approx(lp[token], abs=1e-9)
+        assert s.ranks[j] == 1 + int((lp > lp[token]).sum())
+        want = np.argsort(-lp, kind="stable")[:top]
+        assert list(s.top_ids[j]) == list(want) and np.allclose(s.top_logprobs[j], lp[want], atol=1e-9)
+        if s.ranks[j] <= top:
+            assert s.top_ids[j][s.ranks[j] - 1] == token
+    assert s.logprobs == m.score(text).logprobs            # top changes nothing else
+    assert s.text_before(len(s.tokens)) == text and s.text_before(4) == text[:4]
+    # no top: no alternatives; more than the vocabulary: all of it, in order
+    assert m.score(text).top_ids.shape == (len(s.tokens) - 1, 0)
+    full = m.score("The cat sat.", top=10**6)
+    assert full.top_ids.shape[1] == m.vocab_size and (np.diff(full.top_logprobs, axis=1) <= 0).all()
+    assert (np.sort(full.top_ids, axis=1) == np.arange(m.vocab_size)).all()
+
+
 def test_generation_is_seeded_and_slides_past_the_context(exported):
     m = Model(exported)
     a = [s.token_id for s in stream(m, "The", 60, seed=3)]

@@ -1,6 +1,8 @@
 """AppTest of every page on the real default model (exported/shakespeare-char)."""
 
+import math
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import pytest
 import tiktoken
@@ -275,6 +277,30 @@ def test_models_page_scores_text():
     assert float(metrics["perplexity"]) > 1 and "nats/token" in metrics["mean loss"]
     at.text_area(key="score_text").set_value("x").run()
     assert any("at least 2 tokens" in i.value for i in at.info)
+
+
+def test_models_page_shows_a_tokens_alternatives_and_continues_from_it_in_generate():
+    at = page("playground/models.py", {"score": "To be, or not to be"})
+    s = at.session_state["score_result"][1]
+    top_ranked = next(j for j in range(1, len(s.tokens)) if s.ranks[j - 1] <= 10)
+    for j, before in ((7, "To be, "), (top_ranked, "To be, or not to be"[:top_ranked])):
+        at.select_slider(key="score_token").set_value(j).run()
+        assert not at.exception
+        # the model's 10 likeliest tokens there, from the scoring pass; the text's own token marked (below them
+        # when it is not among them) with its rank among all tokens
+        alts = table_with(at, "probability")
+        assert list(alts["probability"][:10]) == pytest.approx([math.exp(lp) for lp in s.top_logprobs[j - 1]])
+        mark = alts[alts[""] == "← chosen"]
+        assert len(mark) == 1 and mark["token"].iloc[0] == shared.visible_text("To be, or not to be"[j])
+        assert mark["probability"].iloc[0] == pytest.approx(math.exp(s.logprobs[j - 1]))
+        assert mark.index[0] == (s.ranks[j - 1] - 1 if s.ranks[j - 1] <= 10 else 10)
+        assert any(f"is #{s.ranks[j - 1]} of all 257" in c.value for c in at.caption)
+        # the link opens Generate with the text before the token as its prompt, on the same model
+        link = next(e.proto for e in at.get("page_link") if e.proto.label == "Continue from here in Generate")
+        query = dict(parse_qsl(link.query_string))
+        assert link.page == "generate" and query == {"model": "shakespeare-char", "prompt": before}
+    generate = page("playground/generate.py", query)
+    assert not generate.exception and generate.text_area(key="prompt").value == before
 
 
 def word_replay(at: AppTest):
