@@ -322,6 +322,35 @@ class Trace:
         return cls.from_dict(source, d, limits)
 
 
+LOOM_MAX_BYTES = 1 << 20        # a saved loom is a few kB; a larger file is not one of ours
+
+
+def loom_file(trace: Trace, model_name: str) -> str:
+    """A trace as a file a person keeps (the Generate page's "Save the loom"): the model it was made with,
+    since its token ids mean other text to another model, and the trace with every branch."""
+    return json.dumps({"model": model_name, "trace": trace.to_dict()}, indent=1)
+
+
+def read_loom(source: LogitsSource, raw: bytes, model_name: str, limits: Limits = Limits(),
+              file_name: str = "the file") -> Trace:
+    """A trace from a saved loom, checked as untrusted input like a shared link; a file from another model,
+    too large, not JSON or not a loom is refused with what to do instead."""
+    if len(raw) > LOOM_MAX_BYTES:
+        raise GenerationError(f"{file_name} is {len(raw):,} bytes; a saved loom is at most {LOOM_MAX_BYTES:,}")
+    try:
+        saved = json.loads(raw)
+        made_with, state = saved["model"], saved["trace"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise GenerationError(f"{file_name} is not a saved loom ({type(e).__name__}); save one with "
+                              f"'Save the loom'") from e
+    if made_with != model_name:
+        raise GenerationError(f"this loom was made with {made_with!r}: its tokens mean other text to {model_name!r}; "
+                              f"pick {made_with!r}, then load it again")
+    if not isinstance(state, dict):
+        raise GenerationError(f"{file_name} is not a saved loom (its trace is not an object)")
+    return Trace.from_dict(source, state, limits)
+
+
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = 0
     for x, y in zip(a, b):

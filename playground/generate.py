@@ -11,9 +11,9 @@ from core.generate import GenerationConfig
 from core.sampling import (DEFAULT_ORDER, DRY_BREAKERS, KNOBS, STAGE_LABELS, STAGES, SamplerConfig, StageDelta,
                            breaker_ids, complete_order, entropy_by_temperature, format_breakers, parse_breakers,
                            parse_order, stage_deltas)
-from core.trace import Trace
-from playground.shared import (figure, knob_slider, model_key, open_page, prob_colour, starting_text, text_colour,
-                               tokens_html, url_float, url_int, url_notice, url_text, visible, visible_text)
+from core.trace import Trace, loom_file, read_loom
+from playground.shared import (knob_slider, model_key, open_page, prob_colour, starting_text, text_colour,
+                               line_svg, tokens_html, url_float, url_int, url_notice, url_text, visible, visible_text)
 
 model, lim = open_page("Generate, step by step",
                        "Each step: the model scores every token, the sampler stages reshape those scores, one token "
@@ -123,6 +123,21 @@ def save(trace: Trace) -> None:
     st.query_params["t"] = trace.to_url()
 
 
+def load_loom() -> None:
+    """Upload callback: a saved loom replaces the trace (checked like a shared link), its prompt the prompt's;
+    a refused file leaves the current trace as it was and says why."""
+    upload = st.session_state.get("loom_upload")
+    if upload is None:
+        return
+    try:
+        trace = read_loom(model, upload.getvalue(), model.name, lim, upload.name)
+    except PlaygroundError as e:
+        st.session_state["notice"] = str(e)
+        return
+    st.session_state["prompt"] = trace.prompt
+    save(trace)
+
+
 def act(action: str, arg=None) -> None:
     """Button callbacks: one move on the live trace, then saved (runs before the page reruns)."""
     st.session_state["click_started"] = time.perf_counter()
@@ -145,6 +160,8 @@ def act(action: str, arg=None) -> None:
             trace.forward()
         elif action == "force":
             trace.force(int(arg))
+        elif action == "continue":
+            trace.continue_with(*arg)
         elif action == "switch":
             trace.switch(st.session_state["branch"])
         elif action == "reset":
@@ -244,6 +261,48 @@ def lens_view(ids: list[int]) -> None:
     st.caption("The last row is the model's own prediction (before the sampler); the rows above it stop early.")
 
 
+def loom(trace: Trace, steps: list) -> None:
+    """Any generated token up close (its alternatives under the model, and a fork that takes another one
+    there), the tree of branches this makes, and the whole tree saved to or loaded from a file."""
+    with st.expander(f"Click a token: its alternatives, and branch from it · {len(trace.branches)} "
+                     f"branch{'es' if len(trace.branches) > 1 else ''}", expanded=len(trace.branches) > 1):
+        if steps:
+            i = len(steps) - 1              # a slider needs two positions to choose from
+            if len(steps) > 1:
+                i = st.slider("Token", 1, len(steps), len(steps), key=f"loom_pos_{len(steps)}",
+                              help="Which generated token to look at (1 is the first after the prompt).") - 1
+            chosen = steps[i]
+            st.markdown(f"Token {i + 1} is `{visible_text(chosen.text)}` (id {chosen.token_id}), p = {chosen.raw_prob:.3f} "
+                        f"under the model{' (forced)' if chosen.forced else ''}. Continue from here with another:")
+            cols = st.columns(5)
+            for k, a in enumerate(chosen.alternatives):
+                taken = a.token_id == chosen.token_id
+                cols[k % 5].button(f"{visible(a.text) or '∅'}  {a.prob:.3f}{' ✓' if taken else ''}",
+                                   key=f"loom_alt_{k}", on_click=act, args=("continue", (i, a.token_id)),
+                                   type="primary" if taken else "secondary",
+                                   help="the token taken here" if taken else
+                                        f"id {a.token_id}: go back to token {i + 1} and take this one instead "
+                                        f"(a new branch keeps the current text)")
+        else:
+            st.caption("Generate a few tokens first.")
+        if len(trace.branches) > 1:
+            lines = []
+            for n in trace.tree():
+                where = "" if n.parent is None else f"from `{n.parent}` at token {n.fork_at + 1}: "
+                text = visible_text(n.added)
+                text = text if len(text) <= 60 else text[:60] + "…"
+                mark = "**" if n.name == trace.current else ""
+                lines.append(f"{'  ' * n.depth}- {mark}`{n.name}`{mark} {where}“{text}”")
+            st.markdown("The loom (each branch under the one it left):\n\n" + "\n".join(lines))
+            st.session_state["branch"] = trace.current
+            st.selectbox("Branch", list(trace.branches), key="branch", on_change=act, args=("switch",),
+                         help="Each different choice made where the text already continued keeps the old path.")
+        left, right = st.columns(2)
+        left.download_button("Save the loom (JSON)", loom_file(trace, model.name), file_name="loom.json", mime="application/json",
+                             on_click="ignore", key="loom_save")
+        right.file_uploader("Load a saved loom", type=["json"], key="loom_upload", on_change=load_loom)
+
+
 @st.fragment
 def stepper() -> None:
     trace = current_trace()
@@ -268,11 +327,7 @@ def stepper() -> None:
     st.markdown(tokens_html(pieces), unsafe_allow_html=True)
     st.caption(f"{len(steps)} token{'' if len(steps) == 1 else 's'} generated · branch `{trace.current}` · colour: probability under the "
                f"model (red unlikely, green likely); hover a token for its alternatives")
-    if len(trace.branches) > 1:
-        names = list(trace.branches)
-        st.session_state["branch"] = trace.current
-        st.selectbox("Branch", names, key="branch", on_change=act, args=("switch",),
-                     help="Each different choice made where the text already continued keeps the old path.")
+    loom(trace, steps)
 
     final = view.final
     top = final.probs.argsort()[::-1][:10]
@@ -292,35 +347,22 @@ def stepper() -> None:
                "(colour on a log scale, pale 0.001 to dark 1; ↑ ↓ where the stage moved it by a quarter or more); "
                "struck grey: removed, with the probability it had. *Cut*: the mass the removed tokens held; "
                "*moved*: how much probability changed hands (half the summed |after − before|).")
-    labels_ids = raw.probs.argsort()[::-1][:15]
-    labels = [f"{visible(model.tokenizer.token_text(int(t))) or '∅'} " for t in labels_ids]
-    bars = figure([dict(type="bar", x=labels, y=raw.probs[labels_ids], name="raw (the model)"),
-                   dict(type="bar", x=labels, y=final.probs[labels_ids], name="final (sampled from)")],
-                  barmode="group", height=260, margin=dict(t=30, b=20), title=dict(text="Raw vs final"))
-    st.plotly_chart(bars, width="stretch", key="raw_final_chart")
-
     if st.toggle("Logit lens of the next token", key="gen_lens",
                  help="What the residual stream would predict if the model stopped after each layer's attention "
                       "or MLP (the final norm and unembedding applied early): the answer forming layer by layer."):
         lens_view(trace.ids)
 
+    # inline SVG, not plotly: these two are redrawn on every click, and each plotly chart cost ~110 ms of it
     left, right = st.columns(2)
     if steps:
-        ent = figure([dict(type="scatter", y=[s.entropy for s in steps], mode="lines+markers",
-                           text=[s.text for s in steps])],
-                     title=dict(text="Entropy of the model's distribution at each step (nats)"), height=300,
-                     xaxis=dict(title=dict(text="step")), yaxis=dict(title=dict(text="entropy")),
-                     margin=dict(t=40, b=20))
-        left.plotly_chart(ent, width="stretch", key="entropy_chart")
+        left.markdown(line_svg(list(range(1, len(steps) + 1)), [s.entropy for s in steps],
+                               "Entropy of the model's distribution at each step", "step", "nats", points=True),
+                      unsafe_allow_html=True)
     temps = [0.05 * i for i in range(1, 61)]
     curve = entropy_by_temperature(raw.logits, temps)
-    marks = ([dict(type="line", x0=sampler.temperature, x1=sampler.temperature, yref="paper", y0=0, y1=1,
-                   line=dict(dash="dash"))] if sampler.temperature > 0 else [])
-    tfig = figure([dict(type="scatter", x=temps, y=curve, mode="lines")], shapes=marks,
-                  title=dict(text="Temperature vs entropy of the next-token distribution"), height=300,
-                  xaxis=dict(title=dict(text="temperature")), yaxis=dict(title=dict(text="entropy (nats)")),
-                  margin=dict(t=40, b=20))
-    right.plotly_chart(tfig, width="stretch", key="temperature_chart")
+    right.markdown(line_svg(temps, list(curve), "Temperature vs entropy of the next token", "temperature", "nats",
+                            marker_x=sampler.temperature if sampler.temperature > 0 else None),
+                   unsafe_allow_html=True)
     started = st.session_state.pop("click_started", None)
     server = f" · server time for this step: {1000 * (time.perf_counter() - started):.1f} ms" if started else ""
     st.caption("Share this exact state: copy the page's address (prompt, model, knobs, seed and the steps "

@@ -447,6 +447,49 @@ def test_the_tour_walks_the_real_pages_with_the_visitors_prompt_and_outlines_eac
     page.close()
 
 
+@pytest.mark.parametrize("scheme", ["dark"])
+def test_the_loom_forks_at_an_earlier_token_saves_and_loads_back(server, browser, scheme, tmp_path):
+    """Generate's loom in a browser: ten tokens, another token taken at the fourth (a new branch beside main),
+    saved as a file, the trace reset, the file loaded back; a file from elsewhere is refused with a message
+    and the trace in view stays."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, color_scheme=scheme, accept_downloads=True)
+    page.goto(f"{server}/generate?prompt=ROMEO%3A%0A")
+    page.wait_for_selector(IDLE, timeout=CEILING_MS)
+    page.get_by_role("button", name="Run 10").click()
+    wait_count(page, 10)
+    page.get_by_text("Click a token: its alternatives").click()
+    slider = page.get_by_role("slider", name="Token")
+    slider.wait_for(timeout=CEILING_MS)
+    slider.focus()
+    for _ in range(6):
+        page.keyboard.press("ArrowLeft")                             # token 10 -> token 4
+    page.wait_for_function("document.body.innerText.includes('Token 4 is')", timeout=CEILING_MS)
+    page.wait_for_selector(IDLE, timeout=CEILING_MS)
+    other = page.locator("[class*='st-key-loom_alt_'] button").filter(has_not_text="✓").first
+    other.click()
+    page.wait_for_function("document.body.innerText.includes('from main at token 4')", timeout=CEILING_MS)
+    page.wait_for_selector(IDLE, timeout=CEILING_MS)
+    shot(page, f"generate-loom-{scheme}")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Save the loom (JSON)").click()
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    assert saved.name == "loom.json" and '"parent": "main"' in saved.read_text()
+    page.get_by_role("button", name="Reset", exact=True).click()
+    wait_count(page, 0)
+    bad = tmp_path / "other.json"
+    bad.write_text('{"model": "gpt2", "trace": {}}')
+    uploader = page.locator(".st-key-loom_upload [data-testid='stFileUploaderDropzoneInput']")
+    uploader.set_input_files(str(bad))
+    page.wait_for_function("document.body.innerText.includes('this loom was made with')", timeout=CEILING_MS)
+    assert generated_count(page) == 0
+    uploader.set_input_files(str(saved))
+    page.wait_for_function("document.body.innerText.includes('4 tokens generated')", timeout=CEILING_MS)
+    page.wait_for_function("document.body.innerText.includes('from main at token 4')", timeout=CEILING_MS)
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.close()
+
+
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_the_int8_weights_are_chosen_with_their_agreement_in_view(server, browser, scheme):
     page = browser.new_page(viewport={"width": 1400, "height": 1000}, color_scheme=scheme)

@@ -414,3 +414,21 @@ def test_a_deployment_can_offer_a_fixed_list_of_models(monkeypatch):
     assert not at.exception
     assert list(at.selectbox(key="model").options) == ["shakespeare-bpe"]
     assert any("`model`" in w.value for w in at.sidebar.warning)
+
+
+def test_generate_s_loom_branches_from_an_earlier_token_and_keeps_both_paths():
+    at = page("playground/generate.py")
+    button(at, "Run").click().run()                                  # Run 10
+    main = list(at.session_state["trace"]["state"]["branches"][0]["tokens"])
+    assert len(main) == 10 and not at.exception
+    at.slider(key="loom_pos_10").set_value(3).run()                  # the third generated token
+    alternative = next(b for b in at.button if b.key and b.key.startswith("loom_alt_") and "✓" not in b.label)
+    alternative.click().run()
+    assert not at.exception, at.exception
+    state = at.session_state["trace"]["state"]
+    names = [b["name"] for b in state["branches"]]
+    assert names == ["main", "b1"] and state["current"] == "b1" and state["cursor"] == 3
+    b1 = state["branches"][1]
+    assert b1["tokens"][:2] == main[:2] and b1["tokens"][2] != main[2] and b1["parent"] == "main"
+    assert state["branches"][0]["tokens"] == main                   # the old path is kept
+    assert any("The loom" in m.value for m in at.markdown)

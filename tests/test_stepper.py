@@ -201,3 +201,28 @@ def test_xtc_s_coin_follows_the_trace_s_seed_in_the_view_and_the_draw():
             token = t.step()
             assert after[token] > 0, (seed, len(t.tokens))
     assert acted_somewhere[0] != acted_somewhere[7] and any(acted_somewhere[7])
+
+
+def test_a_saved_loom_loads_back_and_a_bad_one_is_refused_with_what_to_do():
+    from core.generate import GenerationError
+    from core.trace import LOOM_MAX_BYTES, loom_file, read_loom
+    import json
+    toy = ToySource(vocab=40, order=2, seed=3, block_size=512)
+    t = Trace(toy, "ab", GenerationConfig(seed=2, sampler=SamplerConfig(temperature=0.9)))
+    t.run(6)
+    t.continue_with(2, next(a for a in range(40) if a != t.branch.tokens[2]))
+    saved = loom_file(t, "toy")
+    back = read_loom(toy, saved.encode(), "toy")
+    assert back.to_dict() == t.to_dict() and back.steps() == t.steps()
+    state = json.loads(saved)
+    tampered = json.loads(saved)
+    tampered["trace"]["branches"][0]["tokens"][0] = 10_000
+    for raw, name, message in [
+            (saved.encode(), "other", "made with 'toy'"),
+            (b"{not json", "toy", "not a saved loom"),
+            (json.dumps({"trace": state["trace"]}).encode(), "toy", "not a saved loom"),
+            (json.dumps({"model": "toy", "trace": []}).encode(), "toy", "not a saved loom"),
+            (json.dumps(tampered).encode(), "toy", "cannot be restored|out of range|vocabulary|token"),
+            (b" " * (LOOM_MAX_BYTES + 1), "toy", "at most")]:
+        with pytest.raises(GenerationError, match=message):
+            read_loom(toy, raw, name)
