@@ -7,7 +7,7 @@ from core.checks import PlaygroundError
 from core.generate import GenerationConfig, complete
 from core.sampling import SamplerConfig
 from core.tokenizer import TokenizerError
-from playground.shared import (figure, open_page, starting_text, tokens_html, url_int, url_text, visible,
+from playground.shared import (figure, heat_png, heat_svg, open_page, starting_text, tokens_html, url_int, url_text, visible,
                                weight_colour)
 
 model, lim = open_page("Attention",
@@ -98,7 +98,7 @@ cells = [(l, h) for l in layers for h in heads]
 image, pitch = tile(maps, layers, heads)
 # Streamlit reports no clicks on heatmaps (streamlit#8760), so the maps carry a lattice of invisible markers:
 # a click anywhere on a map lands near one, and the marker says which map it was
-lattice = np.linspace(0, T - 1, 5)
+lattice = np.linspace(0, T - 1, 3)
 marks = [(j * pitch + x, i * pitch + y, k) for k, (i, j) in enumerate((i, j) for i in range(len(layers))
                                                                           for j in range(len(heads)))
          for x in lattice for y in lattice]
@@ -106,14 +106,15 @@ mx, my, which = (list(v) for v in zip(*marks))
 hidden = dict(marker=dict(opacity=0))
 titles = [dict(x=j * pitch + (T - 1) / 2, y=i * pitch - 0.5, text=f"L{l} H{h}", showarrow=False, yanchor="bottom",
                font=dict(size=11)) for i, l in enumerate(layers) for j, h in enumerate(heads)]
-grid = figure([dict(type="heatmap", z=image, colorscale="Viridis", zmin=0, zmax=1, hoverongaps=False,
-                    hovertemplate="attention %{z:.3f}<extra></extra>"),
-               dict(type="scatter", x=mx, y=my, customdata=which, mode="markers", marker=dict(size=24, opacity=0),
+H_img, W_img = image.shape
+grid = figure([dict(type="scatter", x=mx, y=my, customdata=which, mode="markers", marker=dict(size=60, opacity=0),
                     selected=hidden, unselected=hidden, hoverinfo="none", showlegend=False)],
+              images=[dict(source=heat_png(image), xref="x", yref="y", x=-0.5, y=-0.5, sizex=W_img, sizey=H_img,
+                           sizing="stretch", layer="below")],
               height=int(150 * len(layers) + 80), margin=dict(t=50, b=10, l=10, r=10), annotations=titles,
               title=dict(text="Layers (rows) and heads (columns): click a map to open it below"),
-              xaxis=dict(visible=False, constrain="domain"), yaxis=dict(visible=False, autorange="reversed",
-                                                                       scaleanchor="x"))
+              xaxis=dict(visible=False, range=[-0.5, W_img - 0.5], constrain="domain"),
+              yaxis=dict(visible=False, range=[H_img - 0.5, -0.5], scaleanchor="x"))
 picked = st.plotly_chart(grid, width="stretch", key="attn_grid", on_select="rerun", selection_mode="points",
                          config={"displayModeBar": False})
 points = picked.get("selection", {}).get("points", []) if picked else []
@@ -135,13 +136,9 @@ for key, n in (("layer", L), ("head", H)):
 layer = c1.selectbox("Layer", list(range(L)), key="attn_layer")
 head = c2.selectbox("Head", list(range(H)), key="attn_head")
 st.query_params["layer"], st.query_params["head"] = str(layer), str(head)
-# numeric axes labelled with the tokens: plotly lays out category axes several times slower, on every click
-ticks = dict(tickvals=list(range(T)), ticktext=labels)
-big = figure([dict(type="heatmap", z=maps[layer][0, head], colorscale="Viridis", zmin=0, zmax=1, customdata=[labels] * T,
-                   hovertemplate="from %{y}: to %{customdata}: %{z:.3f}<extra></extra>")],
-             xaxis=ticks, yaxis=dict(autorange="reversed", **ticks), height=max(400, 14 * T + 150),
-             margin=dict(t=40, b=10), title=dict(text=f"Layer {layer}, head {head}"))
-st.plotly_chart(big, width="stretch", key="attn_big", config={"displayModeBar": False})
+# inline SVG, not a plotly heatmap: with a tick label per token plotly spends ~300 ms laying it out on every
+# click; the exact weights of a row are in the chips below
+st.markdown(heat_svg(maps[layer][0, head], labels, f"Layer {layer}, head {head}"), unsafe_allow_html=True)
 
 st.subheader("The newest token's attention")
 pos = st.slider("Token", 0, T - 1, T - 1, key="attn_pos",

@@ -8,9 +8,11 @@ process serves every session; per-user traces live in st.session_state.
 
 from __future__ import annotations
 
+import base64
 import colorsys
 import functools
 import html
+import io
 import math
 import re
 import secrets
@@ -19,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+import PIL.Image
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -345,6 +349,56 @@ def token_alternatives(container, before: str, chosen: Alternative, title: str,
         rows.append({"token": visible_text(chosen.text), "probability": chosen.prob, "": "← chosen"})
     container.dataframe(rows, hide_index=True, width="stretch", key=key, column_config={
         "probability": st.column_config.ProgressColumn("probability", format="%.3f", min_value=0.0, max_value=1.0)})
+
+
+VIRIDIS = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#b5de2b", "#fde725"]
+
+
+def heat_png(z: np.ndarray, low: float = 0.0, high: float = 1.0, min_pixels: int = 600) -> str:
+    """A matrix as a PNG data URI on plotly's Viridis scale (NaN transparent), each cell a square block of
+    pixels so it stays crisp when stretched: a plotly layout image of this draws in a few milliseconds where
+    a heatmap trace of many cells takes hundreds, on every click."""
+    stops = np.array([[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in VIRIDIS], np.float64)
+    t = np.clip((np.nan_to_num(z, nan=low) - low) / max(high - low, 1e-12), 0, 1) * (len(VIRIDIS) - 1)
+    grid = np.arange(len(VIRIDIS))
+    rgba = np.empty(z.shape + (4,), np.uint8)
+    for c in range(3):
+        rgba[..., c] = np.interp(t, grid, stops[:, c]).round()
+    rgba[..., 3] = np.where(np.isnan(z), 0, 255)
+    k = max(1, -(-min_pixels // max(z.shape)))
+    rgba = rgba.repeat(k, axis=0).repeat(k, axis=1)
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(rgba, "RGBA").save(buffer, format="PNG", optimize=False, compress_level=1)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def heat_svg(z: np.ndarray, labels: Sequence[str], title: str, cell: int = 16) -> str:
+    """A square matrix as inline SVG: its cells as one image (`heat_png`), each row and column named by a
+    label, and the colour scale from 0 to 1. For a map redrawn on every click: plotly spends ~300 ms laying
+    out a heatmap with a tick label per token; this draws in a few."""
+    n = len(labels)
+    cell = max(4, min(cell, 720 // max(n, 1)))
+    side, pad = n * cell, 7 * min(12, max(len(x) for x in labels) if labels else 1) + 12
+    left, top = pad, pad + 24
+    font = max(8, min(12, cell - 3))
+    parts = [f'<text x="0" y="15" font-size="14" font-weight="600" fill="currentColor">{html.escape(title)}</text>',
+             f'<image href="{heat_png(z)}" x="{left}" y="{top}" width="{side}" height="{side}" '
+             f'preserveAspectRatio="none"/>']
+    for i, label in enumerate(labels):
+        text = html.escape(label if len(label) <= 12 else label[:11] + "…")
+        c = i * cell + cell / 2
+        parts.append(f'<text x="{left - 4}" y="{top + c + font / 3:.1f}" font-size="{font}" text-anchor="end" '
+                     f'font-family="monospace" fill="currentColor">{text}</text>')
+        parts.append(f'<text x="{left + c + font / 3:.1f}" y="{top - 4}" font-size="{font}" font-family="monospace" '
+                     f'fill="currentColor" transform="rotate(-90 {left + c + font / 3:.1f} {top - 4})">{text}</text>')
+    bar_x = left + side + 16
+    ramp = heat_png(np.linspace(1, 0, 64)[:, None], min_pixels=64)
+    parts += [f'<image href="{ramp}" x="{bar_x}" y="{top}" width="12" height="{side}" preserveAspectRatio="none"/>',
+              f'<text x="{bar_x + 16}" y="{top + 9}" font-size="11" fill="currentColor">1</text>',
+              f'<text x="{bar_x + 16}" y="{top + side}" font-size="11" fill="currentColor">0</text>']
+    width, height = bar_x + 36, top + side + 4
+    return (f'<svg viewBox="0 0 {width} {height}" width="100%" style="max-width:{width}px" role="img" '
+            f'aria-label="{html.escape(title)}">{"".join(parts)}</svg>')
 
 
 def line_svg(xs: Sequence[float], ys: Sequence[float], title: str, xlabel: str, ylabel: str,

@@ -225,7 +225,10 @@ def test_attention_grows_the_text_one_token_at_a_time():
     assert not at.exception
     after = at.text_area(key="attn_text").value
     assert after.startswith(before) and len(after) == len(before) + 1      # one byte token
-    assert len([m for m in at.markdown if "head " in m.value]) == 4          # a row per head
+    assert len([m for m in at.markdown if m.value.startswith("head ")]) == 4     # a row per head
+    big = [m.value for m in at.markdown if m.value.startswith("<svg")]
+    assert len(big) == 1 and 'aria-label="Layer 0, head 0"' in big[0]            # the chosen head, large
+    assert big[0].count("<text") >= 2 * len(before)                              # every token labels a row and a column
 
 
 def test_inside_shows_every_instrument_and_offers_the_fix_for_unequal_prompts():

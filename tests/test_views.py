@@ -39,3 +39,29 @@ def test_chips_carry_their_text_colour_and_refuse_translucent_backgrounds():
     assert "color:#000000" in html and "color:#ffffff" in html
     with pytest.raises(ValueError, match="opaque"):
         text_colour("rgba(37, 99, 235, 0.5)")
+
+
+def test_heat_png_maps_0_and_1_to_viridis_ends_and_nan_to_transparent():
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from playground.shared import VIRIDIS, heat_png
+    z = np.array([[0.0, 1.0], [np.nan, 0.5]])
+    uri = heat_png(z, min_pixels=4)
+    img = np.array(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+    assert img.shape == (4, 4, 4)                                      # each cell a 2 x 2 block
+    hex_of = lambda px: "#" + "".join(f"{int(v):02x}" for v in px[:3])  # noqa: E731
+    assert hex_of(img[0, 0]) == VIRIDIS[0] and hex_of(img[0, 3]) == VIRIDIS[-1]
+    assert img[3, 0, 3] == 0 and img[0, 0, 3] == 255
+
+
+def test_svg_views_escape_token_text():
+    import numpy as np
+
+    from playground.shared import heat_svg, line_svg
+    svg = heat_svg(np.eye(2), ["<script>", "a&b"], "L0 <H1>")
+    assert "<script>" not in svg and "&lt;script&gt;" in svg and "a&amp;b" in svg and "L0 &lt;H1&gt;" in svg
+    assert "<script" not in line_svg([1, 2], [0.5, 0.2], "<b>x", "step", "nats")
