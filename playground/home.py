@@ -26,25 +26,24 @@ else:
 
 prompt = st.text_area("Your prompt (the tour and *Try a prompt* use it)", "ROMEO:\nWhat light is this", key="home_prompt",
                       max_chars=200, height=68)
-doors = st.columns(3)
-with doors[0].container(border=True, height="stretch"):
-    st.markdown("#### 🎓 Learn how an LLM works")
-    st.markdown("Eight short sections with your text and this model's own numbers: tokens, embeddings, "
-                "attention, logits, the loss, scaling, post-training.")
-    st.page_link("playground/learn.py", label="Start learning →", query_params={"text": prompt})
-    st.page_link("playground/glance.py", label="The whole model at a glance →", query_params={"text": prompt})
-with doors[1].container(border=True, height="stretch"):
-    st.markdown("#### 🎲 Try a prompt")
-    st.markdown("Step through generation one token at a time, turn the sampler's knobs, force a different token "
-                "and branch; compare decoding strategies; look at attention.")
-    st.page_link("playground/generate.py", label="Generate step by step →", query_params={"prompt": prompt})
-    st.page_link("playground/compare.py", label="Compare strategies →", query_params={"prompt": prompt})
-with doors[2].container(border=True, height="stretch"):
-    st.markdown("#### 🏋️ Train your own")
-    st.markdown("Train a small model on Shakespeare or your own text in minutes, watch the loss fall and the "
-                "samples improve, export it, then fine-tune it with preferences.")
-    st.page_link("playground/train.py", label="Train a model →")
-    st.page_link("playground/posttrain.py", label="Post-train one →")
+DOORS = [  # title, what is behind it, links (page, label, the URL parameter that carries the prompt)
+    ("🎓 Learn how an LLM works", "Eight short sections with your text and this model's own numbers: tokens, "
+     "embeddings, attention, logits, the loss, scaling, post-training.",
+     [("playground/learn.py", "Start learning →", "text"), ("playground/glance.py", "The whole model at a glance →", "text")]),
+    ("🎲 Try a prompt", "Step through generation one token at a time, turn the sampler's knobs, force a different "
+     "token and branch; compare decoding strategies; look at attention.",
+     [("playground/generate.py", "Generate step by step →", "prompt"),
+      ("playground/compare.py", "Compare strategies →", "prompt")]),
+    ("🏋️ Train your own", "Train a small model on Shakespeare or your own text in minutes, watch the loss fall and "
+     "the samples improve, export it, then fine-tune it with preferences.",
+     [("playground/train.py", "Train a model →", None), ("playground/posttrain.py", "Post-train one →", None)]),
+]
+for column, (title, text, links) in zip(st.columns(len(DOORS)), DOORS):
+    with column.container(border=True, height="stretch"):
+        st.markdown(f"#### {title}")
+        st.markdown(text)
+        for page, label, param in links:
+            st.page_link(page, label=label, query_params={param: prompt} if param else None)
 
 with st.container(border=True):
     left, right = st.columns([4, 1])

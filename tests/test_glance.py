@@ -19,6 +19,7 @@ from core.sampling import SamplerConfig, softmax
 from playground.tour import STEPS
 from tests import test_interpret
 from tests.test_interpret import CONFIGS, PROMPT, hooked_run
+from tests.test_pages import page
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "streamlit_app.py")
@@ -65,15 +66,6 @@ def test_the_glance_equals_torch_hooks(models, name):
     assert g.logits.ids == [int(i) for i in want]
     assert g.blocks[-1].lens_mlp.ids[0] == g.logits.ids[0]            # the lens at the last point is the model
     assert [s.name for s in g.sampler][0] == "raw" and g.sampler[-1].kept == 5
-
-
-def page(path: str, query: dict | None = None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    for k, v in (query or {}).items():
-        at.query_params[k] = v
-    at.run()
-    at.switch_page(path)
-    return at.run()
 
 
 def test_the_glance_page_draws_every_block_of_the_default_model_with_links():
