@@ -451,8 +451,9 @@ class SamplerConfig:
             knob.check(getattr(self, knob.name))
         ids = self.dry_breaker_ids
         if (not isinstance(ids, (tuple, list)) or len(ids) > MAX_BREAKERS
-                or any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0 for i in ids)):
-            raise ConfigError(f"dry_breaker_ids must be at most {MAX_BREAKERS} token ids (integers >= 0); got "
+                or any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < 2 ** 31
+                       for i in ids)):
+            raise ConfigError(f"dry_breaker_ids must be at most {MAX_BREAKERS} token ids (integers in [0, 2**31)); got "
                               f"{str(ids)[:80]}")
         object.__setattr__(self, "dry_breaker_ids", tuple(int(i) for i in ids))
         order = tuple(self.order) if isinstance(self.order, (tuple, list)) else None

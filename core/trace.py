@@ -35,6 +35,7 @@ from core.limits import Limits
 from core.sampling import PipelineResult, SamplerConfig
 
 FORMAT = 1
+MAX_SAVED_BYTES = 1 << 20       # a saved trace (a link's, decompressed, or a loom file) is a few kB: more is not ours
 
 
 @dataclass
@@ -237,8 +238,14 @@ class Trace:
     def continue_with(self, position: int, token_id: int) -> None:
         """The loom's move: go back to `position` (the tokens generated before it stay) and take `token_id`
         there. Where the branch already continues with another token, a new branch keeps the old path."""
-        self.cursor = checks.integer("position", position, 0, len(self.branch.tokens), GenerationError)
-        self.force(token_id)
+        position = checks.integer("position", position, 0, len(self.branch.tokens), GenerationError)
+        before = self.cursor
+        self.cursor = position
+        try:
+            self.force(token_id)
+        except GenerationError:
+            self.cursor = before            # refused (e.g. the branch limit): the text in view stays as it was
+            raise
 
     def tree(self) -> list["BranchNode"]:
         """The branches as a tree, depth-first from main: each under its parent at the token where it forked,
@@ -312,7 +319,7 @@ class Trace:
         return base64.urlsafe_b64encode(zlib.compress(raw, 9)).decode().rstrip("=")
 
     @classmethod
-    def from_url(cls, source: LogitsSource, s: str, limits: Limits = Limits(), max_bytes: int = 1 << 20) -> "Trace":
+    def from_url(cls, source: LogitsSource, s: str, limits: Limits = Limits(), max_bytes: int = MAX_SAVED_BYTES) -> "Trace":
         try:
             packed = base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
             raw = zlib.decompressobj().decompress(packed, max_bytes)   # bounded: no zip bombs
@@ -320,9 +327,6 @@ class Trace:
         except (ValueError, zlib.error) as e:
             raise GenerationError(f"the link's generation state is damaged ({type(e).__name__}); start a new one") from e
         return cls.from_dict(source, d, limits)
-
-
-LOOM_MAX_BYTES = 1 << 20        # a saved loom is a few kB; a larger file is not one of ours
 
 
 def loom_file(trace: Trace, model_name: str) -> str:
@@ -335,8 +339,8 @@ def read_loom(source: LogitsSource, raw: bytes, model_name: str, limits: Limits 
               file_name: str = "the file") -> Trace:
     """A trace from a saved loom, checked as untrusted input like a shared link; a file from another model,
     too large, not JSON or not a loom is refused with what to do instead."""
-    if len(raw) > LOOM_MAX_BYTES:
-        raise GenerationError(f"{file_name} is {len(raw):,} bytes; a saved loom is at most {LOOM_MAX_BYTES:,}")
+    if len(raw) > MAX_SAVED_BYTES:
+        raise GenerationError(f"{file_name} is {len(raw):,} bytes; a saved loom is at most {MAX_SAVED_BYTES:,}")
     try:
         saved = json.loads(raw)
         made_with, state = saved["model"], saved["trace"]

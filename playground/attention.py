@@ -7,15 +7,14 @@ from core.checks import PlaygroundError
 from core.generate import GenerationConfig, complete
 from core.sampling import SamplerConfig
 from core.tokenizer import TokenizerError
-from playground.shared import (figure, heat_png, heat_svg, open_page, starting_text, tokens_html, url_int, url_text, visible,
-                               weight_colour)
+from playground.shared import (HEADS_PER_VIEW, LAYERS_PER_VIEW, figure, heat_png, heat_svg, open_page, starting_text,
+                               tokens_html, url_int, url_text, visible, weight_colour)
 
 model, lim = open_page("Attention",
                        "Row i of a head's map: how much token i draws from each earlier token (rows sum to 1; the "
                        "upper triangle is masked: no token sees the future).", checkpoints=True)
 
 
-LAYERS_PER_VIEW, HEADS_PER_VIEW = 4, 8      # a grid larger than this (GPT-2 has 12 x 12) is shown a block at a time
 
 
 GAP = 0.15         # the space between two maps of the grid, as a share of one map's side
@@ -119,11 +118,13 @@ picked = st.plotly_chart(grid, width="stretch", key="attn_grid", on_select="reru
                          config={"displayModeBar": False})
 points = picked.get("selection", {}).get("points", []) if picked else []
 if points:
-    # a click on a map opens that head below; applied once per click, so the selectboxes stay usable after it
-    clicked = cells[int(points[0].get("customdata", 0)) % len(cells)]
-    if st.session_state.get("attn_clicked") != clicked:
-        st.session_state["attn_clicked"] = clicked
-        st.session_state["attn_layer"], st.session_state["attn_head"] = clicked
+    # a click on a map opens that head below. The selection stays in every rerun, so it is applied once per
+    # click (the marker clicked, not the map: a second click on the same map after using the selectboxes works)
+    point = points[0]
+    marker = (point.get("point_index"), point.get("x"), point.get("y"))
+    if st.session_state.get("attn_clicked") != marker:
+        st.session_state["attn_clicked"] = marker
+        st.session_state["attn_layer"], st.session_state["attn_head"] = cells[int(point.get("customdata", 0)) % len(cells)]
 else:
     st.session_state.pop("attn_clicked", None)
 
@@ -141,8 +142,9 @@ st.query_params["layer"], st.query_params["head"] = str(layer), str(head)
 st.markdown(heat_svg(maps[layer][0, head], labels, f"Layer {layer}, head {head}"), unsafe_allow_html=True)
 
 st.subheader("The newest token's attention")
-pos = st.slider("Token", 0, T - 1, T - 1, key="attn_pos",
-                help="Which token's row to show; the last one is what the model attends from to predict next.")
+pos = 0 if T == 1 else st.slider("Token", 0, T - 1, T - 1, key="attn_pos",   # a slider needs two stops
+                                 help="Which token's row to show; the last one is what the model attends from "
+                                      "to predict next.")
 st.caption(f"From token {labels[pos]}: each head of layer {layer}, darker blue = more attention (scaled to the "
            "head's largest weight in this row).")
 for h in range(H):

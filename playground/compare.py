@@ -19,9 +19,9 @@ from core.checks import PlaygroundError
 from core.compare import CUSTOM, PRESETS, Inputs, Strategy, continuation_prompt, run
 from core.generate import EARLY_STOPPING, Alternative
 from core.sampling import KNOBS, SamplerConfig
-from playground.shared import (CONTEXT_BG, figure, knob_slider, model_key, open_page, prob_colour, starting_text,
-                               token_alternatives, tokens_html, url_choice, url_choices, url_int, url_text, visible,
-                               visible_text)
+from playground.shared import (CONTEXT_BG, figure, knob_slider, link_params, model_key, open_page, prob_colour,
+                               starting_text, token_alternatives, tokens_html, url_choice, url_choices, url_int,
+                               url_text, visible, visible_text)
 
 EARLY_STOPPING_HELP = {
     "false": "False (Hugging Face's default): stop once no live beam can beat the worst finished one at its "
@@ -139,7 +139,7 @@ if ran:
                  f"{o.strategy.name}'s text (entropy {chosen.entropy:.2f} nats).")
     sampler = SamplerConfig() if o.strategy.beam_width else o.strategy.sampler     # a beam's sampler is unused
     if right.button("Continue from here in Generate", key="cmp_continue", icon="🎲"):
-        params = {k: st.query_params[k] for k in ("model", "weights") if k in st.query_params}
+        params = link_params(shown.inputs.model)        # the model that wrote this text, not the sidebar's now
         params.update({k: str(getattr(sampler, k)) for k, knob in KNOBS.items() if getattr(sampler, k) != knob.default})
         params.update(prompt=prompt_there, seed=str(shown.inputs.seed))
         st.switch_page("playground/generate.py", query_params=params)

@@ -7,12 +7,13 @@ import time
 import streamlit as st
 
 from core.checks import ConfigError, PlaygroundError
+from core.compare import ALTERNATIVES
 from core.generate import GenerationConfig
 from core.sampling import (DEFAULT_ORDER, DRY_BREAKERS, KNOBS, STAGE_LABELS, STAGES, SamplerConfig, StageDelta,
                            breaker_ids, complete_order, entropy_by_temperature, format_breakers, parse_breakers,
                            parse_order, stage_deltas)
 from core.trace import Trace, loom_file, read_loom
-from playground.shared import (knob_slider, model_key, open_page, prob_colour, starting_text, text_colour,
+from playground.shared import (CONTEXT_BG, knob_slider, model_key, open_page, prob_colour, starting_text, text_colour,
                                line_svg, tokens_html, url_float, url_int, url_notice, url_text, visible, visible_text)
 
 model, lim = open_page("Generate, step by step",
@@ -84,7 +85,7 @@ with st.sidebar:
     st.query_params["seed"] = str(seed)
 
 sampler = SamplerConfig(**values, dry_breaker_ids=breaker_tokens, order=order)
-config = GenerationConfig(max_new_tokens=lim.max_new_tokens, sampler=sampler, seed=int(seed), top_n=10)
+config = GenerationConfig(max_new_tokens=lim.max_new_tokens, sampler=sampler, seed=int(seed), top_n=ALTERNATIVES)
 prompt = st.text_area("Prompt", url_text("prompt", starting_text(model, "ROMEO:\n"), lim.max_prompt_chars), max_chars=lim.max_prompt_chars, key="prompt")
 st.query_params["prompt"] = prompt
 path = model_key(model)
@@ -134,7 +135,15 @@ def load_loom() -> None:
     except PlaygroundError as e:
         st.session_state["notice"] = str(e)
         return
+    # the loom's prompt, knobs, order and seed become the page's (the sidebar and the prompt are outside this
+    # fragment, so the stepper asks for a whole-page rerun before it draws); DRY's breakers stay the sidebar's
+    sampler = trace.config.sampler
+    for key in KNOBS:
+        st.session_state[f"knob_{key}"] = getattr(sampler, key)
+    st.session_state["stage_order"] = list(sampler.order)
+    st.session_state["seed"] = trace.config.seed
     st.session_state["prompt"] = trace.prompt
+    st.session_state["loom_loaded"] = True
     save(trace)
 
 
@@ -279,7 +288,7 @@ def loom(trace: Trace, steps: list) -> None:
                 taken = a.token_id == chosen.token_id
                 cols[k % 5].button(f"{visible(a.text) or '∅'}  {a.prob:.3f}{' ✓' if taken else ''}",
                                    key=f"loom_alt_{k}", on_click=act, args=("continue", (i, a.token_id)),
-                                   type="primary" if taken else "secondary",
+                                   type="primary" if taken else "secondary", disabled=taken,
                                    help="the token taken here" if taken else
                                         f"id {a.token_id}: go back to token {i + 1} and take this one instead "
                                         f"(a new branch keeps the current text)")
@@ -305,6 +314,8 @@ def loom(trace: Trace, steps: list) -> None:
 
 @st.fragment
 def stepper() -> None:
+    if st.session_state.pop("loom_loaded", False):
+        st.rerun(scope="app")               # a loaded loom changed the prompt and the knobs outside this fragment
     trace = current_trace()
     if "notice" in st.session_state:
         st.warning(st.session_state.pop("notice"))
@@ -318,7 +329,7 @@ def stepper() -> None:
     b[6].button("Reset", on_click=act, args=("reset",))
 
     steps, view = trace.view()
-    pieces = [(trace.prompt, "prompt", "#e5e7eb")]
+    pieces = [(trace.prompt, "prompt", CONTEXT_BG)]
     for s in steps:
         alts = ", ".join(f"{a.text!r} {a.prob:.2f}" for a in s.alternatives[:5])
         mark = " (forced)" if s.forced else ""

@@ -7,7 +7,7 @@ from core.checks import PlaygroundError
 from core.glance import Prediction, glance
 from core.sampling import SamplerConfig
 from core.tokenizer import TokenizerError
-from playground.shared import (figure, knob_slider, open_page, prob_colour, starting_text, tokens_html, url_text,
+from playground.shared import (LAYERS_PER_VIEW, figure, knob_slider, open_page, prob_colour, starting_text, tokens_html, url_text,
                                visible_text)
 
 model, lim = open_page("The whole model at a glance",
@@ -92,7 +92,7 @@ for b in g.blocks:
         c[1].markdown(f"**Attention** · {len(b.heads)} heads; the last token looks most at:  \n{heads}{more}")
         c[1].page_link("playground/attention.py", label="Open its heads →",
                        query_params={"text": prompt, "layer": str(b.layer), "head": "0",
-                                     "layers": str(b.layer // 4)})
+                                     "layers": str(b.layer // LAYERS_PER_VIEW)})
         c[2].markdown(f"**+ add**  \n|attn| = {b.attn_added:.1f}  \n|x| → {b.after_attn:.1f}")
         c[3].markdown(f"**{NORM[0]}**  \n{NORM[1]} = {b.norm_mid:.2f}")
         c[4].markdown(f"**MLP** ({cfg.mlp})  \n{cfg.n_embd} → {cfg.mlp_width} → {cfg.n_embd}")

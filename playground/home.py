@@ -5,7 +5,7 @@ Imports no torch."""
 import streamlit as st
 
 from core.catalog import list_exported_models, list_runs
-from playground.shared import DEFAULT_MODEL, model_names
+from playground.shared import default_model, model_names
 from playground.tour import STEPS, start_tour
 
 st.title("LLM Playground")
@@ -14,12 +14,13 @@ st.markdown("See how a language model works by using one: how text becomes token
 
 names = model_names()
 models = {m.name: m for m in list_exported_models()}
-ready = DEFAULT_MODEL if DEFAULT_MODEL in names else (names[0] if names else None)
+ready = default_model(names)
 if ready:
     m = models[ready]
     val = f", validation loss {m.val_loss:.2f}" if m.val_loss else ""
-    st.success(f"Ready to use: **{ready}**, a {m.parameters:,}-parameter model with a {m.tokenizer} tokenizer"
-               f"{val}. Every page starts on it; pick another in the sidebar.", icon="✅")
+    size = f"a {m.parameters:,}-parameter model" if m.parameters else "a model"
+    st.success(f"Ready to use: **{ready}**, {size} with a {m.tokenizer} tokenizer{val}. Every page starts on it; "
+               f"pick another in the sidebar.", icon="✅")
 else:
     st.info("No exported model yet in `exported/`. Train one (the Train page, or the terminal commands below); "
             "every page opens once a model is exported.")
@@ -27,7 +28,7 @@ else:
 prompt = st.text_area("Your prompt (the tour and *Try a prompt* use it)", "ROMEO:\nWhat light is this", key="home_prompt",
                       max_chars=200, height=68)
 DOORS = [  # title, what is behind it, links (page, label, the URL parameter that carries the prompt)
-    ("🎓 Learn how an LLM works", "Eight short sections with your text and this model's own numbers: tokens, "
+    ("🎓 Learn how an LLM works", "Short sections with your text and this model's own numbers: tokens, "
      "embeddings, attention, logits, the loss, scaling, post-training.",
      [("playground/learn.py", "Start learning →", "text"), ("playground/glance.py", "The whole model at a glance →", "text")]),
     ("🎲 Try a prompt", "Step through generation one token at a time, turn the sampler's knobs, force a different "
@@ -50,7 +51,7 @@ with st.container(border=True):
     left.markdown(f"**New here? Take the guided tour.** {len(STEPS)} steps through the real pages with your "
                   f"prompt: tokens, the whole model, attention, sampling, decoding, training. Each step points "
                   f"at the control it talks about.")
-    right.button("Start the tour", type="primary", on_click=start_tour, args=(prompt,), key="tour_start",
+    right.button("Start the tour", type="primary", on_click=start_tour, args=("home_prompt",), key="tour_start",
                  disabled=not ready)
 
 with st.expander("What is on this machine, and the terminal commands"):

@@ -121,6 +121,20 @@ def model_names() -> list[str]:
     return [m.name for m in catalog.list_exported_models() if allowed is None or m.name in allowed]
 
 
+def default_model(names: Sequence[str]) -> str | None:
+    """The model a page opens on: the committed default when this server offers it, else the first."""
+    return DEFAULT_MODEL if DEFAULT_MODEL in names else (names[0] if names else None)
+
+
+def link_params(key: str) -> dict[str, str]:
+    """The URL parameters that open the model `model_key` names (its name, and its weights unless fp32)."""
+    directory, _, variant = key.partition(" (")
+    params = {"model": Path(directory).name}
+    if variant:
+        params["weights"] = variant.rstrip(")")
+    return params
+
+
 def model_by_name(name: str) -> Model:
     return open_model(str(catalog.EXPORTED_DIR / name))
 
@@ -135,7 +149,7 @@ def pick_model(checkpoints: bool = False) -> Model | None:
         st.sidebar.warning("No exported model in `exported/`. Train and export one (see Home).")
         return None
     with st.sidebar:
-        wanted = url_choice("model", DEFAULT_MODEL if DEFAULT_MODEL in names else names[0], names)
+        wanted = url_choice("model", default_model(names), names)
     name = st.sidebar.selectbox("Model", names, index=names.index(wanted), key="model",
                                 help="Exported models in `exported/`; each page uses the one chosen here.")
     st.query_params["model"] = name
@@ -333,6 +347,7 @@ def tokens_html(pieces: list[tuple[str, str, str | None]]) -> str:
     return '<div style="line-height:2.0">' + "".join(chips) + "</div>"
 
 
+LAYERS_PER_VIEW, HEADS_PER_VIEW = 4, 8      # Attention's grid larger than this (GPT-2: 12 x 12) is shown a block at a time
 CONTEXT_BG = "#e5e7eb"      # the chip of text the model only reads: a prompt, the text before a token
 
 

@@ -49,9 +49,10 @@ STEPS = [
 ]
 
 
-def start_tour(prompt: str) -> None:
-    """Begin at the first step with this prompt (a button callback on Home)."""
-    st.session_state[PROMPT_KEY] = prompt
+def start_tour(prompt_key: str) -> None:
+    """Begin at the first step with the prompt in the widget `prompt_key` (a button callback on Home: read when
+    the button is pressed, so text typed just before the click counts)."""
+    st.session_state[PROMPT_KEY] = st.session_state.get(prompt_key, "")
     _go(0)
 
 

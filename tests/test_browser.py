@@ -453,7 +453,7 @@ def test_the_loom_forks_at_an_earlier_token_saves_and_loads_back(server, browser
     saved as a file, the trace reset, the file loaded back; a file from elsewhere is refused with a message
     and the trace in view stays."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000}, color_scheme=scheme, accept_downloads=True)
-    page.goto(f"{server}/generate?prompt=ROMEO%3A%0A")
+    page.goto(f"{server}/generate?prompt=ROMEO%3A%0A&temperature=0.7&seed=5")
     page.wait_for_selector(IDLE, timeout=CEILING_MS)
     page.get_by_role("button", name="Run 10").click()
     wait_count(page, 10)
@@ -475,7 +475,8 @@ def test_the_loom_forks_at_an_earlier_token_saves_and_loads_back(server, browser
     saved = tmp_path / download.value.suggested_filename
     download.value.save_as(saved)
     assert saved.name == "loom.json" and '"parent": "main"' in saved.read_text()
-    page.get_by_role("button", name="Reset", exact=True).click()
+    page.goto(f"{server}/generate?prompt=JULIET%3A")               # a fresh session: another prompt, default knobs
+    page.wait_for_selector(IDLE, timeout=CEILING_MS)
     wait_count(page, 0)
     bad = tmp_path / "other.json"
     bad.write_text('{"model": "gpt2", "trace": {}}')
@@ -486,6 +487,9 @@ def test_the_loom_forks_at_an_earlier_token_saves_and_loads_back(server, browser
     uploader.set_input_files(str(saved))
     page.wait_for_function("document.body.innerText.includes('4 tokens generated')", timeout=CEILING_MS)
     page.wait_for_function("document.body.innerText.includes('from main at token 4')", timeout=CEILING_MS)
+    page.wait_for_selector(IDLE, timeout=CEILING_MS)
+    assert page.get_by_label("Prompt").input_value() == "ROMEO:\n"    # the loom's prompt, knobs and seed came back
+    assert "temperature=0.7" in page.url and "seed=5" in page.url
     assert page.locator("[data-testid='stException']").count() == 0
     page.close()
 

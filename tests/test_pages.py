@@ -435,3 +435,9 @@ def test_generate_s_loom_branches_from_an_earlier_token_and_keeps_both_paths():
     assert b1["tokens"][:2] == main[:2] and b1["tokens"][2] != main[2] and b1["parent"] == "main"
     assert state["branches"][0]["tokens"] == main                   # the old path is kept
     assert any("The loom" in m.value for m in at.markdown)
+
+
+def test_attention_and_the_glance_take_a_one_token_text():
+    for path in ("playground/attention.py", "playground/glance.py"):
+        at = page(path, {"text": "K"})
+        assert not at.exception, (path, at.exception)

@@ -205,7 +205,7 @@ def test_xtc_s_coin_follows_the_trace_s_seed_in_the_view_and_the_draw():
 
 def test_a_saved_loom_loads_back_and_a_bad_one_is_refused_with_what_to_do():
     from core.generate import GenerationError
-    from core.trace import LOOM_MAX_BYTES, loom_file, read_loom
+    from core.trace import MAX_SAVED_BYTES, loom_file, read_loom
     import json
     toy = ToySource(vocab=40, order=2, seed=3, block_size=512)
     t = Trace(toy, "ab", GenerationConfig(seed=2, sampler=SamplerConfig(temperature=0.9)))
@@ -223,6 +223,20 @@ def test_a_saved_loom_loads_back_and_a_bad_one_is_refused_with_what_to_do():
             (json.dumps({"trace": state["trace"]}).encode(), "toy", "not a saved loom"),
             (json.dumps({"model": "toy", "trace": []}).encode(), "toy", "not a saved loom"),
             (json.dumps(tampered).encode(), "toy", "cannot be restored|out of range|vocabulary|token"),
-            (b" " * (LOOM_MAX_BYTES + 1), "toy", "at most")]:
+            (b" " * (MAX_SAVED_BYTES + 1), "toy", "at most")]:
         with pytest.raises(GenerationError, match=message):
             read_loom(toy, raw, name)
+
+
+def test_continue_with_refused_at_the_branch_limit_leaves_the_text_in_view():
+    from core.generate import GenerationError
+    from core.limits import Limits
+    toy = ToySource(vocab=40, order=2, seed=3, block_size=512)
+    t = Trace(toy, "ab", GenerationConfig(seed=2), Limits(max_branches=2))
+    t.run(8)
+    t.continue_with(5, next(a for a in range(40) if a != t.branch.tokens[5]))      # the second branch: the limit
+    t.run(2)
+    cursor, tokens = t.cursor, list(t.tokens)
+    with pytest.raises(GenerationError, match="branches"):
+        t.continue_with(3, next(a for a in range(40) if a != t.branch.tokens[3]))
+    assert t.cursor == cursor and t.tokens == tokens
