@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 from core.checks import PlaygroundError
 from core.generate import (Beam, BeamResult, BeamStep, Context, GenerationConfig, GenerationError, LogitsSource, Step,
-                           beam_search, check_early_stopping, complete, make_step, prompt_ids)
+                           beam_search, check_early_stopping, complete, make_step, prompt_ids, prompt_tail)
 from core.limits import Limits
 from core.metrics import GenerationMetrics, metrics_from_logprobs
 from core.sampling import SamplerConfig
@@ -154,8 +154,7 @@ def continuation_prompt(prompt: str, outcome: Outcome, index: int, max_chars: in
     """The prompt that puts a reader where `outcome` chose token `index`: the comparison's prompt and the text
     before that token, so the next-token candidates there are that token's alternatives. Past max_chars the
     start is dropped (the end is what the model continues from); the flag says whether it was."""
-    text = prompt + outcome.text_before(index)
-    return (text[-max_chars:], True) if len(text) > max_chars else (text, False)
+    return prompt_tail(prompt + outcome.text_before(index), max_chars)
 
 
 def _run_one(source: LogitsSource, ids: list[int], s: Strategy, max_new_tokens: int, seed: int, limits: Limits,

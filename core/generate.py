@@ -101,6 +101,12 @@ def check_prompt(prompt: str, limits: Limits = Limits()) -> str:
     return prompt
 
 
+def prompt_tail(text: str, max_chars: int) -> tuple[str, bool]:
+    """`text` as a prompt of at most max_chars characters: past that its start is dropped (the end is what the
+    model continues from); the flag says whether it was."""
+    return (text[-max_chars:], True) if len(text) > max_chars else (text, False)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Records
 

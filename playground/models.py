@@ -11,10 +11,10 @@ import streamlit as st
 from core.jobs import JobError
 from core.quantize import QuantizeConfig, is_approximate
 from core.compare import ALTERNATIVES
-from core.generate import Alternative
+from core.generate import Alternative, prompt_tail
 from core.runtime import ModelError
-from playground.shared import (CONTEXT_BG, figure, job_board, model_key, open_page, prob_colour, token_alternatives,
-                               tokens_html, url_text, visible_text, visitor_token)
+from playground.shared import (CONTEXT_BG, figure, job_board, link_params, model_key, open_page, prob_colour,
+                               token_alternatives, tokens_html, url_text, visible_text, visitor_token)
 
 model, lim = open_page(None)
 board, token = job_board(), visitor_token()
@@ -189,14 +189,13 @@ token_alternatives(left, before, Alternative(s.tokens[j], texts[j], math.exp(s.l
                    alternatives, "score_alternatives")
 left.caption(f"The model's {len(alternatives)} likeliest tokens at position {j + 1} of the text; the text's own "
              f"token there is #{s.ranks[row]:,} of all {model.vocab_size:,}.")
-prompt_there = before[-lim.max_prompt_chars:]       # the end is what the model continues from
-params = {k: st.query_params[k] for k in ("model", "weights") if k in st.query_params}
+prompt_there, cut = prompt_tail(before, lim.max_prompt_chars)
 right.page_link("playground/generate.py", label="Continue from here in Generate", icon="🎲",
-                query_params={**params, "prompt": prompt_there}, disabled=not prompt_there)
+                query_params={**link_params(model_key(model)), "prompt": prompt_there}, disabled=not prompt_there)
 right.caption("The text before this token becomes Generate's prompt: its next-token candidates there are these "
               "alternatives; force another one to branch."
               if prompt_there else "No text comes before this token (only the tokenizer's start token): nothing "
                                    "to continue from.")
-if len(before) > len(prompt_there):
+if cut:
     right.caption(f"The text is longer than the {lim.max_prompt_chars:,} characters a prompt may have here: its "
                   f"start is left out.")
