@@ -534,6 +534,10 @@ class Job:
         """Why this run cannot be exported at all, or None."""
         return None
 
+    def resumable(self) -> bool:
+        """Whether a stopped run has a checkpoint to go on from (a kind that keeps them elsewhere says so)."""
+        return bool(catalog.checkpoint_steps(self.run_dir))
+
     def on_ended(self, runs_dir: Path) -> None:
         """After the child ended (reaped): a kind's bookkeeping."""
 
@@ -1061,6 +1065,18 @@ class JobBoard:
                                              model=model))
                     for name, train, model in runs]
 
+    def start_job(self, token: str, job: Job, prepare=None) -> JobView:
+        """Start a job of a kind defined elsewhere (core.verify's), owned by `token`, checked like every other
+        (capacity, name free); `prepare()` runs under the lock once every check passed, before the launch."""
+        with self.lock:
+            self._check_capacity()
+            check_name(job.name, "run name")
+            self._check_names_free(job.name)
+            if prepare is not None:
+                prepare()
+            job.owner = _owner_hash(token)
+            return self._launch(job)
+
     def plan_posttrain(self, token: str, request: PostTrainRequest) -> PostPlan:
         """The PostTrainConfig a post-training run starts from: the request's names resolved (its base: an
         exported model this server offers or one of the visitor's own runs; a PPO run's reward model: one of
@@ -1243,7 +1259,7 @@ class JobBoard:
             job = self._own(token, name)
             if job.state not in ("stopped", "failed"):
                 raise JobError(f"{name} is {job.state}; only a stopped run can be resumed")
-            if not catalog.checkpoint_steps(job.run_dir):
+            if not job.resumable():
                 raise JobError(f"{name} stopped before its first checkpoint; there is nothing to resume: "
                                f"start a new run")
             self._check_capacity()

@@ -8,8 +8,13 @@ Holds the record of one finished sweep run (`RunRecord`), the fits and what they
 - Chinchilla's parametric law L(N, D) = E + A / N^alpha + B / D^beta (`fit_chinchilla`), fitted as
   Hoffmann et al. 2022 (appendix D.2) do: Huber loss (delta = 1e-3) on log loss, the law written as a
   log-sum-exp, L-BFGS from the best points of a grid of starts; bootstrap intervals over runs.
+- The same law by variable projection (`fit_vpnls`): a grid over the two exponents, E, A, B by
+  non-negative least squares at each point, then a local refinement; free of the parabolas' bias.
 - The IsoFLOP method (`fit_isoflop`): at each compute budget a parabola of loss against log N, its
-  minimum N_opt, then N_opt ~ C^a and D_opt ~ C^b across budgets.
+  minimum N_opt, then N_opt ~ C^a and D_opt ~ C^b across budgets; when a budget's parabola would
+  misplace N_opt (`parabola_bias`, `parabola_warnings`).
+- What "about 20 tokens per parameter" depends on (`tokens_per_parameter`): the ratio the fits imply
+  under each way of counting N, beside the published ratios (`PUBLISHED_RATIOS`).
 - Compute-optimal allocation for a budget (`allocate`), with C = 6ND or with the exact FLOPs per
   token of the swept shapes (`FlopsPerToken`, read from the records the trainer wrote).
 - The published fits (`PUBLISHED`: Kaplan 2020, Hoffmann 2022, Besiroglu et al. 2024) as references.
@@ -54,7 +59,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
-from scipy.optimize import minimize, minimize_scalar
+from scipy.optimize import least_squares, minimize, minimize_scalar, nnls
 
 from core import cli
 from core.catalog import ROOT, SWEEP_RECORDS_DIR, fits_path, scrub_paths
@@ -67,7 +72,8 @@ TOKENS_PER_PARAMETER = 20   # Chinchilla's rule of thumb at the compute-optimal 
 PF_DAY = 1e15 * 24 * 3600   # FLOPs in one petaflop/s-day (Kaplan's unit of compute)
 N_BOOTSTRAP = 200           # resamples behind every stored fit's intervals and bands
 N_KINDS = ("total", "non_embedding")    # the two ways of counting N a stored fit holds
-FITS_FORMAT = 1             # bump when a stored report's layout changes: older files then read as stale
+FITS_FORMAT = 2             # bump when a stored report's layout changes: older files then read as stale
+                            # (2: the VPNLS fit of L(N, D) beside the L-BFGS one)
 
 
 class ScalingError(PlaygroundError):
@@ -321,6 +327,8 @@ def fit_power_law(x: Sequence[float], loss: Sequence[float], variable: str = "x"
             if len(np.unique(x[idx])) < (3 if irreducible else 2):
                 continue
             t, _ = _fit_lse(X[idx], log_y[idx], irreducible, boot_starts, n_best=1, maxiter=BOOT_MAXITER)
+            if np.max(t[0::2]) > 700:      # a resample that ran off (exp overflows): no law to keep
+                continue
             b = _power_law_from(t, variable, irreducible, len(x))
             samples.append((b.E, b.A, b.alpha))
         if samples:
@@ -393,6 +401,7 @@ class ChinchillaLaw:
     source: str = "fit"
     n_kind: str = "total"
     samples: tuple = ()         # bootstrap (E, A, B, alpha, beta) tuples
+    method: str = "huber-lbfgs"     # how it was fitted: "huber-lbfgs" (fit_chinchilla) or "vpnls" (fit_vpnls)
 
     def bootstrap_laws(self) -> list["ChinchillaLaw"]:
         return [ChinchillaLaw(*t[:5]) for t in self.samples]
@@ -428,34 +437,19 @@ class ChinchillaLaw:
     def to_dict(self) -> dict:
         return {"E": self.E, "A": self.A, "B": self.B, "alpha": self.alpha, "beta": self.beta,
                 "n_points": self.n_points, "intervals": _intervals_out(self.intervals), "level": self.level,
-                "source": self.source, "n_kind": self.n_kind, "samples": _rows_out(self.samples)}
+                "source": self.source, "n_kind": self.n_kind, "samples": _rows_out(self.samples), "method": self.method}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ChinchillaLaw":
         return cls(d["E"], d["A"], d["B"], d["alpha"], d["beta"], d["n_points"], _intervals_in(d["intervals"]),
-                   d["level"], d["source"], d["n_kind"], _rows_in(d["samples"]))
+                   d["level"], d["source"], d["n_kind"], _rows_in(d["samples"]), d.get("method", "huber-lbfgs"))
 
 
 def fit_chinchilla(records: Sequence[RunRecord], n_kind: str = "total", n_bootstrap: int = 200,
                    level: float = 0.9, seed: int = 0) -> ChinchillaLaw:
     """Hoffmann et al.'s approach 3 on these runs, with bootstrap intervals (resampling runs)."""
-    check_records(records)
-    if len(records) < 5:
-        raise ScalingError(f"the L(N, D) law has 5 parameters and needs at least 5 runs (better 15+); "
-                           f"there are {len(records)}. Let the sweep finish more runs.")
-    N = np.array([r.params(n_kind) for r in records], dtype=float)
-    D = np.array([r.tokens for r in records], dtype=float)
-    y = np.array([r.val_loss for r in records], dtype=float)
+    N, D, y, design = _law_data(records, n_kind)
     X = np.log(np.stack([N, D], axis=1))
-    for name, col in (("model sizes", N), ("token counts", D)):
-        if len(np.unique(col)) < 2:
-            raise ScalingError(f"all runs share the same {name[:-1]}: L(N, D) needs at least 2 distinct "
-                               f"{name}. Add runs that vary it.")
-    design = np.column_stack([np.ones(len(N)), X])
-    if np.linalg.matrix_rank(design, tol=1e-6) < 3:
-        raise ScalingError("N and D move together in every run (D is a fixed multiple of a power of N), so "
-                           "their effects cannot be told apart: add runs with a different D at the same N "
-                           "(a grid, or several IsoFLOP budgets).")
     starts = _grid(True, k=2)
     theta, _ = _fit_lse(X, np.log(y), True, starts)
     law = _chinchilla_from(theta, len(records), n_kind)
@@ -468,20 +462,124 @@ def fit_chinchilla(records: Sequence[RunRecord], n_kind: str = "total", n_bootst
             if np.linalg.matrix_rank(design[idx], tol=1e-6) < 3:
                 continue
             t, _ = _fit_lse(X[idx], np.log(y[idx]), True, boot_starts, n_best=1, maxiter=BOOT_MAXITER)
+            if max(t[0], t[2], t[4]) > 700:    # a resample that ran off (exp overflows): no law to keep
+                continue
             b = _chinchilla_from(t, len(records), n_kind)
             samples.append((b.E, b.A, b.B, b.alpha, b.beta, b.a, b.b))
-        if samples:
-            s = np.array(samples)
-            names = ("E", "A", "B", "alpha", "beta", "a", "b")
-            law = dataclasses.replace(law, level=level, samples=tuple(map(tuple, s[:, :5])),
-                                      intervals={n: _interval(s[:, i], level) for i, n in enumerate(names)})
+        law = _with_samples(law, samples, level)
     return law
+
+
+def _law_data(records: Sequence[RunRecord], n_kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """N, D and loss of every run, and the design [1, ln N, ln D] whose rank says whether N and D can be
+    told apart; raises with what to add when the runs cannot support an L(N, D) fit."""
+    check_records(records)
+    if len(records) < 5:
+        raise ScalingError(f"the L(N, D) law has 5 parameters and needs at least 5 runs (better 15+); "
+                           f"there are {len(records)}. Let the sweep finish more runs.")
+    N = np.array([r.params(n_kind) for r in records], dtype=float)
+    D = np.array([r.tokens for r in records], dtype=float)
+    y = np.array([r.val_loss for r in records], dtype=float)
+    for name, col in (("model sizes", N), ("token counts", D)):
+        if len(np.unique(col)) < 2:
+            raise ScalingError(f"all runs share the same {name[:-1]}: L(N, D) needs at least 2 distinct "
+                               f"{name}. Add runs that vary it.")
+    design = np.column_stack([np.ones(len(N)), np.log(N), np.log(D)])
+    if np.linalg.matrix_rank(design, tol=1e-6) < 3:
+        raise ScalingError("N and D move together in every run (D is a fixed multiple of a power of N), so "
+                           "their effects cannot be told apart: add runs with a different D at the same N "
+                           "(a grid, or several IsoFLOP budgets).")
+    return N, D, y, design
+
+
+def _with_samples(law: ChinchillaLaw, samples: list, level: float) -> ChinchillaLaw:
+    """The law with its bootstrap samples (E, A, B, alpha, beta, a, b) and an interval for each."""
+    if not samples:
+        return law
+    s = np.array(samples)
+    names = ("E", "A", "B", "alpha", "beta", "a", "b")
+    return dataclasses.replace(law, level=level, samples=tuple(map(tuple, s[:, :5])),
+                               intervals={n: _interval(s[:, i], level) for i, n in enumerate(names)})
 
 
 def _chinchilla_from(theta, n, n_kind) -> ChinchillaLaw:
     return ChinchillaLaw(E=float(math.exp(theta[4])), A=float(math.exp(theta[0])),
                          B=float(math.exp(theta[2])), alpha=float(theta[1]), beta=float(theta[3]),
                          n_points=n, n_kind=n_kind)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The same law by variable projection (VPNLS): no IsoFLOP parabolas, no start-point lottery
+#
+# With the exponents fixed, L = E + A N^-alpha + B D^-beta is linear in (E, A, B): the best E, A, B >= 0
+# at any (alpha, beta) is one small non-negative least-squares solve. So the five-parameter fit becomes a
+# search over two exponents (a grid, then a local refinement), each point profiled over the other three.
+# Residuals are on the loss itself, not its log: only there is the inner problem linear, which is the
+# whole point (on log loss it would be a nonlinear fit again). The losses of one sweep span a factor of
+# about 2, so loss and log-loss residuals weigh the runs nearly alike. Plain squares, not Huber: the
+# inner solve must stay a linear one. The motivation is Open-Athena's write-up (2026) on the bias of the
+# IsoFLOP parabolas: fit the surface, not one parabola per budget.
+
+VPNLS_EXPONENTS = (0.02, 2.0)   # where alpha and beta are searched: past 2 a term vanishes within any sweep
+VPNLS_GRID = 40                 # grid points per exponent before the local refinement (1,600 NNLS solves, ~30 ms)
+
+
+def _vpnls_solve(logN: np.ndarray, logD: np.ndarray, y: np.ndarray, alpha: float,
+                 beta: float) -> tuple[np.ndarray, np.ndarray]:
+    """(E, A, B) >= 0 minimising the squared loss residuals at these exponents, and the residuals."""
+    X = np.column_stack([np.ones_like(y), np.exp(-alpha * logN), np.exp(-beta * logD)])    # (n, 3)
+    scale = np.linalg.norm(X, axis=0)           # N^-alpha can be 1e-9: equilibrate the columns for NNLS
+    c, _ = nnls(X / scale, y)
+    c = c / scale
+    return c, y - X @ c
+
+
+def _vpnls_refine(logN, logD, y, start) -> np.ndarray:
+    """Local refinement of (alpha, beta) from a grid point: the projected residuals are a smooth function of
+    the two exponents wherever the NNLS active set does not change, so a bounded trust-region solve fits."""
+    lo, hi = VPNLS_EXPONENTS
+    res = least_squares(lambda p: _vpnls_solve(logN, logD, y, p[0], p[1])[1], np.clip(start, lo, hi),
+                        bounds=([lo, lo], [hi, hi]), xtol=1e-13, ftol=1e-15, gtol=1e-15, max_nfev=400)
+    return res.x
+
+
+def _vpnls_point(logN, logD, y, grid: bool, start=None) -> np.ndarray:
+    """(E, A, B, alpha, beta): the best grid point (when `grid`, else `start`), refined."""
+    if grid:
+        axis = np.linspace(*VPNLS_EXPONENTS, VPNLS_GRID)
+        sse = np.array([[float(np.sum(_vpnls_solve(logN, logD, y, a, b)[1] ** 2)) for b in axis] for a in axis])
+        i, j = np.unravel_index(np.argmin(sse), sse.shape)
+        start = np.array([axis[i], axis[j]])
+    alpha, beta = _vpnls_refine(logN, logD, y, start)
+    E, A, B = _vpnls_solve(logN, logD, y, alpha, beta)[0]
+    return np.array([E, A, B, alpha, beta])
+
+
+def fit_vpnls(records: Sequence[RunRecord], n_kind: str = "total", n_bootstrap: int = 200,
+              level: float = 0.9, seed: int = 0) -> ChinchillaLaw:
+    """L(N, D) = E + A / N^alpha + B / D^beta by variable projection (see above), with bootstrap intervals
+    (resampling runs; each resample is refined from the full fit's exponents, not re-gridded)."""
+    N, D, y, design = _law_data(records, n_kind)
+    logN, logD = np.log(N), np.log(D)
+    E, A, B, alpha, beta = _vpnls_point(logN, logD, y, grid=True)
+    for which, coef, exponent, x in (("N", A, alpha, N), ("D", B, beta, D)):
+        # how much the term moves the loss across the runs: NNLS leaves a dead term at ~1e-14, not at 0
+        if coef * (x.min() ** -exponent - x.max() ** -exponent) <= 1e-6 * float(np.mean(y)):
+            raise ScalingError(f"the best non-negative fit has no {which} term: on these runs the loss does not "
+                               f"fall with {which}. Add runs that vary {which} more widely.")
+    law = ChinchillaLaw(float(E), float(A), float(B), float(alpha), float(beta), n_points=len(records),
+                        n_kind=n_kind, method="vpnls")
+    if n_bootstrap:
+        rng = np.random.default_rng(seed)
+        samples = []
+        for _ in range(n_bootstrap):
+            idx = rng.integers(0, len(records), len(records))
+            if np.linalg.matrix_rank(design[idx], tol=1e-6) < 3:
+                continue
+            t = _vpnls_point(logN[idx], logD[idx], y[idx], grid=False, start=(alpha, beta))
+            samples.append((*t, t[4] / (t[3] + t[4]), t[3] / (t[3] + t[4])))
+        law = _with_samples(law, samples, level)
+    return law
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -642,6 +740,70 @@ def fit_isoflop(records: Sequence[RunRecord], n_kind: str = "total",
     return fit
 
 
+# When an IsoFLOP parabola misleads. A parabola in ln N is symmetric; the valley it is fitted to is not
+# (L = E + A N^-alpha + B (C / 6N)^-beta rises as e^(alpha u) on one side and e^(beta u) on the other, u the
+# distance from the optimum in ln N), and it is not a parabola even when alpha = beta. So the fitted
+# minimum moves toward the flatter side by an amount that depends on where the sizes tried sit around the
+# true optimum. A constant offset at every budget only moves kN; the exponent a goes wrong when the offset
+# changes from budget to budget, as it does when the same sizes are tried at every budget (the optimum
+# drifts across them). Measured on noiseless synthetic surfaces (`python bench/parabola_bias.py`: 4 budgets
+# a decade apart, 7 sizes per budget spanning a factor of 11 in N; errors in a = beta / (alpha + beta)):
+#   sizes centred on the optimum at every budget: a off by < 0.001 for every law tried, even alpha 0.2 /
+#     beta 0.6, whose parabolas all put N_opt 7 % low: a constant shift only moves kN;
+#   the window drifting smoothly to 0.6 of its half-width off the optimum: a off by 0.001-0.003 (each N_opt
+#     within 1.5 %) for alpha / beta of 0.34 / 0.28, 0.35 / 0.40, 0.30 / 0.30; 0.013-0.017 for 0.2 / 0.6,
+#     whose parabolas misplace N_opt by 6-7 % at the budgets where the offset is small;
+#   the same 7 sizes at every budget (the optimum crossing the window): a off by 0.025-0.056 for the
+#     first three laws and 0.27 for 0.2 / 0.6; the budgets whose minimum sits within an eighth of the span
+#     of an edge put N_opt 13-30 % off, the middle ones 1-2 %.
+# With the law known, the misplacement a parabola makes at each budget is predicted exactly (the warned
+# budgets in those runs were the ones more than 5 % off, the others 4.3 % or less). Across budgets spanning
+# two decades of compute (ln 100 = 4.6), misplacements that differ by 5 % move a by about 0.01.
+PARABOLA_EDGE = 0.75        # |position of the minimum| in the sizes' log span, -1 (smallest) .. 1 (largest)
+PARABOLA_SHIFT = 0.05       # |ln(parabola N_opt / law N_opt)|: 5 % in N
+
+
+def parabola_bias(profile: IsoFlopProfile, law: ChinchillaLaw | None = None,
+                  flops_per_token: Callable[[float], float] | None = None) -> str | None:
+    """Why this budget's parabola would misplace N_opt, or None. From the sizes tried alone: the minimum
+    lies outside them or near an edge (the sizes are lopsided around it). With a law of the whole surface
+    (the VPNLS fit): the law's own loss at these sizes, fitted by a parabola, misses the law's optimum by
+    more than PARABOLA_SHIFT (the valley is lopsided where alpha and beta differ)."""
+    x = np.log(np.array(sorted(profile.n), dtype=float))
+    x_opt = math.log(profile.n_opt)
+    below, above = int(np.sum(x < x_opt)), int(np.sum(x > x_opt))
+    if not profile.inside:
+        side = "larger" if x_opt > x.max() else "smaller"
+        return f"its minimum lies outside the sizes tried (extrapolated): add {side} models"
+    position = (x_opt - (x.max() + x.min()) / 2) / ((x.max() - x.min()) / 2)
+    if abs(position) > PARABOLA_EDGE:
+        side = "largest" if position > 0 else "smallest"
+        return (f"its minimum sits near the {side} size tried ({below} sizes below it, {above} above): the "
+                f"parabola leans on one side of the valley; centre the sizes on it")
+    if law is not None and law.alpha > 0 and law.beta > 0:
+        fpt = flops_per_token or FlopsPerToken()
+        n = np.exp(x)
+        d = np.array([profile.budget / fpt(v) for v in n])
+        c2, c1, _ = np.polyfit(x, law.predict(n, d), 2)
+        if c2 > 0:
+            shift = -c1 / (2 * c2) - math.log(allocate(law, profile.budget, flops_per_token).n)
+            if abs(shift) > PARABOLA_SHIFT:
+                return (f"on the fitted surface (α {law.alpha:.2f}, β {law.beta:.2f}) a parabola through "
+                        f"these sizes puts N_opt {100 * (math.exp(shift) - 1):+.0f} % off the optimum")
+    return None
+
+
+def parabola_warnings(report: "ScalingReport") -> dict[float, str | None]:
+    """`parabola_bias` for every IsoFLOP budget whose minimum enters the exponents (`IsoFlopFit.minima`; the
+    others are left out with a note already), judged against the report's VPNLS fit (else its L-BFGS one)
+    with the sweep's exact FLOPs per token."""
+    if report.isoflop is None:
+        return {}
+    law = report.vpnls or report.chinchilla
+    fpt = report.flops_per_token if report.flops_per_token.exact else None
+    return {p.budget: parabola_bias(p, law, fpt) for p in report.isoflop.minima}
+
+
 # ---------------------------------------------------------------------------------------------------
 # FLOPs and compute-optimal allocation
 
@@ -773,6 +935,94 @@ PUBLISHED = {
 
 
 # ---------------------------------------------------------------------------------------------------
+# What "about 20 tokens per parameter" depends on
+
+N_CONVENTIONS = {"total": "all parameters (Chinchilla)",
+                 "non_embedding": "non-embedding (Kaplan; the blocks only: transformer-only)"}
+RATIO_BUDGETS = (1e18, 1e20, 1e22, 1e24)     # where the published fits' own ratios are read: their range
+
+
+@dataclass(frozen=True)
+class PublishedRatio:
+    """A compute-optimal tokens-per-parameter ratio someone reported, as they reported it."""
+    source: str
+    n_kind: str                 # what they counted as N, in their words
+    low: float
+    high: float
+    budgets: str                # the compute range it was measured over
+    citation: str
+
+
+PUBLISHED_RATIOS = (
+    PublishedRatio("Hoffmann et al. 2022, approaches 1 and 2", "all parameters", 20.0, 20.0,
+                   "up to 1e24+ FLOPs (their Table 3)", PUBLISHED["hoffmann2022"].citation),
+    PublishedRatio("nanochat (one IsoFLOP sweep)", "all parameters", 3.0, 4.0, "1e18 to 1e19 FLOPs",
+                   "Karpathy, nanochat dev/LOG.md, 2026-01-27 (Bigram Hash Embeddings), quadratic fits per budget"),
+    PublishedRatio("nanochat (one IsoFLOP sweep)", "non-embedding: every projection incl. lm_head (~10.5)", 10.3,
+                   11.2, "1e18 to 1e19 FLOPs", "the same entry: the convention nanochat adopted (~10.5)"),
+    PublishedRatio("nanochat (one IsoFLOP sweep)", "transformer-only: the projections inside the blocks", 8.5,
+                   17.2, "1e18 to 1e19 FLOPs", "the same entry"),
+)
+
+
+@dataclass(frozen=True)
+class RatioRow:
+    """One line of the tokens-per-parameter table: D_opt / N_opt at each budget, from a fit or a paper."""
+    key: str                    # "sweep:<method>:<n_kind>", a PUBLISHED key, or "reported:<i>" (PUBLISHED_RATIOS)
+    source: str
+    n_kind: str
+    ratios: tuple               # ((compute, D/N), ...) where computed from a law; () for a reported range
+    low: float
+    high: float
+    citation: str = ""
+
+
+def ratio_budgets(records: Sequence[RunRecord]) -> tuple[float, ...]:
+    """Where a sweep's own fits are read: a tenth of its dearest run's compute, that run's, and 10x and
+    100x beyond (its cheapest budgets' optima tend to lie below the sizes tried, where the exact FLOPs per
+    token are extrapolated)."""
+    hi = max(r.flops for r in records)
+    return (hi / 10, hi, 10 * hi, 100 * hi)
+
+
+def _ratio_row(key: str, source: str, n_kind: str, law: ChinchillaLaw, budgets: Sequence[float],
+               flops_per_token: Callable[[float], float] | None, citation: str = "") -> RatioRow:
+    ratios = tuple((c, allocate(law, c, flops_per_token).tokens_per_parameter) for c in budgets)
+    values = [r for _, r in ratios]
+    return RatioRow(key, source, n_kind, ratios, min(values), max(values), citation)
+
+
+def tokens_per_parameter(reports: dict, budgets: Sequence[float] | None = None,
+                         exact: bool = True) -> list[RatioRow]:
+    """The compute-optimal D/N the user's fits imply under each way of counting N (one report per kind,
+    as StoredFits.reports holds them; both L(N, D) fits of each, with the sweep's exact FLOPs per token),
+    (C = 6ND instead when not `exact`), then the published ratios: Hoffmann's approach-3 and Besiroglu et
+    al.'s constants across RATIO_BUDGETS
+    (C = 6ND, as they fit them) and the reported ones (PUBLISHED_RATIOS).
+
+    Why they differ: the ratio divides by N, so what counts as N moves it (embeddings are a large share
+    of a small model's parameters), and Hoffmann's approach-3 fit is inconsistent with their own
+    approaches 1 and 2 (Besiroglu et al. 2024 refit it and get back to about 20)."""
+    rows = []
+    for kind, report in reports.items():
+        if report is None or not report.records:
+            continue
+        c = tuple(budgets) if budgets else ratio_budgets(report.records)
+        fpt = report.flops_per_token if exact and report.flops_per_token.exact else None
+        for name, law in (("L-BFGS", report.chinchilla), ("VPNLS", report.vpnls)):
+            if law is not None and law.alpha > 0 and law.beta > 0:
+                rows.append(_ratio_row(f"sweep:{law.method}:{kind}", f"this sweep, {name}",
+                                       N_CONVENTIONS.get(kind, kind), law, c, fpt))
+    for key, label in (("hoffmann2022", "Hoffmann et al. 2022, approach 3 constants"),
+                       ("besiroglu2024", "Besiroglu et al. 2024 refit of approach 3")):
+        rows.append(_ratio_row(key, label, "all parameters", PUBLISHED[key].law, RATIO_BUDGETS, None,
+                               PUBLISHED[key].citation))
+    rows += [RatioRow(f"reported:{i}", p.source, p.n_kind, (), p.low, p.high, f"{p.budgets}; {p.citation}")
+             for i, p in enumerate(PUBLISHED_RATIOS)]
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------
 # Held-out check
 
 @dataclass(frozen=True)
@@ -847,6 +1097,7 @@ class ScalingReport:
     held_out: HeldOutCheck | None
     flops_per_token: FlopsPerToken
     problems: dict              # fit name -> message
+    vpnls: ChinchillaLaw | None = None      # the same law by variable projection (fit_vpnls)
 
     def frontier(self, computes: Sequence[float], exact: bool = True) -> list[Allocation]:
         """The compute-optimal allocation along a range of budgets, from the L(N, D) fit."""
@@ -862,7 +1113,8 @@ class ScalingReport:
             return None if fit is None else fit.to_dict()
         d = {"n_kind": self.n_kind, "law_n": opt(self.law_n), "law_d": opt(self.law_d), "law_c": opt(self.law_c),
              "chinchilla": opt(self.chinchilla), "isoflop": opt(self.isoflop), "held_out": opt(self.held_out),
-             "flops_per_token": self.flops_per_token.to_dict(), "problems": dict(self.problems)}
+             "flops_per_token": self.flops_per_token.to_dict(), "problems": dict(self.problems),
+             "vpnls": opt(self.vpnls)}
         if with_records:
             d["records"] = [r.to_dict() for r in self.records]
         return d
@@ -876,7 +1128,7 @@ class ScalingReport:
         return cls(tuple(records), d["n_kind"], opt(PowerLaw, "law_n"), opt(PowerLaw, "law_d"),
                    opt(PowerLaw, "law_c"), opt(ChinchillaLaw, "chinchilla"), opt(IsoFlopFit, "isoflop"),
                    opt(HeldOutCheck, "held_out"), FlopsPerToken.from_dict(d["flops_per_token"]),
-                   dict(d["problems"]))
+                   dict(d["problems"]), opt(ChinchillaLaw, "vpnls"))
 
 
 def analyse(records: Sequence[RunRecord], n_kind: str = "total", n_bootstrap: int = 200,
@@ -905,7 +1157,7 @@ def analyse(records: Sequence[RunRecord], n_kind: str = "total", n_bootstrap: in
         attempt("L(N, D)", lambda: fit_chinchilla(records, n_kind, n_bootstrap, level, seed)),
         attempt("IsoFLOP", lambda: fit_isoflop(records, n_kind, fpt, n_bootstrap, level, seed)),
         attempt("held-out", lambda: held_out_check(records, n_kind)),
-        fpt, problems)
+        fpt, problems, attempt("VPNLS", lambda: fit_vpnls(records, n_kind, n_bootstrap, level, seed)))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1140,8 +1392,12 @@ def _summary(stored: StoredFits, seconds: float) -> list[str]:
         for law in (rep.law_n, rep.law_d, rep.law_c):
             if law:
                 lines.append(f"    {law.describe()}{'  (loose: the runs do not pin it down)' if law.loose else ''}")
+        if rep.vpnls:
+            lines.append(f"    VPNLS: {rep.vpnls.describe()}  (a = {rep.vpnls.a:.2f})")
         if rep.isoflop:
             lines.append(f"    IsoFLOP: N_opt ~ C^{rep.isoflop.a:.2f}, D_opt ~ C^{rep.isoflop.b:.2f}")
+            lines += [f"    parabola at C = {c:.3g} may mislead: {why}" for c, why in parabola_warnings(rep).items()
+                      if why]
         if rep.held_out:
             lines.append(f"    held-out: {len(rep.held_out.held_out)} runs predicted within "
                          f"{100 * rep.held_out.mean_rel_error:.1f} % on average")

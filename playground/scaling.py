@@ -10,6 +10,7 @@ import numpy as np
 import streamlit as st
 
 from core import catalog, scaling
+from playground import verify_section
 from playground.shared import budget_interval, figure, fits_notice, scaling_fits, url_choice
 
 st.title("Scaling laws")
@@ -114,6 +115,8 @@ def loss_charts(report) -> None:
             traces += run_points(recs, x_of, name_prefix=f"{n}: ", symbol="diamond-open")
         xs = [x_of(r) for r in records]
         traces += law_curve(law, (min(xs) / 1.5, max(xs) * 1.5), f"fit L({key})", window)
+        if key == "C":      # predictions made on this sweep, and what their runs measured
+            traces += verify_section.compute_traces(by_label[label].path)
         col.plotly_chart(figure(traces, **log_layout(title, y_range=window)), width="stretch", key=f"loss_vs_{key}")
         if report:
             col.caption(describe_power(law))
@@ -144,8 +147,22 @@ def fitted(fit, name: str) -> bool:
     return fit is not None
 
 
-tab_n, tab_iso, tab_front, tab_budget, tab_held, tab_pub, tab_runs = st.tabs(
-    ["Loss vs N, D, C", "IsoFLOP", "Frontier", "Budget predictor", "Held-out check", "Published laws", "Runs"])
+def law_row(fit: str, law, source: str) -> dict:
+    """One L(N, D) fit as a table row, each value with its bootstrap interval where there is one."""
+    ci = law.intervals
+
+    def with_ci(name, v):
+        return f"{v:.3g}" + (f" [{ci[name][0]:.3g}, {ci[name][1]:.3g}]" if name in ci else "")
+    return {"fit": fit, "E": with_ci("E", law.E), "A": with_ci("A", law.A), "B": with_ci("B", law.B),
+            "α": with_ci("alpha", law.alpha), "β": with_ci("beta", law.beta), "a = β/(α+β)": with_ci("a", law.a),
+            "source": source}
+
+
+FIT_NAMES = {"huber-lbfgs": "L-BFGS (Huber on log loss)", "vpnls": "VPNLS (least squares on loss)"}
+
+tab_n, tab_iso, tab_front, tab_ratio, tab_budget, tab_held, tab_pub, tab_runs = st.tabs(
+    ["Loss vs N, D, C", "IsoFLOP", "Frontier", "Tokens per parameter", "Budget predictor", "Held-out check",
+     "Published laws", "Runs"])
 
 with tab_n:
     st.markdown("Each point is one finished run. Kaplan et al. (2020) fit each variable on the *envelope*: "
@@ -192,6 +209,19 @@ with tab_iso:
                     "N_opt ∝ C^0.73.")
         for note in iso.notes:
             st.caption(note)
+        for budget, why in scaling.parabola_warnings(report).items():
+            if why:
+                st.warning(f"C = {budget:.0e}: {why}.", icon="⚠️")
+        st.markdown("The same allocation without parabolas: the whole surface L(N, D) fitted at once, by L-BFGS "
+                    "(Hoffmann's approach 3) and by variable projection (VPNLS: a grid over α and β, E, A, B by "
+                    "non-negative least squares at each point). Where the parabolas are warned about, trust these.")
+        rows = [law_row(FIT_NAMES.get(law.method, law.method), law, f"{len(records)} runs, "
+                        f"{int(law.level * 100)} % bootstrap intervals")
+                for law in (report.chinchilla, report.vpnls) if law is not None]
+        a_ci = f" [{ci['a'][0]:.3g}, {ci['a'][1]:.3g}]" if "a" in ci else ""
+        rows.append({**dict.fromkeys(("E", "A", "B", "α", "β"), "—"), "fit": "IsoFLOP parabolas",
+                     "a = β/(α+β)": f"{iso.a:.3g}{a_ci}", "source": f"{len(iso.minima)} budgets"})
+        st.dataframe(rows, hide_index=True)
 
 with tab_front:
     law = report.chinchilla
@@ -224,6 +254,22 @@ with tab_front:
         st.caption(f"On these runs the optimum trains on {min(ratios):.0f} to {max(ratios):.0f} tokens per "
                    f"parameter across the budgets shown. Small character models spend a large share of their "
                    f"FLOPs on attention and the output head, which the exact count includes and 6ND does not.")
+
+with tab_ratio:
+    st.markdown("Chinchilla's *about 20 tokens per parameter* is one fit's answer under one way of counting N. "
+                "What counts as N moves the ratio (it divides D by N, and embeddings are a large share of a small "
+                "model's parameters), and Hoffmann's own approach-3 constants give a ratio that grows with the "
+                "budget, the inconsistency with their approaches 1 and 2 that Besiroglu et al. (2024) corrected.")
+    table = []
+    for row in scaling.tokens_per_parameter(stored.reports):
+        each = (" · ".join(f"{r:.0f}" for _, r in row.ratios) +
+                f" at {row.ratios[0][0]:.0e} … {row.ratios[-1][0]:.0e}") if row.ratios else "as reported"
+        table.append({"source": row.source, "N counted as": row.n_kind,
+                      "tokens per parameter": f"{row.low:.3g}" + (f" to {row.high:.3g}" if row.high != row.low else ""),
+                      "at each budget C (FLOPs)": each, "reference": row.citation})
+    st.dataframe(table, hide_index=True)
+    st.caption("This sweep's rows use its exact FLOPs per token; the published fits' rows use C = 6ND, as they "
+               "were fitted. nanochat's figures are one IsoFLOP sweep's parabola minima, as reported.")
 
 with tab_budget:
     law = report.chinchilla
@@ -278,16 +324,9 @@ with tab_pub:
     st.markdown("The published fits, with their constants and sources. Their losses are nats per token of "
                 "their own tokenizers on their own data, so the absolute values do not carry over to a "
                 "character model of a million parameters; the exponents and the allocation do.")
-    rows = []
-    if report.chinchilla:
-        ci = report.chinchilla.intervals
-
-        def with_ci(name, v):
-            return f"{v:.3f}" + (f" [{ci[name][0]:.2f}, {ci[name][1]:.2f}]" if name in ci else "")
-        law = report.chinchilla
-        rows.append({"fit": f"this sweep ({label})", "E": with_ci("E", law.E), "A": f"{law.A:.4g}",
-                     "B": f"{law.B:.4g}", "α": with_ci("alpha", law.alpha), "β": with_ci("beta", law.beta),
-                     "a = β/(α+β)": with_ci("a", law.a), "source": f"{len(records)} runs, bootstrap intervals"})
+    rows = [law_row(f"this sweep ({label}), {FIT_NAMES.get(law.method, law.method)}", law,
+                    f"{len(records)} runs, bootstrap intervals")
+            for law in (report.chinchilla, report.vpnls) if law is not None]
     for pub in scaling.PUBLISHED.values():
         if pub.law:
             p = pub.law
@@ -306,3 +345,9 @@ with tab_pub:
 
 with tab_runs:
     runs_table()
+
+
+# -- Predict, then verify: a run past the sweep, predicted, stored, trained, compared (playground.verify_section)
+st.divider()
+st.header("Predict, then verify")
+verify_section.section(by_label[label].path, stored)
