@@ -103,6 +103,7 @@ class ModelSummary:
     parameters: int | None
     tokenizer: str | None
     val_loss: float | None
+    objective: str = "next-token"   # "mlm": a masked LM (fills blanks, writes nothing left to right)
 
 
 def read_log(run_dir: str | os.PathLike) -> list[dict]:
@@ -227,7 +228,8 @@ def list_exported_models(exported_dir: str | os.PathLike | None = None) -> list[
         except ValueError:
             continue   # a damaged card: the model is not offered rather than crashing a picker
         out.append(ModelSummary(model.name, model, card.get("parameters", {}).get("total"),
-                                card.get("tokenizer", {}).get("name"), card.get("val_loss")))
+                                card.get("tokenizer", {}).get("name"), card.get("val_loss"),
+                                (card.get("model_config") or {}).get("objective", "next-token")))
     return out
 
 

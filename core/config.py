@@ -26,6 +26,8 @@ NORMS = ("layernorm", "rmsnorm", "none")
 MLPS = ("gelu", "gelu_tanh", "swiglu", "relu", "none")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 OPTIMIZERS = ("adamw", "muon")
+ATTENTIONS = ("causal", "bidirectional")
+OBJECTIVES = ("next-token", "mlm")
 
 
 @dataclass
@@ -54,6 +56,20 @@ class ModelConfig:
     qkv_bias: bool | None = None    # biases on the q/k/v projection; None follows `bias` (Qwen2: on, with bias off)
     init_std: float = 0.02      # std of the initial weights (GPT-2's 0.02); grokking needs a model that can memorise
                                 # first: Nanda et al. initialise at about 1/sqrt(n_embd)
+    attention: str = "causal"   # causal (GPT: position t sees 0..t, so it can generate left to right) | bidirectional
+                                # (BERT: every position sees the whole sequence; no KV cache, no generation)
+    objective: str = "next-token"   # what the head predicts, so what the runtime may do with it: next-token (GPT) |
+                                # mlm (BERT's masked LM: the original token at masked positions, from both sides;
+                                # the tokenizer gains a [MASK] token)
+    n_experts: int = 0          # mixture of experts: 0 = one dense MLP per block; E >= 1 = E MLPs of the `mlp` kind
+                                # and a router that sends each token to moe_top_k of them: parameters grow with E,
+                                # a token's compute only with moe_top_k (Shazeer 2017; Switch; Mixtral)
+    moe_top_k: int = 2          # experts per token (Mixtral 2 of 8; Switch Transformer 1): the active MLPs
+    moe_aux_coef: float = 0.01  # weight of the load-balancing loss E * sum_i f_i P_i added to the training loss
+                                # (Switch's 0.01): without it the router collapses onto a few experts
+    moe_normalize: bool = True  # renormalise the chosen experts' router probabilities to sum to 1 (Mixtral); False
+                                # weighs each by its raw probability (Switch, k = 1), which keeps the router's
+                                # gradient from the main loss when k = 1
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -76,6 +92,24 @@ class ModelConfig:
         checks.number("init_std", self.init_std, 0.0, 10.0, low_open=True)
         for name in ("bias", "tie_embeddings") + (("qkv_bias",) if self.qkv_bias is not None else ()):
             checks.choice(name, getattr(self, name), (True, False))
+        checks.choice("attention", self.attention, ATTENTIONS)
+        checks.choice("objective", self.objective, OBJECTIVES)
+        if self.objective == "mlm" and self.attention != "bidirectional":
+            raise ConfigError("objective mlm needs attention bidirectional: a masked token is predicted from the "
+                              "words on both sides, and a causal mask would hide the right-hand side")
+        if self.objective == "next-token" and self.attention != "causal":
+            raise ConfigError("objective next-token needs attention causal: with bidirectional attention every "
+                              "position sees the token it must predict, and the model learns to copy it")
+        checks.integer("n_experts", self.n_experts, 0)
+        checks.integer("moe_top_k", self.moe_top_k, 1)
+        checks.number("moe_aux_coef", self.moe_aux_coef, 0.0, 1.0)
+        checks.choice("moe_normalize", self.moe_normalize, (True, False))
+        if self.n_experts and self.mlp == "none":
+            raise ConfigError(f"n_experts ({self.n_experts}) makes each block's MLP a mixture of experts, but mlp is "
+                              f"'none' (attention-only): choose an MLP kind, or set n_experts to 0")
+        if self.n_experts and self.moe_top_k > self.n_experts:
+            raise ConfigError(f"moe_top_k ({self.moe_top_k}) must be at most n_experts ({self.n_experts}): a token "
+                              f"cannot go to more experts than there are")
 
     @property
     def head_dim(self) -> int:
@@ -90,6 +124,11 @@ class ModelConfig:
     def mlp_width(self) -> int:
         """The MLP's inner width in use (mlp_hidden, or 4 x n_embd when it is 0)."""
         return self.mlp_hidden or 4 * self.n_embd
+
+    @property
+    def active_experts(self) -> int:
+        """MLPs each token runs through per block: moe_top_k under a mixture of experts, else 1."""
+        return min(self.moe_top_k, self.n_experts) if self.n_experts else 1
 
     @property
     def has_qkv_bias(self) -> bool:
@@ -113,7 +152,9 @@ def count_parameters(config: ModelConfig) -> dict[str, int]:
 
     total: every distinct parameter (a tied head counted once). embedding: the token table wte, the
     learned positions wpe and an untied lm_head (vocabulary and position matrices). non_embedding: the
-    rest; Kaplan et al. (2020) fit their laws on this N."""
+    rest; Kaplan et al. (2020) fit their laws on this N. active and active_non_embedding: the same with only
+    the moe_top_k experts a token runs through (and every router) counted, what a token's compute sees;
+    equal to total and non_embedding for a dense model."""
     C, V, L, H = config.n_embd, config.vocab_size, config.n_layer, config.mlp_width
     b, bq = int(config.bias), int(config.has_qkv_bias)
     norm = 0 if config.norm == "none" else C * (2 if config.norm == "layernorm" and config.bias else 1)
@@ -122,13 +163,17 @@ def count_parameters(config: ModelConfig) -> dict[str, int]:
     fc = 2 * H if config.mlp == "swiglu" else H               # swiglu's c_fc holds gate and up side by side
     mlp = 0 if config.mlp == "none" else C * fc + b * fc + H * C + b * C
     block_norms = norm * (1 if config.mlp == "none" else 2)  # an attention-only block has no ln_2
-    non_embedding = L * (block_norms + attn + mlp) + norm
+    E = config.n_experts
+    router = C * E                                            # the router: Linear(n_embd, E), no bias
+    non_embedding = L * (block_norms + attn + router + max(E, 1) * mlp) + norm
+    active_non_embedding = L * (block_norms + attn + router + config.active_experts * mlp) + norm
     embedding = V * C
     if config.pos_encoding == "learned":
         embedding += config.block_size * C
     if not config.tie_embeddings:
         embedding += V * C
-    return {"total": non_embedding + embedding, "embedding": embedding, "non_embedding": non_embedding}
+    return {"total": non_embedding + embedding, "embedding": embedding, "non_embedding": non_embedding,
+            "active": active_non_embedding + embedding, "active_non_embedding": active_non_embedding}
 
 
 def flops_per_token(config: ModelConfig, seq_len: int | None = None, training: bool = True) -> float:
@@ -138,9 +183,11 @@ def flops_per_token(config: ModelConfig, seq_len: int | None = None, training: b
     head, tied or not: the lookup of wte costs nothing, its use as lm_head does) plus attention's
     q·k and p·v, 2 * 2 * n_layer * seq_len * n_embd. Training (forward + backward) is three times
     the forward: 6N + 12 * n_layer * seq_len * n_embd (Kaplan et al. 2020; PaLM's appendix B).
+    Under a mixture of experts N counts the active parameters: the router and the moe_top_k experts a
+    token runs through (the router's softmax and the weighted sum of the experts are not counted).
     """
     T = config.block_size if seq_len is None else seq_len
-    matmul_params = count_parameters(config)["non_embedding"] + config.vocab_size * config.n_embd
+    matmul_params = count_parameters(config)["active_non_embedding"] + config.vocab_size * config.n_embd
     forward = 2 * matmul_params + 4 * config.n_layer * T * config.n_embd
     return 3 * forward if training else forward
 
@@ -208,6 +255,9 @@ class TrainConfig:
     sample_tokens: int = 200                # length of those samples
     divergence_factor: float = 3.0          # stop when loss > this x ln(vocab) (uniform guessing) or non-finite
     resume: bool = False                    # continue the run in out_dir; without it an existing run is refused
+    mask_rate: float = 0.15                 # a masked LM (objective mlm): the share of positions it must predict,
+                                            # each replaced 80 % by [MASK], 10 % by a random token, 10 % kept
+                                            # (BERT's recipe: the model cannot tell which unmasked tokens to trust)
 
     def __post_init__(self):
         for name in ("batch_size", "grad_accum_steps", "max_steps", "eval_iters", "sample_tokens",
@@ -226,6 +276,7 @@ class TrainConfig:
         checks.number("muon_momentum", self.muon_momentum, 0.0, 1.0, high_open=True)
         checks.number("grokfast_alpha", self.grokfast_alpha, 0.0, 1.0, high_open=True)
         checks.number("grokfast_lambda", self.grokfast_lambda, 0.0)
+        checks.number("mask_rate", self.mask_rate, 0.0, 1.0, low_open=True, high_open=True)
         if self.task:
             from core.tasks import make_task     # the spec is checked here, where every other field is
             self.task = make_task(self.task).spec()

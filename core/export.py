@@ -18,7 +18,11 @@ directory's checkpoint through `export_gpt`), and `PeakMemory` (what an export c
   attention.onnx   input_ids -> logits + attn.{i} [batch, heads, seq, seq], and each layer's q.{i},
                    k.{i}, v.{i} [batch, heads, seq, head_dim] (k and v repeated per query head under
                    grouped-query attention), heads.{i} and proj.{i} [batch, seq, n_embd]: the explicit
-                   attention path for the pages, kept out of model.onnx so decoding never pays for it.
+                   attention path for the pages, kept out of model.onnx so decoding never pays for it. A
+                   mixture of experts adds its routing (core.runtime.ROUTING_OUTPUTS: experts and
+                   expert_weights [batch, seq, n_layer, k], router_probs [batch, seq, n_layer, E]). Its
+                   graphs run every expert on every token and zero the ones not chosen: exact, and a
+                   static graph, at E x the MLP's compute (bench/moe_vs_dense.py measures the cost).
   inspect.onnx     the inspection path for `core.interpret`: input_ids [batch, seq] + head_mix [batch, seq,
                    n_layer, n_head] + head_value [1, seq, n_layer, n_head, head_dim] + resid_mix [batch, seq,
                    n_layer + 1] + resid_value [1, seq, n_layer + 1, n_embd] -> resid [batch, seq, 2 n_layer + 1,
@@ -81,7 +85,7 @@ from core.config import TRAIN_PATH_FIELDS, ModelConfig
 from core.files import make_readable, write_atomic
 from core.model import GPT, CacheBuffers, Intervention
 from core.quantize import QuantizeConfig, QuantizeError, open_graph, quantize_model, run_cached, session
-from core.runtime import ATTENTION_PARTS, check_external_data
+from core.runtime import ATTENTION_PARTS, ROUTING_OUTPUTS, check_external_data
 from core.tokenizer import Tokenizer, load_tokenizer
 
 
@@ -179,7 +183,20 @@ class _AttentionGraph(torch.nn.Module):
     def forward(self, input_ids):
         out = self.model(input_ids, return_attention=True)
         parts = [[p[kind] for p in out.attention_parts] for kind in ATTENTION_PARTS]
-        return out.logits, out.attentions, *parts
+        routing = [] if out.expert_ids is None else [out.expert_ids, out.expert_weights, out.router_probs]
+        return out.logits, out.attentions, *parts, *routing
+
+
+class _FullGraph(torch.nn.Module):
+    """input_ids -> logits of every position, with no cache: a masked LM's model.onnx (each position's output
+    depends on the whole sequence, so there is nothing to cache and no step to take)."""
+
+    def __init__(self, model: GPT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids):
+        return self.model(input_ids).logits
 
 
 class _InspectGraph(torch.nn.Module):
@@ -368,6 +385,11 @@ def export_gpt(model: GPT, tokenizer: Tokenizer, out_dir: str | os.PathLike, cfg
     return card
 
 
+# what a masked LM's card says of its losses (core.mlm says why)
+MLM_LOSS_NOTE = ("train_loss and val_loss are nats per masked token (BERT's masking: 15 % of positions, "
+                 "80/10/10), predicted from both sides; a next-token model's loss predicts from the left alone, "
+                 "a harder task: the two numbers are not comparable")
+
 STEP_CURVE_POINTS = 100    # the per-step training loss, averaged into at most this many points for the card
 
 
@@ -421,31 +443,42 @@ def _export_into(work: Path, name: str, model: GPT, tokenizer: Tokenizer, cfg: E
                  memory: PeakMemory, say: Callable[[str], None]) -> dict:
     mc = model.config
     L = mc.n_layer
-    layout = _layout_for(mc, cfg.kv_cache)
-    if layout != cfg.kv_cache:
+    masked = mc.objective == "mlm"
+    if masked and (cfg.int8 or cfg.fp16):
+        raise ExportError("the int8 and fp16 variants are measured on cached decoding, which a masked LM does "
+                          "not do: export it in fp32 (drop --int8 / --fp16)")
+    layout = "none" if masked else _layout_for(mc, cfg.kv_cache)
+    if not masked and layout != cfg.kv_cache:
         say(f"the shared KV-cache layout needs a head dimension divisible by 8 (onnxruntime's "
             f"GroupQueryAttention); this model's is {mc.head_dim}: exporting the concat layout")
     shared = layout == "shared"
-    io = {"inputs": ["input_ids"] + ([PAST_LENGTH] if shared else []) + cache_names(L),
-          "outputs": ["logits"] + cache_names(L, "present"),
-          "kv_cache": layout,
-          "past_shape": ["batch", "n_kv_head", "capacity" if shared else "past", "head_dim"],
+    io = {"inputs": ["input_ids"] + ([] if masked else [PAST_LENGTH] if shared else []) + ([] if masked else cache_names(L)),
+          "outputs": ["logits"] + ([] if masked else cache_names(L, "present")),
+          "kv_cache": layout,       # "none": a masked LM's model.onnx reads a whole sequence, logits (batch, seq, vocab)
+          "past_shape": None if masked else ["batch", "n_kv_head", "capacity" if shared else "past", "head_dim"],
           "attention_outputs": [f"attn.{i}" for i in range(L)],
           # the attention graph's inner vectors, for the Learn page's step-by-step attention
-          "attention_parts": {kind: [f"{kind}.{i}" for i in range(L)] for kind in ATTENTION_PARTS}}
+          "attention_parts": {kind: [f"{kind}.{i}" for i in range(L)] for kind in ATTENTION_PARTS},
+          # a mixture of experts: the attention graph also says where each token went (core.model.GPTOutput)
+          "routing_outputs": list(ROUTING_OUTPUTS) if mc.n_experts else []}
     metadata = {"llm_playground.format": FORMAT, "llm_playground.model_config": json.dumps(mc.to_dict()),
                 "llm_playground.io": json.dumps(io), "llm_playground.tokenizer": tokenizer.name}
     external = _weight_bytes(model) > cfg.external_data_mb * 2 ** 20
 
     say(f"exporting {MODEL_FILE} ({_weight_bytes(model) / 1e6:.0f} MB of weights"
         + (f", kept in {MODEL_FILE}{EXTERNAL_DATA_SUFFIX})" if external else ")"))
-    _export_cached(model, work / MODEL_FILE, io, metadata, cfg.opset, external)
+    if masked:
+        batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=mc.block_size)
+        _export(_FullGraph(model), (torch.randint(0, mc.vocab_size, (2, 3)),), {"input_ids": {0: batch, 1: seq}},
+                io["inputs"], io["outputs"], work / MODEL_FILE, cfg.opset, metadata, external, fused=True)
+    else:
+        _export_cached(model, work / MODEL_FILE, io, metadata, cfg.opset, external)
     say(f"exporting {ATTENTION_FILE} (every layer's attention, for the pages)")
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=mc.block_size)
     _export(_AttentionGraph(model), (torch.randint(0, mc.vocab_size, (2, 3)),),
             {"input_ids": {0: batch, 1: seq}}, ["input_ids"],
-            ["logits"] + io["attention_outputs"] + [n for kind in ATTENTION_PARTS for n in io["attention_parts"][kind]],
-            work / ATTENTION_FILE, cfg.opset, metadata, external, fused=shared)
+            ["logits"] + io["attention_outputs"] + [n for kind in ATTENTION_PARTS for n in io["attention_parts"][kind]]
+            + io["routing_outputs"], work / ATTENTION_FILE, cfg.opset, metadata, external, fused=shared or masked)
     if external:
         _share_weights(work, ATTENTION_FILE, MODEL_FILE)
 
@@ -460,8 +493,19 @@ def _export_into(work: Path, name: str, model: GPT, tokenizer: Tokenizer, cfg: E
         ref_out = model(seq_ids, return_attention=True)
         ref_attn = [a.numpy() for a in ref_out.attentions]
         ref_attn += [p[kind].numpy() for kind in ATTENTION_PARTS for p in ref_out.attention_parts]
+        if mc.n_experts:      # the routing too: the same experts chosen, with the same weights
+            ref_attn += [ref_out.expert_ids.numpy(), ref_out.expert_weights.numpy(), ref_out.router_probs.numpy()]
         del ref_out
-    got, step_times = run_cached(open_graph(work / MODEL_FILE, mc), seq_ids.numpy(), n_prompt)
+    if masked:
+        # the whole sequence in one call, timed (a masked LM has no decode step)
+        full = session(work / MODEL_FILE)
+        step_times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            got = full.run(None, {"input_ids": seq_ids.numpy()})[0]
+            step_times.append(time.perf_counter() - t0)
+    else:
+        got, step_times = run_cached(open_graph(work / MODEL_FILE, mc), seq_ids.numpy(), n_prompt)
     parity = float(np.abs(got - ref).max())
     attn_outs = session(work / ATTENTION_FILE).run(None, {"input_ids": seq_ids.numpy()})
     attn_parity = max(float(np.abs(a - b).max()) for a, b in zip(attn_outs[1:], ref_attn))
@@ -469,18 +513,24 @@ def _export_into(work: Path, name: str, model: GPT, tokenizer: Tokenizer, cfg: E
     del attn_outs, ref_attn
     worst = max(parity, attn_logit_parity)
     if not math.isfinite(worst) or worst > cfg.parity_tolerance:
-        raise ExportError(f"parity check failed: max |logits torch - onnxruntime| = {worst:.3g} over a "
-                          f"{n_prompt}-token prefill and {n_total - n_prompt} cached steps, above the "
+        how = (f"a {n_total}-token sequence" if masked else
+               f"a {n_prompt}-token prefill and {n_total - n_prompt} cached steps")
+        raise ExportError(f"parity check failed: max |logits torch - onnxruntime| = {worst:.3g} over "
+                          f"{how}, above the "
                           f"tolerance {cfg.parity_tolerance:g}; the export was not kept")
     if attn_parity > cfg.parity_tolerance:
         raise ExportError(f"attention probabilities differ from torch's explicit path by {attn_parity:.3g}")
     # after the model's own parity, so a model that fails it fails before the slower inspection export
-    say(f"exporting {INSPECT_FILE} and {LENS_FILE} (the interpretability instruments)")
-    inspection = _export_inspection(model, tokenizer.n_vocab, work, cfg, metadata, external, shared)
+    inspection = None
+    if not masked:      # the interpretability pages read next-token models only: a masked LM's would go unread
+        say(f"exporting {INSPECT_FILE} and {LENS_FILE} (the interpretability instruments)")
+        inspection = _export_inspection(model, tokenizer.n_vocab, work, cfg, metadata, external, shared)
 
     variants = {"fp32": {"file": MODEL_FILE, "bytes": graph_bytes(work / MODEL_FILE),
                          "max_logit_diff_vs_torch": parity,
-                         "decode_ms_median": 1000 * statistics.median(step_times)}}
+                         # a masked LM: one pass over the parity sequence (it has no decode step)
+                         ("full_pass_ms_median" if masked else "decode_ms_median"):
+                             1000 * statistics.median(step_times)}}
     if cfg.fp16:
         say("writing the fp16 variant")
         _export_fp16(work, external)
@@ -501,10 +551,10 @@ def _export_into(work: Path, name: str, model: GPT, tokenizer: Tokenizer, cfg: E
         **info,
         "io": io,
         "parity": {"max_abs_logit_diff": parity, "attention_max_abs_diff": attn_parity,
-                   "prefill_tokens": n_prompt, "cached_steps": n_total - n_prompt,
+                   "prefill_tokens": n_total if masked else n_prompt, "cached_steps": 0 if masked else n_total - n_prompt,
                    "tolerance": cfg.parity_tolerance},
         "variants": variants,
-        INSPECTION_CARD_KEY: inspection,
+        **({INSPECTION_CARD_KEY: inspection} if inspection else {"loss_note": MLM_LOSS_NOTE}),
         "files": {p.name: p.stat().st_size for p in sorted(work.iterdir()) if p.is_file()},
         "opset": cfg.opset,
         "exported_with": {"torch": torch.__version__},
@@ -684,7 +734,10 @@ def load_exported(model_dir: str | os.PathLike, cfg: ExportConfig | None = None,
     ids = torch.randint(0, tokenizer.n_vocab, (1, min(24, mc.block_size)), generator=torch.Generator().manual_seed(cfg.seed))
     with torch.no_grad():
         ref = model(ids).logits.numpy()
-    got, _ = run_cached(open_graph(d / MODEL_FILE, mc), ids.numpy(), ids.shape[1])
+    if mc.objective == "mlm":
+        got = session(d / MODEL_FILE).run(None, {"input_ids": ids.numpy()})[0]
+    else:
+        got, _ = run_cached(open_graph(d / MODEL_FILE, mc), ids.numpy(), ids.shape[1])
     diff = float(np.abs(got[..., :ref.shape[-1]] - ref).max())
     if not math.isfinite(diff) or diff > cfg.parity_tolerance:
         raise ExportError(f"the weights read from {d.name}/{MODEL_FILE} do not reproduce its logits (max difference "
@@ -781,8 +834,9 @@ def print_card(out_dir: str | os.PathLike, card: dict) -> None:
         # an int8 variant is judged by its next tokens' agreement, the others by their logits' distance
         drift = f", top-1 agreement {v['top1_agreement']:.3f}" if "top1_agreement" in v else ""
         diff = (f", max logit diff {v['max_logit_diff_vs_torch']:.2e}" if "max_logit_diff_vs_torch" in v else "")
-        print(f"  {name}: {v['file']} {v['bytes'] / 1e6:.2f} MB{diff}, {v['decode_ms_median']:.3f} ms/decode "
-              f"step{drift}")
+        speed = (f"{v['decode_ms_median']:.3f} ms/decode step" if "decode_ms_median" in v else
+                 f"{v['full_pass_ms_median']:.3f} ms/full pass (a masked LM)")
+        print(f"  {name}: {v['file']} {v['bytes'] / 1e6:.2f} MB{diff}, {speed}{drift}")
     cost = card.get("export") or {}
     if cost:
         print(f"  took {cost['seconds']:.1f} s, peak memory {cost['peak_rss_mb']:.0f} MB"

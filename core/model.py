@@ -1,9 +1,12 @@
-"""The model: a decoder-only GPT, configurable enough to compare its design choices.
+"""The model: a decoder-only GPT, configurable enough to compare its design choices (with bidirectional
+attention and the mlm objective, the same blocks make an encoder-only masked LM, BERT's kind: no causal mask,
+no KV cache, the head predicting masked tokens).
 
 Holds the modules of a GPT-2-style transformer (GPT-2 names throughout: wte, wpe,
 h, ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj, ln_f, lm_head), with a choice of
 positional encoding (learned | sinusoidal | rope, with its base), norm (layernorm | rmsnorm, with its
-epsilon, or none), MLP (gelu | gelu_tanh | swiglu | relu, with its width, or none: attention-only), grouped-query attention (n_kv_head), biases
+epsilon, or none), MLP (gelu | gelu_tanh | swiglu | relu, with its width, or none: attention-only; or a
+mixture of experts of them, `MoE`: top-k routing and Switch's load-balancing loss), grouped-query attention (n_kv_head), biases
 (all, or on q/k/v only) and a tied or untied head: enough for GPT-2 and LLaMA-family checkpoints to load
 by name (`core.pretrained`); an optional KV cache; two attention paths (fused
 `scaled_dot_product_attention`, and an explicit one that also returns the attention probabilities of
@@ -164,6 +167,8 @@ class CausalSelfAttention(nn.Module):
         self.n_kv = config.kv_heads
         self.n_embd = config.n_embd
         self.dropout = config.dropout
+        # causal (GPT): position t attends to 0..t; bidirectional (BERT's encoder): to every position
+        self.causal = config.attention == "causal"
         # query, key and value projections for all heads in one matmul: n_head query heads, then n_kv key
         # heads and n_kv value heads (n_kv = n_head: GPT-2's c_attn; fewer: grouped-query attention)
         self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * self.n_kv) * config.head_dim,
@@ -223,13 +228,14 @@ class CausalSelfAttention(nn.Module):
         if explicit:
             # the textbook path: softmax(q k^T / sqrt(hs) + mask) v, keeping the probabilities
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))   # (B, nh, T, T_k)
-            att = att.masked_fill(~causal_mask(T, T_k, x.device), float("-inf"))
+            if self.causal:
+                att = att.masked_fill(~causal_mask(T, T_k, x.device), float("-inf"))
             probs = F.softmax(att, dim=-1)
             y = F.dropout(probs, p=dropout_p, training=self.training) @ v       # (B, nh, T, hs)
             if head_edit is not None:
                 y = _blend(y.transpose(1, 2), *head_edit).transpose(1, 2)     # blended as (B, T, nh, hs)
         elif past is None:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=self.causal)
         else:
             # with a cache, is_causal would align the mask top-left: build the bottom-right one (no
             # branch on T == 1, so an exported graph keeps T dynamic)
@@ -271,24 +277,80 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(h))
 
 
+class Routing(NamedTuple):
+    """One mixture-of-experts layer's routing of N tokens (N = B*T, in order)."""
+    probs: torch.Tensor                  # (N, E) the router's softmax over every expert (float32)
+    experts: torch.Tensor                # (N, k) the chosen experts, most probable first
+    weights: torch.Tensor                # (N, k) their weights in the sum of their outputs
+
+
+def balance_loss(route: Routing, n_experts: int) -> torch.Tensor:
+    """Switch Transformer's load-balancing loss (Fedus et al. 2021, eq. 4): E * sum_i f_i * P_i, f_i the
+    fraction of the N * k assignments that went to expert i and P_i the mean router probability of expert i.
+    Balanced routing (f_i = P_i = 1/E) gives 1; routing every token to one expert with certainty gives E.
+    (transformers' load_balancing_loss_func does not divide the assignments by k: it is k times this.)"""
+    k = route.experts.size(-1)
+    f = F.one_hot(route.experts, n_experts).sum(1).float().mean(0) / k     # (E,) sums to 1
+    P = route.probs.mean(0)                                                # (E,)
+    return n_experts * (f * P).sum()
+
+
+class MoE(nn.Module):
+    """A mixture of experts in an MLP's place: a router (Linear n_embd -> E) scores every expert, each
+    token goes to its moe_top_k most probable, and its output is their outputs weighted by the router's
+    probabilities, renormalised over the chosen ones (Mixtral) or raw (Switch; moe_normalize False). Each
+    expert is an MLP of the configured kind."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.top_k, self.normalize = config.moe_top_k, config.moe_normalize
+        self.router = nn.Linear(config.n_embd, config.n_experts, bias=False)
+        self.experts = nn.ModuleList([MLP(config) for _ in range(config.n_experts)])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Routing]:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])                                   # (N, C)
+        probs = F.softmax(self.router(x).float(), dim=-1)              # (N, E), float32 under autocast too
+        weights, experts = probs.topk(self.top_k, dim=-1)              # (N, k)
+        if self.normalize:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        if torch.compiler.is_exporting():
+            # one static graph: every expert on every token, combined with the gates (0 off the chosen
+            # experts, so the sum is exact); E x the MLP compute, see bench/moe_vs_dense.py
+            gates = torch.zeros_like(probs).scatter(1, experts, weights)        # (N, E)
+            y = sum(gates[:, e, None] * expert(x) for e, expert in enumerate(self.experts))
+        else:
+            # each expert runs only on the tokens sent to it
+            y = torch.zeros_like(x)
+            for e, expert in enumerate(self.experts):
+                token, slot = torch.where(experts == e)
+                if token.numel():
+                    y.index_add_(0, token, (expert(x[token]) * weights[token, slot, None]).to(y.dtype))
+        return y.view(shape), Routing(probs, experts, weights)
+
+
 class Block(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
-        # an attention-only block (mlp "none") has neither MLP nor ln_2
+        # an attention-only block (mlp "none") has neither MLP nor ln_2; n_experts makes the MLP a mixture
         self.ln_2 = None if config.mlp == "none" else make_norm(config)
-        self.mlp = None if config.mlp == "none" else MLP(config)
+        self.mlp = None if config.mlp == "none" else MoE(config) if config.n_experts else MLP(config)
 
     def forward(self, x, rope=None, past=None, explicit=False, buffered=None, head_edit=None):
         a, present, seen = self.attn(self.ln_1(x), rope, past, explicit, buffered, head_edit)
         x = x + a
         if seen is not None:
             seen["resid_mid"] = x                          # (B, T, C): the residual stream after attention
-        if self.mlp is not None:
+        route = None
+        if isinstance(self.mlp, MoE):
+            m, route = self.mlp(self.ln_2(x))
+            x = x + m
+        elif self.mlp is not None:
             x = x + self.mlp(self.ln_2(x))
-        return x, present, seen
+        return x, present, seen, route
 
 
 @dataclass
@@ -303,6 +365,12 @@ class GPTOutput:
     resid: torch.Tensor | None = None
     head_z: torch.Tensor | None = None
     hidden: torch.Tensor | None = None         # (B, T, C) after the final norm: what a reward or value head reads
+    # a mixture of experts (n_experts > 0): each layer's routing of each token, and with targets the
+    # load-balancing loss (`balance_loss`, the mean over layers; the trainer adds moe_aux_coef x it to `loss`)
+    expert_ids: torch.Tensor | None = None     # (B, T, L, k) the experts chosen, most probable first
+    expert_weights: torch.Tensor | None = None     # (B, T, L, k) their weights in the sum of their outputs
+    router_probs: torch.Tensor | None = None   # (B, T, L, E) the router's softmax over every expert
+    aux_loss: torch.Tensor | None = None       # () scalar
 
     @property
     def attentions(self) -> list[torch.Tensor] | None:
@@ -363,6 +431,9 @@ class GPT(nn.Module):
         residual stream and every head's output (`GPTOutput.resid`, `head_z`); `Intervention()` edits nothing.
         """
         B, T = idx.size()
+        if self.config.attention == "bidirectional" and (past is not None or use_cache):
+            raise ValueError("a bidirectional model attends over the whole sequence at once: it has no KV cache "
+                             "(a new token would change every earlier position's output)")
         if intervention is not None:
             if past is not None or use_cache:
                 raise ValueError("an intervention runs a whole sequence on the explicit path: no KV cache")
@@ -391,7 +462,7 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
         if buffered is not None:
             x = x.view(B * T, -1)                              # (B*T, C): see BufferedStep
-        presents, parts, points = [], [], []
+        presents, parts, points, routes = [], [], [], []
         iv = intervention
         for i, block in enumerate(self.transformer.h):
             head_edit = None
@@ -400,7 +471,10 @@ class GPT(nn.Module):
                 points.append(x)
                 if iv.head_mix is not None:
                     head_edit = _layer(iv.head_mix, iv.head_value, i)
-            x, present, seen = block(x, rope, past[i] if past else None, return_attention, buffered, head_edit)
+            x, present, seen, route = block(x, rope, past[i] if past else None, return_attention, buffered,
+                                            head_edit)
+            if route is not None:
+                routes.append(route)
             if use_cache:
                 presents.append(present)
             if return_attention:
@@ -422,8 +496,14 @@ class GPT(nn.Module):
         else:
             logits = self.lm_head(x[:, [-1], :] if last_only else x)
             loss = None
-        return GPTOutput(logits, loss, presents if use_cache else None, parts if return_attention else None,
-                         resid, head_z, x)
+        out = GPTOutput(logits, loss, presents if use_cache else None, parts if return_attention else None,
+                        resid, head_z, x)
+        if routes:
+            out.router_probs, out.expert_ids, out.expert_weights = (
+                torch.stack(t, dim=1).view(B, T, len(routes), -1) for t in zip(*routes))   # (B, T, L, k|E)
+            if targets is not None:
+                out.aux_loss = torch.stack([balance_loss(r, self.config.n_experts) for r in routes]).mean()
+        return out
 
     # -- sizes ---------------------------------------------------------------------------------------
     def count_parameters(self) -> dict[str, int]:

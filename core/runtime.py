@@ -3,7 +3,9 @@
 Holds `Model`, which opens an exported model directory (see `core.export`) and answers: next-token
 logits with a KV cache (`step`), logits for a whole sequence (`logits`), attention probabilities of
 every layer and head (`attention`), and a text's score (`score`: per-token logprobs and ranks, optionally each
-position's likeliest tokens, perplexity, bits per byte). One `Model` (and its onnxruntime sessions) is shared by every user of a server: it keeps
+position's likeliest tokens, perplexity, bits per byte); for a masked LM (encoder-only, objective mlm: model.onnx
+reads a whole sequence, no cache) `logits`, `attention` and `fill_mask` (each [MASK]'s likeliest tokens, from both
+sides), while stepping and scoring refuse with a message naming a next-token model to pick. One `Model` (and its onnxruntime sessions) is shared by every user of a server: it keeps
 no per-caller state; each caller holds its own `KVCache`, a value that can be kept, forked and thrown
 away freely. `CachedGraph` runs model.onnx's graph (any variant) from a `KVCache`, in either of the
 export's cache layouts: "shared" (one preallocated buffer per layer that onnxruntime writes each step's
@@ -51,11 +53,15 @@ from core.catalog import (ATTENTION_FILE, CARD_FILE, FORMAT, MODEL_FILE, PAST_LE
 from core.checks import ConfigError, PlaygroundError
 from core.config import ModelConfig
 from core.files import resolve_inside
+from core.mlm import Blank, fill_blanks
 from core.sampling import log_softmax
 from core.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 
 # the attention graph's inner vectors per layer, beside attn.{i} (the exporter writes them under these names)
 ATTENTION_PARTS = ("q", "k", "v", "heads", "proj")
+# a mixture of experts' attention.onnx also returns where each token went: the chosen experts (B, T, L, k),
+# their weights (B, T, L, k) and the router's probabilities over every expert (B, T, L, E)
+ROUTING_OUTPUTS = ("experts", "expert_weights", "router_probs")
 THREADS_ENV = "LLM_PLAYGROUND_ORT_THREADS"     # onnxruntime intra-op threads, overriding the default
 MIN_CAPACITY = 64      # positions a fresh shared cache holds; it doubles when full, up to the context
 # rows of a window that `score` turns into float64 log-probs at once: with a 150k vocabulary, 64 rows are ~77 MB
@@ -220,6 +226,14 @@ class AttentionMaps:
     # per layer {"q", "k", "v": (B, n_head, T, head_dim), "heads", "proj": (B, T, n_embd)}; empty for
     # models exported before the graph returned them
     parts: list[dict] = field(default_factory=list)
+    # a mixture of experts: {"experts", "expert_weights", "router_probs"} (see ROUTING_OUTPUTS); else None
+    routing: dict | None = None
+
+
+@dataclass
+class FillMask:
+    ids: list[int]                   # the text's tokens, [MASK] included
+    blanks: list[Blank]              # per [MASK], left to right: its likeliest tokens and their probabilities
 
 
 class Model:
@@ -256,6 +270,14 @@ class Model:
         self.session = self._open_session(VARIANT_FILES[variant])
         self._past_names = cache_names(self.n_layer)
         names = [i.name for i in self.session.get_inputs()]
+        self.masked = cfg.objective == "mlm"       # a masked LM: model.onnx reads a whole sequence, no cache
+        if self.masked:
+            if names != ["input_ids"] or self.tokenizer.mask_id is None:
+                raise ModelError(f"{self.directory.name} says it is a masked LM, but its {VARIANT_FILES[variant]} "
+                                 f"or tokenizer is not one's (input_ids only, a [MASK] token); re-export the model")
+            self.graph = None
+            self._init_rest()
+            return
         if names not in (["input_ids"] + self._past_names, ["input_ids", PAST_LENGTH] + self._past_names):
             raise ModelError(f"{self.directory.name}/{VARIANT_FILES[variant]} does not have the inputs of "
                              f"an exported playground model (input_ids, [{PAST_LENGTH},] {self._past_names[0]}, ...)")
@@ -264,6 +286,9 @@ class Model:
         if len(shape) != 4 or shape[1] != self.n_kv_head or shape[3] != self.head_dim:
             raise ModelError(f"{self.directory.name}/{VARIANT_FILES[variant]} keeps a cache of shape {shape}, but "
                              f"its card says [batch, {self.n_kv_head}, past, {self.head_dim}]; re-export the model")
+        self._init_rest()
+
+    def _init_rest(self) -> None:
         self._graphs: dict[str, ort.InferenceSession] = {}     # the directory's other graphs, opened on first use
         self._graphs_lock = threading.Lock()
         self._weights: dict[str, np.ndarray] = {}
@@ -345,7 +370,14 @@ class Model:
                              f"truncated ({type(e).__name__}); re-export the model") from e
 
     # -- running -----------------------------------------------------------------------------------
+    def _not_generative(self) -> ModelError:
+        return ModelError(f"{self.name} is a masked LM (encoder-only, bidirectional attention): it fills in blanks "
+                          f"(fill_mask) from both sides but has no KV cache and does not write left to right; pick a "
+                          f"next-token (decoder-only) model, such as shakespeare-char, to generate, score or compare")
+
     def empty_cache(self, batch: int = 1) -> KVCache:
+        if self.masked:
+            raise self._not_generative()
         return self.graph.empty_cache(batch)
 
     def check_ids(self, ids) -> np.ndarray:
@@ -374,6 +406,8 @@ class Model:
 
     def step(self, ids, cache: KVCache | None = None) -> tuple[np.ndarray, KVCache]:
         """Logits (B, T, V) for `ids` following the cached positions, and the extended cache."""
+        if self.masked:
+            raise self._not_generative()
         arr = self.check_ids(ids)
         cache = cache or self.empty_cache(arr.shape[0])
         if arr.shape[0] != cache.batch:
@@ -405,8 +439,25 @@ class Model:
         return logits[0, -1], cache
 
     def logits(self, ids) -> np.ndarray:
-        """Logits (B, T, V) of a whole sequence, computed afresh."""
-        return self.step(ids)[0]
+        """Logits (B, T, V) of a whole sequence, computed afresh (a masked LM's: each position's, from both sides)."""
+        if not self.masked:
+            return self.step(ids)[0]
+        arr = self.check_ids(ids)
+        if arr.shape[1] > self.block_size:
+            raise ContextLimitError(f"{arr.shape[1]} tokens exceed the context of {self.block_size}; shorten the text")
+        return self._served(self.session.run(None, {"input_ids": arr})[0])
+
+    def fill_mask(self, text: str, k: int = 5) -> FillMask:
+        """A masked LM's guesses for each "[MASK]" written in `text`: its k likeliest tokens there, with their
+        probabilities, each read from the words on both sides."""
+        if not self.masked:
+            raise ModelError(f"{self.name} is a next-token model: it predicts from the left only and has no [MASK] "
+                             f"token; pick a masked LM (objective mlm) to fill in blanks")
+        ids = self.tokenizer.encode_masked(text)
+        if self.tokenizer.mask_id not in ids:
+            raise ModelError("write [MASK] where a token should be guessed, e.g. 'To be, or not to [MASK]e'")
+        logits = self.logits(ids)[0]
+        return FillMask(ids, fill_blanks(logits, ids, self.tokenizer.mask_id, max(1, min(int(k), self.vocab_size))))
 
     def attention(self, ids) -> AttentionMaps:
         """Logits and every layer's attention probabilities (B, n_head, T, T) for `ids`."""
@@ -421,7 +472,8 @@ class Model:
         parts = []
         if all(f"q.{i}" in outs for i in range(L)):
             parts = [{kind: outs[f"{kind}.{i}"] for kind in ATTENTION_PARTS} for i in range(L)]
-        return AttentionMaps(self._served(outs["logits"]), [outs[f"attn.{i}"] for i in range(L)], parts)
+        routing = {name: outs[name] for name in ROUTING_OUTPUTS} if ROUTING_OUTPUTS[0] in outs else None
+        return AttentionMaps(self._served(outs["logits"]), [outs[f"attn.{i}"] for i in range(L)], parts, routing)
 
     def score(self, text: str, top: int = 0) -> TextScore:
         """How well the model predicts `text`: each token's logprob given the ones before it, its rank among all
@@ -431,6 +483,8 @@ class Model:
         Texts longer than the context are scored in windows that overlap by half a context, each token
         scored once with at least half a context before it (except at the start). Memory stays one window's
         logits plus SCORE_ROWS rows of log-probs at a time, whatever the text's length or the vocabulary."""
+        if self.masked:
+            raise self._not_generative()
         ids = self.tokenizer.encode_prompt(text)
         if len(ids) < 2:
             raise ModelError("scoring needs at least 2 tokens (the first is only context); give a longer text")

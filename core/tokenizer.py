@@ -59,6 +59,7 @@ from core.checks import PlaygroundError
 from core.files import resolve_inside, write_atomic
 
 EOT = "<|endoftext|>"
+MASK = "[MASK]"     # a masked LM's blank (BERT's name), added after <|endoftext|> by `with_mask_token`
 
 # GPT-4's split pattern (cl100k_base): contractions, letters, 1-3 digit runs, punctuation, whitespace.
 # BPE merges never cross the boundaries this pattern draws.
@@ -252,6 +253,23 @@ class Tokenizer:
     def special_ids(self) -> frozenset[int]:
         raise NotImplementedError
 
+    @property
+    def mask_id(self) -> int | None:
+        """The `[MASK]` id of a masked LM's tokenizer (`with_mask_token`); None for every other."""
+        return None
+
+    def encode_masked(self, text: str) -> list[int]:
+        """`text` with each "[MASK]" written in it as the mask token and the rest as plain text (`encode`): how a
+        person marks the blanks a masked LM should fill."""
+        if self.mask_id is None:
+            raise TokenizerError(f"the tokenizer {self.name!r} has no {MASK} token: it is not a masked LM's")
+        ids: list[int] = []
+        for i, piece in enumerate(text.split(MASK)):
+            if i:
+                ids.append(self.mask_id)
+            ids += self.encode(piece) if piece else []
+        return ids
+
     def encode_prompt(self, text: str) -> list[int]:
         """The ids a model reads for `text`: its BOS first when the checkpoint's own tokenizer puts one there
         (a Llama model reads every prompt after `<s>`), then the text. Every place that turns a person's
@@ -413,6 +431,10 @@ class TiktokenTokenizer(Tokenizer):
     @property
     def special_ids(self) -> frozenset[int]:
         return self._special_ids
+
+    @property
+    def mask_id(self) -> int | None:
+        return self.encoding._special_tokens.get(MASK) if self.meta.get("mask_token") else None
 
     @property
     def has_merges(self) -> bool:
@@ -1243,6 +1265,21 @@ def byte_tokenizer() -> Tokenizer:
     return TiktokenTokenizer(enc, "byte", {"description": "256 single bytes + <|endoftext|>"})
 
 
+def with_mask_token(tok: Tokenizer) -> Tokenizer:
+    """`tok` (one of our own: byte or bpe) with `[MASK]` appended as a special token at id n_vocab, for a masked
+    LM: the same ids for every text, one more id. Saved and loaded with it (the meta's "mask_token")."""
+    if tok.mask_id is not None:
+        return tok
+    if not isinstance(tok, TiktokenTokenizer) or tok.kind not in ("byte", "bpe"):
+        raise TokenizerError(f"a masked LM adds {MASK} to one of the playground's own tokenizers (byte or bpe), "
+                             f"not to a {tok.kind} tokenizer")
+    enc = tok.encoding
+    specials = {**enc._special_tokens, MASK: tok.n_vocab}
+    masked = tiktoken.Encoding(name=enc.name, pat_str=enc._pat_str, mergeable_ranks=enc._mergeable_ranks,
+                               special_tokens=specials)
+    return TiktokenTokenizer(masked, tok.kind, {**tok.meta, "mask_token": MASK})
+
+
 def train_bpe(texts: Iterable[str], vocab_size: int, name: str = "bpe",
               pattern: str = GPT4_SPLIT_PATTERN, corpus_sha256: str | None = None) -> Tokenizer:
     """Train a byte-level BPE with rustbpe; `vocab_size` counts the 256 bytes and the merges.
@@ -1436,7 +1473,7 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
                 and "model" in meta else "")
         raise TokenizerError(f"{meta_path} is not a valid tokenizer description ({e}){hint}") from e
     if kind == "byte":
-        return byte_tokenizer()
+        return with_mask_token(byte_tokenizer()) if meta.get("mask_token") else byte_tokenizer()
     if kind == "openai":
         return openai_tokenizer(meta["name"])
     if kind == "hf":
@@ -1455,7 +1492,8 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     extra = {k: v for k, v in meta.items()
              if k not in ("name", "kind", "pattern", "special_tokens", "n_vocab", "ranks_sha256")}
     if kind == "bpe":
-        return _bpe_from_ranks(meta["name"], ranks, meta["pattern"], extra)
+        tok = _bpe_from_ranks(meta["name"], ranks, meta["pattern"], extra)
+        return with_mask_token(tok) if meta.get("mask_token") else tok
     try:
         specials = {str(s): int(i) for s, i in meta["special_tokens"].items()}
         enc = tiktoken.Encoding(name=meta["name"], pat_str=meta["pattern"], mergeable_ranks=ranks,

@@ -38,14 +38,15 @@ from torch.nn import functional as F
 from core import checkpoint as ckpt_io
 from core import cli
 from core.catalog import LOG_FILE, RUN_FILE, TOKENIZER_DIR
-from core.checks import PlaygroundError
+from core.checks import ConfigError, PlaygroundError
 from core.config import RESUMABLE_OVERRIDES, ModelConfig, TrainConfig
 from core import measures
 from core.data import Corpus, TokenDataset, load_corpus, prepare_dataset
 from core.files import write_atomic
 from core.model import GPT
 from core.tasks import IGNORE, TaskDataset, make_task
-from core.tokenizer import META_FILE, Tokenizer, byte_tokenizer, load_tokenizer, train_bpe
+from core.mlm import mask_tokens
+from core.tokenizer import META_FILE, Tokenizer, byte_tokenizer, load_tokenizer, train_bpe, with_mask_token
 
 # ---------------------------------------------------------------------------------------------------
 # Records yielded by train()
@@ -96,6 +97,8 @@ class TrainStep:
     tokens_per_s: float         # over the last step, all ranks together
     grad_norm: float            # global grad norm before clipping
     elapsed: float              # seconds of training since the run (or resume) started
+    aux_loss: float | None = None   # a mixture of experts: the load-balancing loss (1 when balanced), of which
+                                    # moe_aux_coef x was added to `loss` for the gradient (`loss` excludes it)
 
 
 @dataclass
@@ -439,6 +442,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
     ConfigError (all PlaygroundErrors) with messages that say what to change.
     """
     cfg, model_cfg, resume_ckpt = resolve_resume(cfg, model_cfg or ModelConfig(), overrides)
+    _check_objective(cfg, model_cfg)
     d, device = _init_distributed(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -466,6 +470,8 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
             if fresh_bpe:
                 yield phase("training tokenizer")
             tokenizer = _run_tokenizer(cfg, run_dir, corpus, resume_ckpt)
+            if model_cfg.objective == "mlm":
+                tokenizer = with_mask_token(tokenizer)      # one more id: the blank the model learns to fill
             yield phase("tokenizing")
             dataset = _prepare_data(corpus, tokenizer, cfg, d)
         model_cfg = _fit_vocabulary(model_cfg, tokenizer, resume_ckpt)
@@ -479,6 +485,18 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
         yield from trainer.run(phase)
     finally:
         log.close()
+
+
+def _check_objective(cfg: TrainConfig, model_cfg: ModelConfig) -> None:
+    """What a masked LM's run cannot do: a synthetic task (its targets are its own) and left-to-right samples."""
+    if model_cfg.objective != "mlm":
+        return
+    if cfg.task:
+        raise ConfigError(f"a masked LM (objective mlm) trains on a corpus; the task {cfg.task!r} brings its own "
+                          f"next-token targets: drop --task or train a next-token model")
+    if cfg.sample_interval:
+        raise ConfigError("a masked LM does not write left to right, so it has no samples to print: set "
+                          "sample_interval 0 (the Learn page's encoder vs decoder section shows what it does instead)")
 
 
 def _run_tokenizer(cfg: TrainConfig, run_dir: Path, corpus: Corpus, resume_ckpt) -> Tokenizer:
@@ -565,6 +583,8 @@ class _Trainer:
         seq = dataset.task.seq_len if isinstance(dataset, TaskDataset) else model_cfg.block_size
         self.tokens_per_step = rows * seq * cfg.grad_accum_steps * d.world_size
         self.max_loss = cfg.divergence_factor * math.log(model_cfg.vocab_size)
+        self.mlm = model_cfg.objective == "mlm"
+        self.ordinary = _ordinary_ids(tokenizer) if self.mlm else None
         self.threads = ThreadChooser(cfg, device, d)
         self.t_start = time.perf_counter()
 
@@ -652,16 +672,21 @@ class _Trainer:
             t0 = time.perf_counter()
             lr = lr_at(self.step, cfg, self.elapsed())
             set_lr(self.optimizer, lr, cfg)
-            loss_sum = 0.0
+            loss_sum, aux_sum = 0.0, 0.0
             for micro in range(cfg.grad_accum_steps):
                 x, y = self.full_batch if self.full_batch is not None else \
                     self.dataset.get_batch("train", cfg.batch_size, self.model_cfg.block_size, self.batch_rng)
+                x, y = self.objective(x, y, self.batch_rng)
                 if d.enabled:  # all-reduce gradients only on the last micro-batch
                     self.model.require_backward_grad_sync = micro == cfg.grad_accum_steps - 1
                 with self.autocast:
-                    loss = self.model(self._to_device(x), self._to_device(y)).loss / cfg.grad_accum_steps
-                self.scaler.scale(loss).backward()
+                    out = self.model(self._to_device(x), self._to_device(y))
+                    loss = out.loss / cfg.grad_accum_steps
+                    # a mixture of experts' balance loss joins the gradient, not the reported loss
+                    aux = out.aux_loss / cfg.grad_accum_steps if out.aux_loss is not None else None
+                self.scaler.scale(loss if aux is None else loss + self.model_cfg.moe_aux_coef * aux).backward()
                 loss_sum += loss.item()
+                aux_sum += aux.item() if aux is not None else 0.0
             self.scaler.unscale_(self.optimizer)
             if self.grokfast is not None:
                 self.grokfast.amplify()
@@ -685,8 +710,9 @@ class _Trainer:
             self.tokens_seen += self.tokens_per_step
             self.recent_losses = self.recent_losses[-(RECENT_STEPS - 1):] + [loss_mean]
             dt = time.perf_counter() - t0
+            aux_mean = (_all_mean(aux_sum, d) if d.enabled else aux_sum) if self.model_cfg.n_experts else None
             return TrainStep(self.step, loss_mean, lr, self.tokens_seen, self.tokens_per_step / dt, grad_norm,
-                             self.elapsed())
+                             self.elapsed(), aux_mean)
 
     def _diverged(self, loss: float, grad_norm: float, lr: float) -> None:
         good = ckpt_io.latest_checkpoint(self.run_dir)
@@ -718,7 +744,9 @@ class _Trainer:
         tally = {}
         for split in ("train", "val") if self.cfg.eval_train else ("val",):
             total, rows_seen, xs, ys, tally[split] = 0.0, 0, [], [], _Tally()
+            mask_rng = _eval_mask_rng(self.cfg, split)
             for x, y in _eval_batches(self.dataset, self.cfg, self.model_cfg.block_size, self.d.rank, split):
+                x, y = self.objective(x, y, mask_rng)
                 xs.append(x)
                 ys.append(y)
                 if len(xs) == per_call:
@@ -786,6 +814,7 @@ class _Trainer:
         set), with no sampling noise; under DDP the ranks share the windows."""
         x_all, y_all = self.dataset.windows("val") if isinstance(self.dataset, TaskDataset) else \
             _windows(self.dataset.val, self.model_cfg.block_size)
+        x_all, y_all = self.objective(x_all, y_all, _eval_mask_rng(self.cfg, "val-exact"))
         n = len(x_all)
         total, count = 0.0, 0
         for i in range(self.d.rank * windows_per_batch, n, windows_per_batch * self.d.world_size):
@@ -795,6 +824,13 @@ class _Trainer:
                                         self._to_device(np.ascontiguousarray(y))).loss.item() * len(x)
             count += len(x)
         return _all_mean(total, self.d) / max(_all_mean(count, self.d), 1e-9)
+
+    def objective(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """The (inputs, targets) the loss sees: next-token windows as they are, or for a masked LM the windows
+        masked BERT's way (core.mlm), targets only at the masked positions."""
+        if not self.mlm:
+            return x, y
+        return mask_tokens(x, rng, self.tokenizer.mask_id, self.ordinary, self.cfg.mask_rate)
 
     def sample(self) -> str:
         return _sample_text(self.raw_model, self.tokenizer, self.cfg.sample_tokens, self.device)
@@ -988,6 +1024,12 @@ def _eval_batches(dataset: TokenDataset, cfg: TrainConfig, block_size: int, rank
         yield dataset.get_batch(split, cfg.eval_batch_size or cfg.batch_size, block_size, rng)
 
 
+def _eval_mask_rng(cfg: TrainConfig, split: str) -> np.random.Generator:
+    """A masked LM's evaluation masks: drawn afresh from the same seed at every evaluation, so the same tokens
+    are hidden each time and the val loss moves only with the model."""
+    return np.random.default_rng([cfg.seed, 0x3A5C, sum(split.encode())])
+
+
 def _sample_text(model: GPT, tokenizer: Tokenizer, n_tokens: int, device: torch.device) -> str:
     g = torch.Generator(device=device).manual_seed(0)
     first = tokenizer.encode("\n") or [0]         # a task's symbols have no line break: start at its first
@@ -1097,8 +1139,10 @@ def main(argv: list[str] | None = None) -> int:
             elif isinstance(rec, RunStarted):
                 if master:
                     resumed = f", resumed from step {rec.resumed_from}" if rec.resumed_from is not None else ""
+                    active = rec.parameters.get("active", rec.parameters["total"])
+                    active = f", {active:,} active per token" if active != rec.parameters["total"] else ""
                     print(f"run {rec.run_dir}: {rec.parameters['total']:,} parameters "
-                          f"({rec.parameters['non_embedding']:,} non-embedding), tokenizer {rec.tokenizer}, "
+                          f"({rec.parameters['non_embedding']:,} non-embedding{active}), tokenizer {rec.tokenizer}, "
                           f"{rec.device} {rec.dtype}, {rec.world_size} process(es){resumed}", flush=True)
                     timed = rec.train_config.get("max_seconds")
                     if timed:

@@ -29,7 +29,7 @@ prompt = st.text_area("Your prompt (the tour and *Try a prompt* use it)", "ROMEO
                       max_chars=200, height=68)
 DOORS = [  # title, what is behind it, links (page, label, the URL parameter that carries the prompt)
     ("🎓 Learn how an LLM works", "Short sections with your text and this model's own numbers: tokens, "
-     "embeddings, attention, logits, the loss, scaling, post-training.",
+     "embeddings, attention, logits, the loss, scaling, post-training, encoder vs decoder.",
      [("playground/learn.py", "Start learning →", "text"), ("playground/glance.py", "The whole model at a glance →", "text")]),
     ("🎲 Try a prompt", "Step through generation one token at a time, turn the sampler's knobs, force a different "
      "token and branch; compare decoding strategies; look at attention.",

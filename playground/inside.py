@@ -1,10 +1,11 @@
-"""Inside the model: the logit lens, head ablation, activation patching and head scores on your prompt.
+"""Inside the model: the logit lens, head ablation, activation patching, head scores and (for a mixture of
+experts) the router's choices on your prompt.
 
 Holds the page: a prompt (in the URL), and a tab per instrument with its figure and a sentence or two on
 what it shows. Results are kept per model, prompt and settings in a process-wide cache (a rerun of the
 page, or another visitor asking the same, costs nothing).
 
-Deliberately not here: the instruments themselves (core.interpret, onnxruntime only).
+Deliberately not here: the instruments themselves (core.interpret, core.moe: onnxruntime only).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import streamlit as st
 
 from core import interpret as I
+from core import moe as M
 from core.checks import PlaygroundError
 from core.tokenizer import TokenizerError
 from playground.shared import figure, open_page, starting_text, url_int, url_text, visible, visible_text
@@ -25,6 +27,8 @@ model, lim = open_page("Inside the model",
                        "to the answer.", checkpoints=True)
 
 LENS_COLUMNS = 32       # positions the lens grid shows at once (the last ones)
+# one colour per expert, dark enough for white labels (Tableau 10, its yellow and pink swapped for darker ones)
+EXPERT_COLOURS = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#9d755d", "#7f7f7f"]
 
 
 @functools.lru_cache(maxsize=64)
@@ -45,6 +49,11 @@ def patching_of(m, clean: tuple, corrupt: tuple, answer: int, wrong: int, limits
 @functools.lru_cache(maxsize=64)
 def scores_of(m, ids: tuple, limits) -> I.HeadScores:
     return I.head_scores(m, list(ids), limits)
+
+
+@functools.lru_cache(maxsize=64)
+def routing_of(m, ids: tuple) -> M.TokenRouting:
+    return M.route(m, list(ids))
 
 
 def label(token: int) -> str:
@@ -85,7 +94,8 @@ try:
 except I.InterpretError as e:          # exported before the graphs existed, or too large for this server
     blocked = str(e)
 
-t_lens, t_ablate, t_patch, t_scores = st.tabs(["Logit lens", "Head ablation", "Activation patching", "Head scores"])
+t_lens, t_ablate, t_patch, t_scores, t_experts = st.tabs(["Logit lens", "Head ablation", "Activation patching",
+                                                          "Head scores", "Experts"])
 
 with t_lens:
     st.caption("Each row reads the residual stream at one point (after the embeddings, after each layer's attention "
@@ -209,3 +219,57 @@ with t_scores:
             st.info("No token of this text occurs twice: duplicate and induction scores need repeats.")
     except I.InterpretError as e:
         st.warning(str(e))
+
+with t_experts:
+    st.caption("A mixture of experts replaces each block's MLP by several MLPs (the experts) and a router that sends "
+               "each token to the k it scores highest, their outputs weighted by the router's probabilities: the "
+               "parameters grow with the number of experts, a token's compute only with k. A load-balancing loss "
+               "keeps the router from sending everything to a few of them.")
+    try:
+        rt = routing_of(model, tuple(ids))
+    except M.NotAMixture as e:
+        st.info(f"{str(e)[0].upper()}{str(e)[1:]}, such as **shakespeare-moe** in the model picker.")
+    else:
+        E, k = rt.n_experts, rt.experts.shape[-1]
+        st.markdown(f"{E} experts per block and each token goes to {k} of them: "
+                    f"{model.card['parameters']['active']:,} of the model's {model.card['parameters']['total']:,} "
+                    f"parameters work on any one token.")
+        cols = slice(max(0, len(ids) - LENS_COLUMNS), len(ids))
+        first = rt.experts[cols, :, 0].T                                     # (L, T): each token's first choice
+        hover = [[" · ".join(f"E{e} {w:.2f}" for e, w in zip(rt.experts[t, l], rt.weights[t, l]))
+                  for t in range(cols.start, cols.stop)] for l in range(L)]
+        heatmap(first, tokens[cols], layers, "The expert each token goes to first, per layer (hover: every chosen "
+                "expert and its weight)", "inside_experts", text=[[f"E{e}" for e in row] for row in first],
+                texttemplate="%{text}", customdata=hover, hovertemplate="%{y} at %{x}<br>%{customdata}<extra></extra>",
+                colorscale=[[i / max(1, E - 1), EXPERT_COLOURS[i % len(EXPERT_COLOURS)]] for i in range(E)],
+                zmin=0, zmax=max(1, E - 1), showscale=False, textfont=dict(color="white"))
+        if len(ids) > LENS_COLUMNS:
+            st.caption(f"The last {LENS_COLUMNS} positions of {len(ids)}.")
+        shares = M.expert_shares(rt.experts, E)
+        fig = figure([dict(type="bar", name=f"L{l}", x=[f"E{e}" for e in range(E)], y=shares[l]) for l in range(L)],
+                     "expert", "share", barmode="group", height=260,
+                     margin=dict(t=30, b=10), title=dict(text=f"Each expert's share of the prompt (balanced: {1 / E:.2f})"))
+        st.plotly_chart(fig, width="stretch", key="inside_expert_shares")
+        report = M.read_report(model.directory)
+        if report:
+            runs = report["models"]
+            st.markdown(f"**Trained against a dense model** with the same active parameters, so the same FLOPs per "
+                        f"token, on the same data for the same {report['steps']} steps of {report['batch']} "
+                        f"sequences, from the same seed (`bench/moe_vs_dense.py`; the last point is the exact loss "
+                        f"over the whole validation split):")
+            curves = {n: [c for c in r["curve"] if c["step"] > 0] for n, r in runs.items()}   # step 0: ln V, off scale
+            fig = figure([dict(type="scatter", mode="lines+markers", name=f"{n} ({r['parameters']['total']:,} "
+                               f"parameters, {r['parameters']['active']:,} active)",
+                               line=dict(dash="dash") if not r["model_config"].get("n_experts") else {},
+                               x=[c["step"] for c in curves[n]], y=[c["val_loss"] for c in curves[n]])
+                          for n, r in runs.items()], "step", "val loss (nats/token)", height=300,
+                         margin=dict(t=10, b=10), legend=dict(orientation="h", y=1.15))
+            st.plotly_chart(fig, width="stretch", key="inside_moe_curve")
+            st.caption("Which tokens the trained router sends where, over the validation text: per expert, the "
+                       "tokens it receives most as a first choice, with the share of that token's occurrences.")
+            routing = report["routing"]
+            rows = [{"expert": f"E{e}"} | {f"layer {l}": f"[{routing['shares'][l][e]:.0%} of tokens]  " + "  ".join(
+                        f"{visible(t['token'])} {t['share']:.0%}" for t in layer[e][:6])
+                        for l, layer in enumerate(routing["top_tokens"])}
+                    for e in range(len(routing["top_tokens"][0]))]
+            st.dataframe(rows, hide_index=True, width="stretch")

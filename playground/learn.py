@@ -1,5 +1,5 @@
 """Learn: how a decoder-only language model works, each formula shown with the numbers of the model in
-front of you. Eight short sections along one path; each has a knob to try and links to the page that
+front of you. Short sections along one path; each has a knob to try and links to the page that
 goes deeper. The numbers come from `core` (explain, runtime, sampling, generate, scaling, tokenizer)."""
 
 import math
@@ -13,6 +13,7 @@ from core.generate import GenerationConfig, beam_search, complete
 from core.runtime import ModelError
 from core.sampling import SamplerConfig, entropy, entropy_by_temperature, run_pipeline, softmax
 from core.tokenizer import TokenizerError, char_frequencies, readable
+from playground import encoder_section
 from playground.shared import (figure, knob_slider, model_by_name, model_names, open_page, scaling_report,
                              starting_text, tokens_html, url_choice, url_text, visible, visible_text)
 
@@ -24,6 +25,7 @@ SECTIONS = {
     "loss": "5 · The training objective",
     "scaling": "6 · Scaling",
     "post": "7 · After pre-training",
+    "encoder": "8 · Encoder vs decoder",
     "glossary": "Glossary",
 }
 
@@ -316,6 +318,21 @@ elif section == "scaling":
                         f"**D ≈ {a.d:,.0f}** tokens ({a.tokens_per_parameter:.0f} per parameter), loss ≈ {a.loss:.3f}. "
                         f"This model has {model.card['parameters']['total']:,} parameters and saw "
                         f"{model.card['training'].get('tokens_seen') or 0:,} tokens.")
+            non_emb, _ = scaling_report(sweeps[0].path, "non_embedding")
+            rows = {r.key: r for r in scaling.tokens_per_parameter({"total": report, "non_embedding": non_emb},
+                                                                   budgets=(10 ** log_c,), exact=False)}
+            mine = [rows.get(f"sweep:{law.method}:{k}") for k in ("total", "non_embedding")]
+            hoffmann, nanochat = rows["hoffmann2022"], [r for k, r in rows.items() if k.startswith("reported:")][1:]
+            counted = (f"all-parameter fit says {mine[0].low:.0f} tokens per parameter" +
+                       (f" and its non-embedding fit {mine[1].low:.0f} (two separate fits of the same runs, whose "
+                        f"exponents' intervals are wide enough that they need not agree)" if mine[1] else ""))
+            st.markdown(f"**What the 20 depends on.** The ratio divides D by N, so what counts as N moves it "
+                        f"(embeddings are a large share of a small model's parameters). At this budget the sweep's "
+                        f"{counted}. nanochat's log reports "
+                        f"{' / '.join(f'{r.low:g}-{r.high:g}' for r in nanochat)} tokens per parameter on one sweep, "
+                        f"counting all parameters / non-embedding / transformer-only; and Hoffmann et al.'s own "
+                        f"approach-3 constants give {hoffmann.low:.0f} to {hoffmann.high:.0f} across 1e18-1e24 "
+                        f"FLOPs rather than 20, an inconsistency Besiroglu et al. (2024) corrected by refitting.")
         elif problem or report:
             st.info(problem or "; ".join(report.problems.values()))
             if problem:
@@ -392,6 +409,10 @@ elif section == "post":
                   icon="🎯")
 
 # ---------------------------------------------------------------------------------------------------
+elif section == "encoder":
+    encoder_section.show(model, prompt)
+
+# ---------------------------------------------------------------------------------------------------
 else:
     st.header("Glossary")
     GLOSSARY = {
@@ -401,6 +422,8 @@ else:
         "attention head": "One softmax(QKᵀ/√d_k + M)V: decides, per position, which earlier positions to read.",
         "causal mask": "−∞ on scores of future positions, so a token only sees the past (what makes it a decoder).",
         "KV cache": "Keys and values of past positions kept between steps, so generating a token costs one position.",
+        "bidirectional attention": "No causal mask: every position reads the whole text (an encoder, BERT); no KV cache.",
+        "masked LM": "BERT's objective: hide 15 % of the tokens (80 % [MASK], 10 % random, 10 % kept), predict them from both sides.",
         "logits": "The unnormalized score per vocabulary entry; softmax turns them into probabilities.",
         "temperature": "Divides logits before softmax: lower is sharper, higher is flatter, 0 is greedy.",
         "top-k / top-p": "Keep only the k most likely tokens / the smallest set holding probability p, then renormalize.",

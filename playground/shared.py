@@ -49,6 +49,8 @@ _board_lock = threading.Lock()      # two first visitors at once must not build 
 
 @functools.lru_cache(maxsize=1)
 def _board():
+    import importlib
+    importlib.import_module("core.verify")      # registers its job kind: the board adopts verification runs too
     from core.jobs import JobBoard
     return JobBoard(limits=limits())
 
@@ -115,10 +117,13 @@ def variant_label(card: dict, variant: str) -> str:
     return f"{variant} · {speed} · same next token as fp32 {v['top1_agreement']:.1%}{tag}"
 
 
-def model_names() -> list[str]:
-    """The exported models this server offers (all of them, or its deployment's list)."""
+def model_names(objective: str = "next-token") -> list[str]:
+    """The exported models this server offers (all of them, or its deployment's list) with this objective: the
+    pages that write, score or probe text left to right list next-token models only; a masked LM (objective
+    "mlm", which fills blanks and cannot generate) is offered where its own view is (Learn: encoder vs decoder)."""
     allowed = allowed_models()
-    return [m.name for m in catalog.list_exported_models() if allowed is None or m.name in allowed]
+    return [m.name for m in catalog.list_exported_models()
+            if (allowed is None or m.name in allowed) and m.objective == objective]
 
 
 def default_model(names: Sequence[str]) -> str | None:

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TORCH_FREE = ["core.config", "core.checks", "core.limits", "core.cli", "core.tokenizer", "core.data", "core.files",
               "core.catalog", "core.runtime", "core.sampling", "core.generate", "core.scaling", "core.explain",
               "core.positions", "core.trace", "core.metrics", "core.compare", "core.jobs", "core.interpret", "core.preferences",
-              "core.glance"]
+              "core.glance", "core.moe", "core.mlm", "core.encdec", "core.verify"]
 
 def test_the_blocker_really_blocks():
     res = run_without_torch("import torch")

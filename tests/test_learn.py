@@ -16,7 +16,7 @@ from core.tokenizer import TokenizerError
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "exported" / "shakespeare-char"
-SECTIONS = ["tokens", "positions", "attention", "logits", "loss", "scaling", "post", "glossary"]
+SECTIONS = ["tokens", "positions", "attention", "logits", "loss", "scaling", "post", "encoder", "glossary"]
 TEXT = "KING:\nWhat news from the"
 
 
