@@ -87,6 +87,15 @@ PRESETS = {
     "medium": ("medium: 6 layers, 192 wide", 6, 6, 192, 128),
     "large": ("large: 6 layers, 384 wide", 6, 6, 384, 256),
 }
+# name: (label, the ModelConfig fields it sets). One trainer makes all three, so their losses on one corpus compare
+# (with the masked LM's caveat: it scores blanks read from both sides, not the next token).
+ARCHITECTURES = {
+    "gpt": ("decoder (GPT): causal attention, predicts the next token, writes text", {}),
+    "mlm": ("encoder (BERT): bidirectional attention, fills masked tokens, cannot write left to right",
+            {"attention": "bidirectional", "objective": "mlm"}),
+    "moe": ("decoder with a mixture of experts: 8 expert MLPs per block, each token uses 2",
+            {"n_experts": 8, "moe_top_k": 2}),
+}
 # every choice's range (the page's widgets read these; `plan` checks them)
 RANGES = {
     "steps": (10, None),                # the most: the server's Limits.max_steps
@@ -122,6 +131,7 @@ class TrainingRequest:
     block_size: int = 0                 # the context; 0 takes the preset's
     pos_encoding: str = "rope"
     dropout: float = 0.0
+    architecture: str = "gpt"           # a key of ARCHITECTURES
 
     def check(self) -> "TrainingRequest":
         check_name(self.name, "run name")
@@ -130,6 +140,7 @@ class TrainingRequest:
             raise JobError("choose a corpus first (tiny shakespeare, an upload or a local file)")
         checks.choice("tokenizer", self.tokenizer, TOKENIZERS, JobError)
         checks.choice("preset", self.preset, list(PRESETS), JobError)
+        checks.choice("architecture", self.architecture, list(ARCHITECTURES), JobError)
         checks.choice("positions", self.pos_encoding, POSITIONS, JobError)
         for name in ("steps", "eval_every", "sample_every", "batch_size", "bpe_vocab_size"):
             checks.integer(name, getattr(self, name), *RANGES[name], error=JobError)
@@ -168,13 +179,16 @@ def plan(request: TrainingRequest, limits: Limits = Limits(), runs_dir: Path | N
     vocab = BYTE_VOCAB if request.tokenizer == "byte" else request.bpe_vocab_size + 1   # + <|endoftext|>
     try:
         model = ModelConfig(vocab_size=vocab, block_size=block, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                            pos_encoding=request.pos_encoding, dropout=float(request.dropout))
+                            pos_encoding=request.pos_encoding, dropout=float(request.dropout),
+                            **ARCHITECTURES[request.architecture][1])
+        writes = model.objective != "mlm"       # a masked LM has no left-to-right samples to print
         train = TrainConfig(
             out_dir=str(runs / request.name), corpus=request.corpus, tokenizer=request.tokenizer,
             bpe_vocab_size=request.bpe_vocab_size, max_steps=request.steps,
             learning_rate=float(request.learning_rate), min_lr=float(request.learning_rate) / 10,
             warmup_steps=min(100, request.steps // 10), batch_size=request.batch_size,
-            eval_interval=request.eval_every, eval_iters=EVAL_ITERS, sample_interval=request.sample_every,
+            eval_interval=request.eval_every, eval_iters=EVAL_ITERS,
+            sample_interval=request.sample_every if writes else 0,
             checkpoint_interval=request.eval_every, milestones=MILESTONES, keep_checkpoints=KEEP_CHECKPOINTS,
             threads=limits.train_threads)
     except checks.ConfigError as e:

@@ -10,11 +10,11 @@ from pathlib import Path
 import streamlit as st
 
 from core.data import CorpusError, read_text_file
-from core.jobs import (POSITIONS, PRESETS, RANGES, TOKENIZERS, JobError, TrainingRequest, store_upload,
-                       training_unavailable)
+from core.jobs import (ARCHITECTURES, POSITIONS, PRESETS, RANGES, TOKENIZERS, JobError, TrainingRequest,
+                       store_upload, training_unavailable)
 from core.tokenizer import TokenizerError, byte_tokenizer, train_bpe
 from playground import progress
-from playground.shared import HOSTED, figure, job_board, visitor_token
+from playground.shared import HOSTED, figure, job_board, model_names, visitor_token
 
 st.title("Train a model")
 missing = training_unavailable()
@@ -80,6 +80,10 @@ if tok_kind == "bpe":
 # -- 3. model and schedule --------------------------------------------------------------------------
 st.subheader("3. Model and schedule")
 preset = st.selectbox("Size", list(PRESETS), index=1, key="train_preset", format_func=lambda k: PRESETS[k][0])
+architecture = st.radio("Architecture", list(ARCHITECTURES), key="train_arch",
+                        format_func=lambda k: ARCHITECTURES[k][0],
+                        help="The same blocks and trainer. Learn's 'Encoder vs decoder' puts a masked LM beside a "
+                             "GPT; Inside's Experts tab shows where a mixture of experts sends each token.")
 c1, c2, c3 = st.columns(3)
 steps = c1.number_input("Steps", RANGES["steps"][0], limits.max_steps,
                         min(1000, limits.max_steps), 10, key="train_steps")
@@ -97,7 +101,7 @@ name = st.text_input("Run name (also the exported model's name)", "my-model", ke
 request = TrainingRequest(name=name, corpus=corpus_arg or "", tokenizer=tok_kind, bpe_vocab_size=int(vocab),
                           preset=preset, steps=int(steps), eval_every=int(eval_every), sample_every=int(sample_every),
                           learning_rate=float(lr), batch_size=int(batch), block_size=int(block), pos_encoding=pos,
-                          dropout=float(dropout))
+                          dropout=float(dropout), architecture=architecture)
 try:
     plan = board.plan(request) if corpus_arg else None
 except JobError as e:
@@ -195,7 +199,11 @@ def live() -> None:
         st.markdown(f"**Sample at step {job.sample['step']}**")
         st.text(job.sample["text"])
     if job.state == "exported":
-        st.success(f"`{job.name}` is in the model picker of every page now.")
+        if job.name in model_names("mlm"):
+            st.success(f"`{job.name}` is a masked LM: it fills blanks and does not write, so Learn's 'Encoder vs "
+                       f"decoder' section offers it, beside a GPT that reads the same tokens.")
+        else:
+            st.success(f"`{job.name}` is in the model picker of every page now.")
 
 
 live()

@@ -3,6 +3,7 @@
 The board's supervisor owns each job's lifecycle, so these tests wait on the board (an event: a state
 reached, with a generous ceiling for a busy machine), and open the page only to check what it shows."""
 
+import json
 import os
 import time
 from pathlib import Path
@@ -282,3 +283,30 @@ def test_milestones_are_kept_and_the_scrubber_switches_checkpoints(dirs, corpus_
     button = next(b for b in at.button if b.label == "Sample one")
     button.click().run()
     assert "checkpoints/step_00000020" in at.session_state["trace"]["model"]
+
+
+@pytest.mark.parametrize("architecture", ["mlm", "moe"])
+def test_the_other_architectures_train_and_export_from_the_page(dirs, corpus_file, architecture):
+    """The Train page's architecture choice reaches the model: a masked LM (bidirectional, [MASK] added, no samples)
+    lands where its own view is and not in the writing pages' pickers; a mixture of experts routes its tokens."""
+    at = train_page(corpus_file, 30, name=architecture)
+    at.radio(key="train_arch").set_value(architecture).run()
+    assert not at.error, [e.value for e in at.error]
+    button(at, "train_start").click().run()
+    wait_until("exported", lambda: state_of(architecture) == "exported")
+    card = json.loads((dirs / "exported" / architecture / "card.json").read_text())
+    mc = card["model_config"]
+    if architecture == "mlm":
+        assert (mc["attention"], mc["objective"]) == ("bidirectional", "mlm")
+        assert architecture in shared.model_names("mlm") and architecture not in shared.model_names()
+        at.run()
+        assert any("masked LM" in s.value for s in at.success)
+    else:
+        assert (mc["n_experts"], mc["moe_top_k"]) == (8, 2)
+        assert architecture in shared.model_names()
+        assert card["parameters"]["active"] < card["parameters"]["total"]
+
+
+def test_an_unknown_architecture_is_refused_with_the_choices():
+    with pytest.raises(JobError, match="architecture"):
+        TrainingRequest(name="x", corpus="tinyshakespeare", architecture="t5").check()
