@@ -9,6 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from core.config import count_parameters
 from core.data import CorpusError, read_text_file
 from core.jobs import (ARCHITECTURES, POSITIONS, PRESETS, RANGES, TOKENIZERS, JobError, TrainingRequest,
                        store_upload, training_unavailable)
@@ -109,7 +110,9 @@ except JobError as e:
     st.error(str(e))
 if plan is not None:
     est = plan.estimate
-    st.caption(f"{plan.parameters:,} parameters · {plan.tokens:,} training tokens · about {est.seconds / 60:.1f} "
+    active = count_parameters(plan.model)["active"]
+    size = f"{plan.parameters:,} parameters" + (f" ({active:,} active per token)" if active < plan.parameters else "")
+    st.caption(f"{size} · {plan.tokens:,} training tokens · about {est.seconds / 60:.1f} "
                f"minutes here ({est.eval_seconds / max(est.seconds, 1e-9):.0%} of it evaluating), at "
                f"{est.flops_per_s / 1e9:.0f} GFLOP/s {est.basis}")
 if st.button("Start training", type="primary", key="train_start", disabled=plan is None):

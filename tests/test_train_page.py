@@ -292,6 +292,7 @@ def test_the_other_architectures_train_and_export_from_the_page(dirs, corpus_fil
     at = train_page(corpus_file, 30, name=architecture)
     at.radio(key="train_arch").set_value(architecture).run()
     assert not at.error, [e.value for e in at.error]
+    assert (architecture == "moe") == any("active per token" in c.value for c in at.caption)
     button(at, "train_start").click().run()
     wait_until("exported", lambda: state_of(architecture) == "exported")
     card = json.loads((dirs / "exported" / architecture / "card.json").read_text())
