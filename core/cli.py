@@ -77,7 +77,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, title: str | None =
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
         help_text = (helps.get(f.name, "") + f" (default: {shown})").strip()
         # SUPPRESS: only flags the user typed appear in the namespace (they may override a saved run)
-        kw = dict(default=argparse.SUPPRESS, dest=f"{cls.__name__}.{f.name}", help=help_text)
+        kw = dict(default=argparse.SUPPRESS, dest=f"{cls.__name__}.{f.name}",
+                  help=help_text.replace("%", "%%"))        # argparse formats help with %: "15 %" must stay text
         tp = hints[f.name]
         flag = "--" + f.name.replace("_", "-")
         if typing.get_origin(tp) is tuple:

@@ -28,6 +28,14 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 OPTIMIZERS = ("adamw", "muon")
 ATTENTIONS = ("causal", "bidirectional")
 OBJECTIVES = ("next-token", "mlm")
+# why a masked LM has no int8/fp16 variant (core.export and core.quantize refuse it) and where its weights come back
+MLM_FP32_ONLY = ("the int8 and fp16 variants are measured on cached decoding, which a masked LM does not do: it runs "
+                 "in fp32")
+MLM_NO_READBACK = ("{source} is a masked LM: its graph is fused for a full pass and does not keep the weights by "
+                   "name, so they come back from its run's checkpoint (runs/NAME), not from the export")
+# why a masked LM cannot be post-trained here (core.posttrain refuses it; the Post-train page's board too)
+MLM_NOT_A_BASE = ("{source} is a masked LM: it fills blanks from both sides and writes nothing left to right, and "
+                  "every post-training stage trains or samples next tokens. Start from a next-token (GPT) model")
 
 
 @dataclass

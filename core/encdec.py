@@ -66,14 +66,18 @@ def partner(mlm: Model, candidates: Sequence[Model]) -> Model | None:
     return None
 
 
+def window(gpt: Model, mlm: Model, text: str) -> list[int]:
+    """The ids both models read of `text`: its tokens, cut to its end within the shorter context."""
+    return gpt.tokenizer.encode(text)[-min(gpt.block_size, mlm.block_size):]
+
+
 def side_by_side(gpt: Model, mlm: Model, text: str, position: int, layer: int = 0, head: int = 0,
                  k: int = 5, n_write: int = 40, blanks_ahead: int = 0) -> SideBySide:
     """Both models on `text` (cut to the shorter context), the token at `position` hidden as the blank.
     `blanks_ahead`: how many more [MASK]s follow the one the MLM fills as it writes (room on the right)."""
     if not mlm.masked or gpt.masked:
         raise ModelError("side_by_side compares a masked LM (objective mlm) with a next-token model: pass one of each")
-    block = min(gpt.block_size, mlm.block_size)
-    ids = gpt.tokenizer.encode(text)[-block:]
+    ids = window(gpt, mlm, text)
     if len(ids) < 2:
         raise ModelError("give a text of at least 2 tokens: the blank needs a neighbour to be read from")
     if not 0 <= position < len(ids):

@@ -81,7 +81,7 @@ from core.catalog import (REWARD_HEAD_KEY, ATTENTION_FILE, CARD_FILE, EXTERNAL_D
                           model_checkpoint_dir, model_checkpoints, read_log, scrub_paths, shown_path)
 from core.checks import PlaygroundError
 from core.checkpoint import load_model
-from core.config import TRAIN_PATH_FIELDS, ModelConfig
+from core.config import MLM_FP32_ONLY, MLM_NO_READBACK, TRAIN_PATH_FIELDS, ModelConfig, TrainConfig
 from core.files import make_readable, write_atomic
 from core.model import GPT, CacheBuffers, Intervention
 from core.quantize import QuantizeConfig, QuantizeError, open_graph, quantize_model, run_cached, session
@@ -386,9 +386,11 @@ def export_gpt(model: GPT, tokenizer: Tokenizer, out_dir: str | os.PathLike, cfg
 
 
 # what a masked LM's card says of its losses (core.mlm says why)
-MLM_LOSS_NOTE = ("train_loss and val_loss are nats per masked token (BERT's masking: 15 % of positions, "
-                 "80/10/10), predicted from both sides; a next-token model's loss predicts from the left alone, "
-                 "a harder task: the two numbers are not comparable")
+def mlm_loss_note(rate: float) -> str:
+    """What a masked LM's card says its losses are (at the mask rate it was trained with)."""
+    return (f"train_loss and val_loss are nats per masked token (BERT's masking: {rate * 100:g} % of positions, "
+            "80/10/10), predicted from both sides; a next-token model's loss predicts from the left alone, "
+            "a harder task: the two numbers are not comparable")
 
 STEP_CURVE_POINTS = 100    # the per-step training loss, averaged into at most this many points for the card
 
@@ -445,8 +447,7 @@ def _export_into(work: Path, name: str, model: GPT, tokenizer: Tokenizer, cfg: E
     L = mc.n_layer
     masked = mc.objective == "mlm"
     if masked and (cfg.int8 or cfg.fp16):
-        raise ExportError("the int8 and fp16 variants are measured on cached decoding, which a masked LM does "
-                          "not do: export it in fp32 (drop --int8 / --fp16)")
+        raise ExportError(f"{MLM_FP32_ONLY} (drop --int8 / --fp16)")
     layout = "none" if masked else _layout_for(mc, cfg.kv_cache)
     if not masked and layout != cfg.kv_cache:
         say(f"the shared KV-cache layout needs a head dimension divisible by 8 (onnxruntime's "
@@ -554,7 +555,8 @@ def _export_into(work: Path, name: str, model: GPT, tokenizer: Tokenizer, cfg: E
                    "prefill_tokens": n_total if masked else n_prompt, "cached_steps": 0 if masked else n_total - n_prompt,
                    "tolerance": cfg.parity_tolerance},
         "variants": variants,
-        **({INSPECTION_CARD_KEY: inspection} if inspection else {"loss_note": MLM_LOSS_NOTE}),
+        **({INSPECTION_CARD_KEY: inspection} if inspection else {"loss_note": mlm_loss_note(
+            ((info.get("training") or {}).get("train_config") or {}).get("mask_rate", TrainConfig.mask_rate))}),
         "files": {p.name: p.stat().st_size for p in sorted(work.iterdir()) if p.is_file()},
         "opset": cfg.opset,
         "exported_with": {"torch": torch.__version__},
@@ -708,6 +710,8 @@ def load_exported(model_dir: str | os.PathLike, cfg: ExportConfig | None = None,
         raise ExportError(f"{d} is not an exported model directory (no {CARD_FILE} or {MODEL_FILE})")
     card = json.loads((d / CARD_FILE).read_text(encoding="utf-8"))
     mc = ModelConfig.from_dict(card["model_config"])
+    if mc.objective == "mlm":
+        raise ExportError(MLM_NO_READBACK.format(source=d))
     tokenizer = load_tokenizer(d / TOKENIZER_DIR)
     check_external_data(d / MODEL_FILE, d)
     proto = onnx.load(str(d / MODEL_FILE), load_external_data=False)

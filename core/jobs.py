@@ -47,7 +47,7 @@ from typing import ClassVar
 from core import catalog, checks, cli
 from core.checks import PlaygroundError
 from core.config import (POS_ENCODINGS, POST_PRESETS, POST_STAGES, RL_STAGES, ModelConfig, PostTrainConfig, TrainConfig,
-                         count_parameters, flops_per_token, post_data_kind)
+                         MLM_NOT_A_BASE, count_parameters, flops_per_token, post_data_kind)
 from core.data import Corpus, corpus_from_upload, data_dir
 from core.files import write_atomic
 from core.limits import Limits, allowed_models
@@ -524,6 +524,9 @@ class Job:
 
     def argv(self, resume: bool) -> list[str]:
         raise NotImplementedError
+
+    def check_launch(self, board: "JobBoard") -> None:
+        """Raise JobError if this job may not run beside the board's others now (a resume passes here too)."""
 
     def child_env(self) -> dict[str, str]:
         return {}
@@ -1148,9 +1151,12 @@ class JobBoard:
             if (allowed is not None and name not in allowed) or not (path / catalog.CARD_FILE).is_file():
                 raise JobError(f"no exported model named {name!r} on this server; choose one from the list")
             try:
-                total = json.loads((path / catalog.CARD_FILE).read_text())["parameters"]["total"]
-            except (OSError, ValueError, KeyError, TypeError):
+                card = json.loads((path / catalog.CARD_FILE).read_text())
+                total, objective = card["parameters"]["total"], card["model_config"].get("objective")
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 raise JobError(f"the model {name!r} has a damaged card; choose another") from None
+            if objective == "mlm":
+                raise JobError(MLM_NOT_A_BASE.format(source=name))
             return str(path), {"base": name, "base_model": name}, int(total)
         job = self._own(token, name)
         if isinstance(job, PostTrainingJob) and job.stage == "reward":
@@ -1178,8 +1184,9 @@ class JobBoard:
 
     def base_runs(self, token: str) -> list[str]:
         """The visitor's runs a post-training run can start from (newest first): settled, with a checkpoint,
-        and writing text (not a reward model)."""
-        return [j.name for j in self._settled(token) if not (isinstance(j, PostTrainingJob) and j.stage == "reward")]
+        and writing text (not a reward model, not a masked LM)."""
+        return [j.name for j in self._settled(token) if not (isinstance(j, PostTrainingJob) and j.stage == "reward")
+                and not (isinstance(j, TrainingJob) and j.model.objective == "mlm")]
 
     def reward_runs(self, token: str) -> list[str]:
         """The visitor's reward models (newest first) a PPO run can be scored by."""
@@ -1277,6 +1284,7 @@ class JobBoard:
                 raise JobError(f"{name} stopped before its first checkpoint; there is nothing to resume: "
                                f"start a new run")
             self._check_capacity()
+            job.check_launch(self)
             job.launch(resume=True)
 
     def export(self, token: str, name: str) -> None:

@@ -50,7 +50,7 @@ from torch import nn
 from core import cli
 from core.catalog import (CARD_FILE, POSTTRAIN_DATA_FILE as DATA_FILE, REWARD_HEAD_KEY, RUN_FILE, TOKENIZER_DIR,
                           VALUE_HEAD_KEY, checkpoint_file, checkpoint_steps)
-from core.config import POST_STAGES, RL_STAGES, PostTrainConfig, post_data_kind
+from core.config import MLM_NOT_A_BASE, POST_STAGES, RL_STAGES, PostTrainConfig, post_data_kind
 from core.checkpoint import (latest_checkpoint, load_model, prune_checkpoints, restore_model,
                              restore_optimizer, save_checkpoint)
 from core.checks import PlaygroundError
@@ -219,6 +219,8 @@ def load_base(source: str, say=lambda _: None) -> Base:
                              "checkpoint with --base")
     if p.is_file() or (p.is_dir() and (p / RUN_FILE).is_file()):
         model, ckpt = load_model(p)
+        if model.config.objective == "mlm":
+            raise PostTrainError(MLM_NOT_A_BASE.format(source=source))
         run_dir = ckpt.path.parent.parent
         meta = json.loads((run_dir / RUN_FILE).read_text()) if (run_dir / RUN_FILE).is_file() else {}
         if meta.get("posttrain", {}).get("stage") == "reward":
@@ -227,6 +229,8 @@ def load_base(source: str, say=lambda _: None) -> Base:
         return Base(model, load_tokenizer(run_dir / TOKENIZER_DIR),
                     {"kind": "run", "path": str(p), "step": ckpt.step, "stage": meta.get("posttrain", {}).get("stage")})
     if p.is_dir() and (p / CARD_FILE).is_file():
+        if json.loads((p / CARD_FILE).read_text(encoding="utf-8")).get("model_config", {}).get("objective") == "mlm":
+            raise PostTrainError(MLM_NOT_A_BASE.format(source=source))
         from core.export import load_exported
         model, tokenizer, card, _ = load_exported(p, say=say)
         return Base(model, tokenizer, {"kind": "exported", "path": str(p), "name": p.name,

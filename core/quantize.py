@@ -39,7 +39,7 @@ import numpy as np
 from core import checks, cli
 from core.catalog import CARD_FILE, EXTERNAL_DATA_SUFFIX, MODEL_FILE, VARIANT_FILES, graph_bytes
 from core.checks import PlaygroundError
-from core.config import ModelConfig
+from core.config import MLM_FP32_ONLY, ModelConfig
 from core.files import make_readable, write_atomic
 from core.runtime import CachedGraph
 
@@ -306,6 +306,8 @@ def quantize_model(model_dir: str | os.PathLike, cfg: QuantizeConfig | None = No
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise QuantizeError(f"{model_dir} is not an exported model directory ({type(e).__name__}: {e}); "
                             f"export the model first") from e
+    if mc.objective == "mlm":
+        raise QuantizeError(f"{model_dir}: {MLM_FP32_ONLY}")
     fp32 = model_dir / MODEL_FILE
     if not fp32.is_file():
         raise QuantizeError(f"{model_dir} has a card but no {MODEL_FILE}; export the model again")

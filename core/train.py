@@ -578,7 +578,9 @@ class _Trainer:
             self.model = torch.compile(self.model)
         if d.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
-            self.model = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+            # an expert that gets no token on one process in a step has no gradient there: DDP must expect that
+            self.model = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None,
+                             find_unused_parameters=bool(model_cfg.n_experts))
         rows = len(self.full_batch[0]) if self.full_batch is not None else cfg.batch_size
         seq = dataset.task.seq_len if isinstance(dataset, TaskDataset) else model_cfg.block_size
         self.tokens_per_step = rows * seq * cfg.grad_accum_steps * d.world_size

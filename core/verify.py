@@ -45,6 +45,7 @@ from core.checks import PlaygroundError
 from core.config import ModelConfig, count_parameters, flops_per_token
 from core.jobs import (ACTIVE_STATES, JOB_KINDS, Job, JobBoard, JobError, JobView, TrainingJob, TrainProgress,
                        training_unavailable)
+from core.files import write_atomic
 from core.limits import Limits
 
 FACTOR_RANGE = (2.0, 4.0)       # the budget as a multiple of the largest run's compute: far enough past the
@@ -376,10 +377,16 @@ class VerifyJob(Job):
         return {"OMP_NUM_THREADS": str(self.threads)} if self.threads else {}
 
     def _finished_all_steps(self) -> bool:
-        return (self.target / SWEEP_RECORDS_DIR / f"{self.prediction.run}.json").is_file()
+        try:        # its prediction may be gone (the copy deleted): the board must still load and reap the job
+            return (self.target / SWEEP_RECORDS_DIR / f"{self.prediction.run}.json").is_file()
+        except (OSError, ValueError, KeyError, scaling.ScalingError):
+            return False
 
     def resumable(self) -> bool:
         return True
+
+    def check_launch(self, board: JobBoard) -> None:
+        _check_alone(board, self.target)
 
     def not_exportable(self) -> str | None:
         return "a verification run keeps its record in the sweep, not its weights: there is no model to export"
@@ -418,9 +425,7 @@ def start(board: JobBoard, token: str, sweep: str | Path, factor: float, hosted:
     config = recipe_of(sweep)
     name = name or new_name()
     with board.lock:
-        for job in board.jobs.values():
-            if isinstance(job, VerifyJob) and job.target == target and job.state in ACTIVE_STATES:
-                raise JobError(f"{job.name} is verifying this sweep already; wait for it to finish (or stop it)")
+        _check_alone(board, target)
         stored = scaling.load_fits(fits_source(sweep, board.runs_dir))
         p = predict(stored, factor, config, sweep.stem if not sweep.is_dir() else sweep.name, name,
                     max_tokens(config))
@@ -449,6 +454,13 @@ def _check_limits(p: Prediction, limits: Limits) -> None:
                        f"run: choose a smaller factor")
 
 
+def _check_alone(board: JobBoard, target: Path) -> None:
+    """One verification per sweep at a time (a start or a resume): two would train into the same work folder."""
+    for job in board.jobs.values():
+        if isinstance(job, VerifyJob) and job.target == target and job.state in ACTIVE_STATES:
+            raise JobError(f"{job.name} is verifying this sweep already; wait for it to finish (or stop it)")
+
+
 # ---------------------------------------------------------------------------------------------------
 # The child: python -m core.verify run --target SWEEP --prediction NAME --out-dir RUN_DIR
 
@@ -473,28 +485,34 @@ def run(target: Path, name: str, out_dir: Path, threads: int = 0, bootstrap: int
     cfg = SweepConfig(**{k: v for k, v in config.items() if k in keep}, out_dir=str(target),
                       shapes=(p.shape_label,), budgets=(), tokens=(float(p.tokens),), threads=threads)
     stop = cli.StopFlag()
-    gen = run_sweep(cfg)
+    recipe = (target / SWEEP_FILE).read_bytes()   # run_sweep stores the config it is given: this one-run config
+    gen = run_sweep(cfg)                           # must not replace the sweep's shapes, budgets and tokens
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / catalog.LOG_FILE, "a") as log:
-        for ev in gen:
-            if isinstance(ev, SweepRunStarted):
-                if ev.run.name != p.run or ev.run.tokens != p.tokens:
+    try:
+        with open(out_dir / catalog.LOG_FILE, "a") as log:
+            for ev in gen:
+                if isinstance(ev, SweepRunStarted):
+                    if ev.run.name != p.run or ev.run.tokens != p.tokens:
+                        gen.close()
+                        raise JobError(f"the sweep planned {ev.run.name} ({ev.run.tokens:,} tokens), not the "
+                                       f"predicted {p.run} ({p.tokens:,}): nothing was trained")
+                    _log(log, "Phase", name="training", step=ev.resumed_from or 0)
+                elif isinstance(ev, TrainStep):
+                    _log(log, "TrainStep", **dataclasses.asdict(ev))
+                elif isinstance(ev, RunRecorded):
+                    r = ev.record
+                    _log(log, "EvalResult", step=p.steps, train_loss=r.train_loss, val_loss=r.val_loss,
+                         val_perplexity=math.exp(r.val_loss), val_bits_per_byte=r.val_bits_per_byte,
+                         elapsed=r.wall_s)
+                    _log(log, "Phase", name="fitting the sweep", step=p.steps)
+                elif isinstance(ev, SweepFinished):
+                    _log(log, "Phase", name="recorded", step=p.steps)
+                if stop.asked:
                     gen.close()
-                    raise JobError(f"the sweep planned {ev.run.name} ({ev.run.tokens:,} tokens), not the predicted "
-                                   f"{p.run} ({p.tokens:,}): nothing was trained")
-                _log(log, "Phase", name="training", step=ev.resumed_from or 0)
-            elif isinstance(ev, TrainStep):
-                _log(log, "TrainStep", **dataclasses.asdict(ev))
-            elif isinstance(ev, RunRecorded):
-                r = ev.record
-                _log(log, "EvalResult", step=p.steps, train_loss=r.train_loss, val_loss=r.val_loss,
-                     val_perplexity=math.exp(r.val_loss), val_bits_per_byte=r.val_bits_per_byte, elapsed=r.wall_s)
-                _log(log, "Phase", name="fitting the sweep", step=p.steps)
-            elif isinstance(ev, SweepFinished):
-                _log(log, "Phase", name="recorded", step=p.steps)
-            if stop.asked:
-                gen.close()
-                return 130
+                    return 130
+    finally:
+        gen.close()
+        write_atomic(target / SWEEP_FILE, recipe)
     if not (target / SWEEP_RECORDS_DIR / f"{p.run}.json").is_file():
         raise JobError(f"the sweep finished without recording {p.run}: it was left out of the plan "
                        f"(too few steps, or too many epochs of the corpus)")

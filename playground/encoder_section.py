@@ -48,7 +48,7 @@ def show(model: Model, prompt: str) -> None:
         return
     c[1].markdown(f"**Decoder (GPT):** {gpt.name}" + ("" if gpt is model else
                   f"  \n(the sidebar's {model.name} reads text into other tokens)"))
-    ids = gpt.tokenizer.encode(prompt)[-min(gpt.block_size, mlm.block_size):]
+    ids = encdec.window(gpt, mlm, prompt)
     if len(ids) < 2:
         st.info("Type at least two characters: the blank needs a neighbour.")
         return
@@ -63,7 +63,7 @@ def show(model: Model, prompt: str) -> None:
                               help="How many more [MASK]s follow the one it fills: room on the right it can "
                                    "attend to (they are empty).")
     try:
-        r = encdec.side_by_side(gpt, mlm, gpt.tokenizer.decode(ids), position, layer, head, blanks_ahead=int(ahead))
+        r = encdec.side_by_side(gpt, mlm, prompt, position, layer, head, blanks_ahead=int(ahead))
     except ModelError as e:
         st.error(str(e))
         return

@@ -278,3 +278,26 @@ def test_the_first_blank_is_a_letter_near_the_middle_with_both_sides():
     assert encdec.default_blank(list("a,b")) == 1              # a letter needs a token on each side
     assert encdec.default_blank(list(", .")) == 1              # no letter at all: the middle
     assert encdec.default_blank([" the", " king", " is"]) == 1
+
+
+def test_what_a_masked_lm_cannot_be_is_refused_with_what_to_do():
+    """Post-training, int8 and reading weights back from the export each need a next-token graph."""
+    from core.checks import PlaygroundError
+    from core.posttrain import load_base
+    from core.export import load_exported
+    from core.quantize import quantize_model
+    mlm = str(ROOT / "exported" / "shakespeare-char-mlm")
+    for call, words in ((lambda: load_base(mlm), "next-token (GPT) model"),
+                        (lambda: load_exported(mlm), "checkpoint"),
+                        (lambda: quantize_model(mlm), "fp32")):
+        with pytest.raises(PlaygroundError, match="masked LM|fp32") as e:
+            call()
+        assert words in str(e.value)
+
+
+def test_the_trainers_help_prints(tmp_path):
+    """Config comments become argparse help, where % is a format code ("15 % of positions")."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "core.train", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0 and "--mask-rate" in done.stdout and "80 % by [MASK]" in " ".join(done.stdout.split())

@@ -234,6 +234,7 @@ def test_predict_then_verify_end_to_end_on_the_page(dirs):
     at.slider(key="verify_factor").set_value(2.0).run()
     assert not at.exception, at.exception
     assert any(m.label == "predicted val loss" for m in at.metric)
+    recipe = (sweep / "sweep.json").read_bytes()
     at.button(key="verify_start").click().run()
     assert not at.exception, at.exception
     (outcome,) = verify.history(sweep, sweep.parent.parent)
@@ -256,6 +257,7 @@ def test_predict_then_verify_end_to_end_on_the_page(dirs):
     assert v.evals[-1]["val_loss"] == rec.val_loss
     assert outcome.error == pytest.approx(p.predicted - rec.val_loss)
     assert len(scaling.load_records(sweep)) == 10
+    assert (sweep / "sweep.json").read_bytes() == recipe    # the sweep keeps its shapes, budgets and tokens
     stored = scaling.load_fits(sweep)
     assert stored.current and stored.n_bootstrap == 5       # refitted by the sweep with the same resamples
     # the page, as the other visitor opens it: the outcome, the plot, the history
