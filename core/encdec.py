@@ -14,7 +14,7 @@ reading of blanks (`core.mlm`), any page layout (the Learn page's "Encoder vs de
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -55,7 +55,7 @@ def default_blank(pieces: Sequence[str]) -> int:
     return min(inner, key=lambda i: (abs(i - middle), i)) if inner else middle
 
 
-def partner(mlm: Model, candidates: Sequence[Model]) -> Model | None:
+def partner(mlm: Model, candidates: Iterable[Model]) -> Model | None:
     """The first next-token model whose tokenizer is the MLM's without its [MASK] (same name and kind, one id
     fewer): the same text becomes the same ids in both, so their maps and guesses line up token by token."""
     tok = mlm.tokenizer

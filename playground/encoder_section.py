@@ -4,6 +4,8 @@ right. Draws only: the numbers come from `core.encdec` (and `core.mlm`)."""
 
 from __future__ import annotations
 
+import itertools
+
 import streamlit as st
 
 from core import encdec
@@ -41,7 +43,8 @@ def show(model: Model, prompt: str) -> None:
     except ModelError as e:
         st.error(f"{mlm_name} cannot be opened: {e}")
         return
-    gpt = encdec.partner(mlm, [model] + [model_by_name(n) for n in model_names() if n != model.name])
+    others = (model_by_name(n) for n in model_names() if n != model.name)     # opened only until one matches
+    gpt = encdec.partner(mlm, itertools.chain([model], others))
     if gpt is None:
         st.info(f"No next-token model here reads text with {mlm.name}'s tokenizer ({mlm.tokenizer.name}); the "
                 f"two must see the same tokens to be compared.")
