@@ -38,11 +38,12 @@ RECIPES = {
                   batch_size=12, max_steps=380, eval_interval=0, eval_iters=200, eval_batch_size=12,
                   eval_at_start=False, eval_train=False),
              dict(MODEL_NANOGPT, pos_encoding="rope")),
-    # (b): a time budget; the lr decay ends on the deadline
-    "ours5": (dict(optimizer="muon", muon_lr=0.03, learning_rate=3e-3, min_lr=3e-4, warmup_steps=30,
-                   batch_size=12, max_steps=10 ** 9, eval_interval=0, eval_iters=200, eval_batch_size=12,
+    # (b): a time budget; the lr decay ends on the deadline. Three layers and a 256-byte context (bench/README's
+    # log, attempts 11-16); a 40-batch estimate, since the exact loss over the whole split is the figure
+    "ours5": (dict(optimizer="muon", muon_lr=0.04, learning_rate=4e-3, min_lr=4e-4, warmup_steps=30,
+                   batch_size=12, max_steps=10 ** 9, eval_interval=0, eval_iters=40, eval_batch_size=12,
                    eval_at_start=False, eval_train=False),
-              dict(MODEL_NANOGPT, pos_encoding="rope", block_size=128)),
+              dict(MODEL_NANOGPT, pos_encoding="rope", n_layer=3, block_size=256)),
 }
 
 
@@ -53,9 +54,10 @@ def configs(name: str, out_dir: str, threads: int, sets: list[str], max_seconds:
     mfields = {f.name: f for f in dataclasses.fields(ModelConfig)}
     for item in sets:
         key, value = item.split("=", 1)
-        value = json.loads(value) if value not in ("rope", "learned", "sinusoidal", "adamw", "muon",
-                                                    "float32", "bfloat16", "rmsnorm", "layernorm",
-                                                    "gelu", "swiglu", "gelu_tanh") else value
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass                                # a word (rope, muon, linear, ...) stays a string
         if key in tfields:
             tkw[key] = value
         elif key in mfields:
@@ -194,7 +196,7 @@ def main() -> None:
     p.add_argument("--only", choices=["a", "b", "both"], default="both")
     p.add_argument("--repeat", type=int, default=2, help="(a): pairs of runs, nanogpt and ours interleaved")
     p.add_argument("--budget", type=float, default=300.0, help="(b): whole wall seconds of the timed run")
-    p.add_argument("--final-eval-s", type=float, default=12.0,
+    p.add_argument("--final-eval-s", type=float, default=15.0,
                    help="(b): seconds kept for the final evaluation out of --budget")
     p.add_argument("--first", choices=["nanogpt", "ours"], default="nanogpt",
                    help="(a): which recipe opens the first pair (the next pair swaps; split pairs across runs)")

@@ -26,6 +26,7 @@ NORMS = ("layernorm", "rmsnorm", "none")
 MLPS = ("gelu", "gelu_tanh", "swiglu", "relu", "none")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 OPTIMIZERS = ("adamw", "muon")
+LR_SCHEDULES = ("cosine", "linear")
 ATTENTIONS = ("causal", "bidirectional")
 OBJECTIVES = ("next-token", "mlm")
 # why a masked LM has no int8/fp16 variant (core.export and core.quantize refuse it) and where its weights come back
@@ -219,7 +220,10 @@ class TrainConfig:
     learning_rate: float = 1e-3             # peak learning rate after warmup
     min_lr: float = 1e-4                    # floor of the cosine decay (~peak/10, per Chinchilla)
     warmup_steps: int = 100                 # linear warmup: Adam's moments are noisy at first
-    lr_decay_steps: int | None = None       # end of the cosine; None means max_steps
+    lr_decay_steps: int | None = None       # end of the decay; None means max_steps
+    lr_schedule: str = "cosine"             # the decay's shape: cosine (nanoGPT) | linear (modded-nanogpt's cooldown)
+    lr_hold: float = 0.0                    # share of the run after warmup held at the peak before the decay starts
+                                            # (warmup-stable-decay: 0.5 decays over the second half only); 0: at once
     weight_decay: float = 0.1               # applied to matrices only; norms and biases are not decayed
     beta1: float = 0.9
     beta2: float = 0.99                     # 0.99 rather than 0.999: small batches, few tokens per step
@@ -285,6 +289,8 @@ class TrainConfig:
         checks.number("grokfast_alpha", self.grokfast_alpha, 0.0, 1.0, high_open=True)
         checks.number("grokfast_lambda", self.grokfast_lambda, 0.0)
         checks.number("mask_rate", self.mask_rate, 0.0, 1.0, low_open=True, high_open=True)
+        checks.choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        checks.number("lr_hold", self.lr_hold, 0.0, 1.0, high_open=True)
         if self.task:
             from core.tasks import make_task     # the spec is checked here, where every other field is
             self.task = make_task(self.task).spec()

@@ -194,7 +194,8 @@ def cpu_has_native_bf16() -> bool:
 
 
 def lr_at(step: int, cfg: TrainConfig, elapsed: float | None = None) -> float:
-    """Linear warmup to learning_rate, cosine decay to min_lr at lr_decay_steps, then min_lr.
+    """Linear warmup to learning_rate, held there for lr_hold of the rest, then a cosine (or linear) decay to
+    min_lr at lr_decay_steps, then min_lr.
 
     With a time budget (max_seconds) the warmup still counts steps, but the decay's progress is
     elapsed / max_seconds: the lr reaches min_lr on the deadline however fast the steps run."""
@@ -207,7 +208,8 @@ def lr_at(step: int, cfg: TrainConfig, elapsed: float | None = None) -> float:
         return cfg.min_lr
     else:
         ratio = (step - cfg.warmup_steps) / max(1, decay_steps - cfg.warmup_steps)
-    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))
+    ratio = max(0.0, ratio - cfg.lr_hold) / (1.0 - cfg.lr_hold)
+    coeff = 1.0 - ratio if cfg.lr_schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * ratio))
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
 
 
@@ -246,11 +248,23 @@ class Muon(torch.optim.Muon):
             params, grads, bufs = [], [], []
             self._init_group(group, params, grads, bufs)
             lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
-            for p, g, buf in zip(params, grads, bufs):
+            updates = []
+            for g, buf in zip(grads, bufs):
                 buf.lerp_(g, 1 - momentum)
-                update = g.lerp(buf, momentum) if group["nesterov"] else buf
-                update = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"],
-                                       self.ns_dtype)
+                updates.append(g.lerp(buf, momentum) if group["nesterov"] else buf)
+            # matrices of one shape (a tall one counted as its transpose) orthogonalised together: one batched
+            # matmul per shape instead of one per matrix, which at 4L/128 is 16 small matmuls x 15 per step
+            by_shape: dict[tuple[int, int], list[int]] = {}
+            for i, u in enumerate(updates):
+                by_shape.setdefault((min(u.shape), max(u.shape)), []).append(i)
+            for idx in by_shape.values():
+                wide = torch.stack([updates[i].T if updates[i].size(0) > updates[i].size(1) else updates[i]
+                                    for i in idx])                                      # (n, rows <= cols)
+                ortho = newton_schulz(wide, group["ns_coefficients"], group["ns_steps"], group["eps"],
+                                      self.ns_dtype)
+                for i, o in zip(idx, ortho):
+                    updates[i] = o.T if updates[i].size(0) > updates[i].size(1) else o
+            for p, update in zip(params, updates):
                 rows, cols = p.shape
                 scale = (math.sqrt(max(1.0, rows / cols)) if group["adjust_lr_fn"] in (None, "original")
                          else 0.2 * math.sqrt(max(rows, cols)))
@@ -260,17 +274,23 @@ class Muon(torch.optim.Muon):
 
 def newton_schulz(g: torch.Tensor, coefficients, steps: int, eps: float, dtype: torch.dtype) -> torch.Tensor:
     """Muon's quintic Newton-Schulz iteration (Keller Jordan's, as in torch.optim.Muon): g's nearest
-    semi-orthogonal matrix, roughly (singular values land in about 0.5-1.5)."""
+    semi-orthogonal matrix, roughly (singular values land in about 0.5-1.5). g: one matrix (rows, cols) or a
+    stack of them (n, rows, cols), each normalised and iterated on its own."""
     a, b, c = coefficients
     x = g.to(dtype)
-    tall = g.size(0) > g.size(1)
+    single = x.dim() == 2
+    if single:
+        x = x.unsqueeze(0)
+    tall = x.size(-2) > x.size(-1)
     if tall:
-        x = x.T
-    x = x / x.norm().clamp(min=eps)
+        x = x.mT
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
     for _ in range(steps):
-        gram = x @ x.T
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.T if tall else x
+        gram = x @ x.mT                                                                 # (n, rows, rows)
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    if tall:
+        x = x.mT
+    return x[0] if single else x
 
 
 # train loss of an eval without eval_train: the mean of at most this many of the latest steps' losses

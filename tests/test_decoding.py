@@ -627,10 +627,15 @@ def test_compare_marks_results_stale_when_the_prompt_or_model_changes():
 
 
 def test_compare_shows_a_strategy_that_cannot_run_in_its_own_column():
-    prompt = "ROMEO:\n" + "To be, or not to be, that is the question. " * 3         # past the 128-token context
+    import json
+    from core.catalog import EXPORTED_DIR
+    from playground.shared import DEFAULT_MODEL
+    context = json.loads((EXPORTED_DIR / DEFAULT_MODEL / "card.json").read_text())["model_config"]["block_size"]
+    line = "To be, or not to be, that is the question. "
+    prompt = "ROMEO:\n" + line * (context // len(line) + 1)                               # past the context
     at = compare_page({"prompt": prompt, "strategies": "greedy,beam 4"})
     assert not at.exception, at.exception
-    assert any("beam search needs room in the context of 128" in e.value for e in at.error)
+    assert any(f"beam search needs room in the context of {context}" in e.value for e in at.error)
     assert list(metrics_table(at)["strategy"]) == ["greedy"]
     from playground.shared import visible
     assert len(shown_texts(at)) == 1 and visible(prompt) in shown_texts(at)[0]

@@ -16,7 +16,7 @@ import torch
 
 from core import checkpoint as ckpt_io
 from core.data import CorpusError
-from core.config import ModelConfig
+from core.config import ConfigError, ModelConfig
 from core.model import GPT
 from core.catalog import read_log
 from core.train import (CheckpointSaved, EvalResult, Phase, RunExists, RunFinished, RunStarted, TrainConfig,
@@ -81,6 +81,20 @@ def test_learning_rate_schedule():
     assert lr_at(10, cfg) == pytest.approx(1e-3)
     assert lr_at(55, cfg) == pytest.approx(5.5e-4)
     assert lr_at(100, cfg) == pytest.approx(1e-4) and lr_at(500, cfg) == pytest.approx(1e-4)
+
+
+def test_warmup_stable_decay_holds_the_peak_then_decays_linearly():
+    cfg = TrainConfig(max_steps=110, warmup_steps=10, learning_rate=1e-3, min_lr=0.0, lr_schedule="linear",
+                      lr_hold=0.4)
+    assert lr_at(10, cfg) == pytest.approx(1e-3) and lr_at(50, cfg) == pytest.approx(1e-3)   # held for 40 %
+    assert lr_at(80, cfg) == pytest.approx(5e-4)                                             # halfway down
+    assert lr_at(110, cfg) == pytest.approx(0.0)
+    timed = dataclasses.replace(cfg, max_seconds=100.0, max_steps=10 ** 6)
+    assert lr_at(50, timed, 40.0) == pytest.approx(1e-3) and lr_at(51, timed, 85.0) == pytest.approx(2.5e-4)
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")
+    with pytest.raises(ConfigError, match="lr_hold"):
+        TrainConfig(lr_hold=1.0)
 
 
 def test_stop_then_resume_continues_identically(tmp_path, corpus_file, data_dir):
@@ -273,6 +287,30 @@ def test_ddp_two_processes_on_cpu(tmp_path, corpus_file, data_dir):
 
 
 # -- Muon, a time budget, cheaper evaluation ---------------------------------------------------------
+
+def test_muon_steps_like_torchs_muon_with_same_shaped_matrices_batched():
+    """Our Muon orthogonalises same-shaped updates (tall ones transposed) in one batched iteration; torch's
+    does one matrix at a time in bf16. Same hyper-parameters, same steps: the parameters must move alike,
+    within bf16's precision, and a mixed-up stack (a matrix normalised or oriented with another) would not."""
+    from core.train import Muon
+    torch.manual_seed(0)
+    shapes = [(48, 16), (16, 16), (16, 48), (48, 16), (16, 48), (24, 16), (16, 16)]
+    init = [torch.randn(*s) * 0.1 for s in shapes]
+    ours = [torch.nn.Parameter(w.clone()) for w in init]
+    theirs = [torch.nn.Parameter(w.clone()) for w in init]
+    kw = dict(lr=0.05, weight_decay=0.01, momentum=0.95, nesterov=True)
+    opt_ours, opt_theirs = Muon(ours, ns_dtype=torch.float32, **kw), torch.optim.Muon(theirs, **kw)
+    for step in range(3):
+        grads = [torch.randn(*s) * (1 + i) for i, s in enumerate(shapes)]    # unequal norms per matrix
+        for p, q, g in zip(ours, theirs, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        opt_ours.step()
+        opt_theirs.step()
+    for w, p, q in zip(init, ours, theirs):
+        moved = (q.detach() - w).abs().max().item()
+        assert moved > 0.02
+        assert (p.detach() - q.detach()).abs().max().item() < 0.03 * moved
+
 
 def test_muon_run_learns_and_resumes_identically(tmp_path, corpus_file, data_dir):
     from core.train import MuonAdamW
