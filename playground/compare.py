@@ -128,7 +128,7 @@ if ran:
     # a slider needs two stops; a one-token text has just its token
     i = 0 if len(o.tokens) == 1 else p2.select_slider(
         "Token", options=range(len(o.tokens)), key="cmp_token",
-        format_func=lambda k: f"{k + 1}: {visible_text(o.tokens[k].text)}",
+        format_func=lambda k, o=o: f"{k + 1}: {visible_text(o.tokens[k].text)}",   # this o, not a later loop's
         help="Slide through the chosen strategy's tokens, or focus it and use the arrow keys.")
     chosen = o.tokens[i]
     left, right = st.columns([3, 2])

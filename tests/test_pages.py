@@ -82,14 +82,15 @@ def test_generate_shows_the_next_tokens_logit_lens_ending_in_the_models_own_pred
     at.toggle(key="gen_lens").set_value(True).run()
     assert not at.exception
     rows = at.dataframe[0].value
-    L = 4                                           # shakespeare-char: 4 blocks, 2 points each, + the embedding
+    from playground.shared import model_by_name
+    L = model_by_name("shakespeare-char").n_layer          # 2 points a block, + the embedding
     assert len(rows) == 2 * L + 1 and rows["after"].iloc[0] == "embed"
     # the last point is the model's own distribution: its top token is what greedy takes next (no penalties
     # are on by default)
     before = len(at.session_state["trace"]["state"]["branches"][0]["tokens"])
     button(at, "Greedy one").click().run()
     taken = at.session_state["trace"]["state"]["branches"][0]["tokens"][before]
-    from playground.shared import model_by_name, visible
+    from playground.shared import visible
     assert rows["#1"].iloc[-1].split("  ")[0] == visible(model_by_name("shakespeare-char").tokenizer.token_text(taken))
 
 
