@@ -252,18 +252,16 @@ class Muon(torch.optim.Muon):
             for g, buf in zip(grads, bufs):
                 buf.lerp_(g, 1 - momentum)
                 updates.append(g.lerp(buf, momentum) if group["nesterov"] else buf)
-            # matrices of one shape (a tall one counted as its transpose) orthogonalised together: one batched
-            # matmul per shape instead of one per matrix, which at 4L/128 is 16 small matmuls x 15 per step
-            by_shape: dict[tuple[int, int], list[int]] = {}
+            # matrices of one shape orthogonalised together: one batched matmul per shape instead of one per
+            # matrix, which at 4L/128 is 16 small matmuls x 15 per step
+            by_shape: dict[torch.Size, list[int]] = {}
             for i, u in enumerate(updates):
-                by_shape.setdefault((min(u.shape), max(u.shape)), []).append(i)
+                by_shape.setdefault(u.shape, []).append(i)
             for idx in by_shape.values():
-                wide = torch.stack([updates[i].T if updates[i].size(0) > updates[i].size(1) else updates[i]
-                                    for i in idx])                                      # (n, rows <= cols)
-                ortho = newton_schulz(wide, group["ns_coefficients"], group["ns_steps"], group["eps"],
-                                      self.ns_dtype)
+                ortho = newton_schulz(torch.stack([updates[i] for i in idx]), group["ns_coefficients"],
+                                      group["ns_steps"], group["eps"], self.ns_dtype)
                 for i, o in zip(idx, ortho):
-                    updates[i] = o.T if updates[i].size(0) > updates[i].size(1) else o
+                    updates[i] = o
             for p, update in zip(params, updates):
                 rows, cols = p.shape
                 scale = (math.sqrt(max(1.0, rows / cols)) if group["adjust_lr_fn"] in (None, "original")
@@ -274,13 +272,10 @@ class Muon(torch.optim.Muon):
 
 def newton_schulz(g: torch.Tensor, coefficients, steps: int, eps: float, dtype: torch.dtype) -> torch.Tensor:
     """Muon's quintic Newton-Schulz iteration (Keller Jordan's, as in torch.optim.Muon): g's nearest
-    semi-orthogonal matrix, roughly (singular values land in about 0.5-1.5). g: one matrix (rows, cols) or a
-    stack of them (n, rows, cols), each normalised and iterated on its own."""
+    semi-orthogonal matrix, roughly (singular values land in about 0.5-1.5). g: a stack of same-shaped
+    matrices (n, rows, cols), each normalised and iterated on its own."""
     a, b, c = coefficients
     x = g.to(dtype)
-    single = x.dim() == 2
-    if single:
-        x = x.unsqueeze(0)
     tall = x.size(-2) > x.size(-1)
     if tall:
         x = x.mT
@@ -288,9 +283,7 @@ def newton_schulz(g: torch.Tensor, coefficients, steps: int, eps: float, dtype: 
     for _ in range(steps):
         gram = x @ x.mT                                                                 # (n, rows, rows)
         x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    if tall:
-        x = x.mT
-    return x[0] if single else x
+    return x.mT if tall else x
 
 
 # train loss of an eval without eval_train: the mean of at most this many of the latest steps' losses

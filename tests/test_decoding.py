@@ -627,10 +627,8 @@ def test_compare_marks_results_stale_when_the_prompt_or_model_changes():
 
 
 def test_compare_shows_a_strategy_that_cannot_run_in_its_own_column():
-    import json
-    from core.catalog import EXPORTED_DIR
-    from playground.shared import DEFAULT_MODEL
-    context = json.loads((EXPORTED_DIR / DEFAULT_MODEL / "card.json").read_text())["model_config"]["block_size"]
+    from playground.shared import DEFAULT_MODEL, model_by_name
+    context = model_by_name(DEFAULT_MODEL).block_size
     line = "To be, or not to be, that is the question. "
     prompt = "ROMEO:\n" + line * (context // len(line) + 1)                               # past the context
     at = compare_page({"prompt": prompt, "strategies": "greedy,beam 4"})

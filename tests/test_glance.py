@@ -69,8 +69,8 @@ def test_the_glance_equals_torch_hooks(models, name):
 
 
 def test_the_glance_page_draws_every_block_of_the_default_model_with_links():
-    import json
-    layers = json.loads((ROOT / "exported" / "shakespeare-char" / "card.json").read_text())["model_config"]["n_layer"]
+    from playground.shared import model_by_name
+    layers = model_by_name("shakespeare-char").n_layer
     at = page("playground/glance.py", {"text": "KING:\nWhat news"})
     assert not at.exception, at.exception
     text = " ".join(m.value for m in at.markdown)
