@@ -4,7 +4,8 @@ interleaved, on byte tokens and nanoGPT's split (the last 10 % held out).
     python bench/speedrun.py                    # (a) nanogpt and ours x --repeat, then (b) a 5-minute run
     python bench/speedrun.py --only a --repeat 2
     python bench/speedrun.py --only b --budget 300
-    python bench/speedrun.py --profile          # MFU and a torch.profiler table of one of our steps
+    python bench/speedrun.py --profile          # MFU and a torch.profiler table of a step of (b)'s recipe
+    python bench/speedrun.py --profile ours     # ... of (a)'s recipe
     python bench/speedrun.py --attempt ours --set n_layer=6 --set muon_lr=0.03   # one recipe, for a search
 
 (a) wall time until the val estimate (eval_iters=200 batches, as nanoGPT) is <= --target, the clock running
@@ -106,8 +107,8 @@ def mfu(r: dict, peak_gflops: float) -> float:
     return r["tokens_per_s"] * r["flops_per_token"] / (peak_gflops * 1e9)
 
 
-def profile(args, sets: list[str]) -> None:
-    """torch.profiler over a few of our recipe's training steps (after warm-up): top ops by self CPU time,
+def profile(args, recipe: str, sets: list[str]) -> None:
+    """torch.profiler over a few of one recipe's training steps (after warm-up): top ops by self CPU time,
     and the step's time by kind of work, with matmuls' share of the median peak."""
     import numpy as np
     import torch
@@ -117,7 +118,7 @@ def profile(args, sets: list[str]) -> None:
     from core.model import GPT
     from core.tokenizer import byte_tokenizer
     from core.train import make_optimizer, set_lr
-    cfg, mcfg = configs("ours", "/tmp/unused", args.threads, sets)
+    cfg, mcfg = configs(recipe, "/tmp/unused", args.threads, sets)
     mcfg = dataclasses.replace(mcfg, vocab_size=257)
     data = prepare_dataset(load_corpus("tinyshakespeare", default_data_dir()), byte_tokenizer(), default_data_dir())
     torch.manual_seed(0)
@@ -149,7 +150,7 @@ def profile(args, sets: list[str]) -> None:
     peak = matmul_median_gflops()
     ka = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in ka)
-    print(f"\nprofile: {n} steps of recipe 'ours' {json.dumps(sets)}; {total / n / 1000:.1f} ms/step of self CPU time")
+    print(f"\nprofile: {n} steps of recipe {recipe!r} {json.dumps(sets)}; {total / n / 1000:.1f} ms/step of self CPU time")
     print(ka.table(sort_by="self_cpu_time_total", row_limit=18))
     kinds = {"matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear"),
              "attention (SDPA)": ("aten::_scaled_dot_product_flash_attention_for_cpu",
@@ -202,7 +203,8 @@ def main() -> None:
                    help="(a): which recipe opens the first pair (the next pair swaps; split pairs across runs)")
     p.add_argument("--target", type=float, default=1.88)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--profile", action="store_true", help="only the MFU and profiler table of one of our steps")
+    p.add_argument("--profile", nargs="?", const="ours5", choices=sorted(RECIPES), metavar="RECIPE",
+                   help="only the MFU and profiler table of a step of RECIPE (default: (b)'s, ours5)")
     p.add_argument("--attempt", help="one run of this recipe (with --set overrides), for a recipe search")
     p.add_argument("--seconds", type=float, default=0.0, help="--attempt: a max_seconds budget")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -210,7 +212,7 @@ def main() -> None:
     args = p.parse_args()
     set_threads(args.threads)
     if args.profile:
-        profile(args, args.set)
+        profile(args, args.profile, args.set)
         return
     if args.attempt:
         run(args.attempt, args, args.target, args.seconds, args.set)

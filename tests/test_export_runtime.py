@@ -354,6 +354,34 @@ def test_cache_is_a_value_that_can_fork(exported):
     assert np.array_equal(a, a2) and not np.array_equal(a, b)
 
 
+def test_kept_logits_stay_as_returned_while_the_step_reuses_its_bound_arrays(exported):
+    """A decode step writes its ids, length and logits into arrays bound once: what a caller kept from
+    earlier steps must not change, and every step (one token, a chunk, one token again, a batch) must
+    equal a whole-sequence pass."""
+    m = Model(exported)
+    ids = np.random.default_rng(4).integers(0, m.vocab_size, (1, 24))
+    ref = m.logits(ids)[0]
+    kept, snapshots = [], []
+    logits, cache = m.step(ids[:, :6])
+    for t in range(6, 24):
+        width = 3 if t in (10, 11, 12) else 1       # a chunk in the middle rebinds the ids, then back to one
+        if t in (11, 12):
+            continue
+        logits, cache = m.step(ids[:, t:t + width], cache)
+        kept.append((t, width, logits))
+        snapshots.append(logits.copy())
+    for (t, width, logits), snap in zip(kept, snapshots):
+        assert np.array_equal(logits, snap), f"the logits of position {t} changed after later steps"
+        assert np.abs(logits[0] - ref[t:t + width]).max() < 1e-4, t
+    assert len({id(k[2]) for k in kept}) == len(kept)
+    two = np.concatenate([ids, ids[:, ::-1]])
+    ref2 = m.logits(two)
+    _, c2 = m.step(two[:, :8])
+    for t in range(8, 12):
+        step_logits, c2 = m.step(two[:, t:t + 1], c2)
+        assert np.abs(step_logits[:, 0] - ref2[:, t]).max() < 1e-4, t
+
+
 @pytest.mark.parametrize("kw", [
     dict(n_embd=64, n_head=4, n_kv_head=2, pos_encoding="rope", mlp="gelu_tanh"),   # head_dim 16: the operator rotates
     dict(n_embd=32, n_head=4, pos_encoding="rope", norm="rmsnorm", mlp="swiglu", bias=False, qkv_bias=True),
