@@ -17,7 +17,8 @@ step: the bytes it must read (every weight matrix, the head included, one embedd
 cache at that context) over the read bandwidth measured in the same run (a 256 MB sum on the bench's
 threads; the copy bandwidth is printed too). Weights are random-init (speed does not depend on them;
 the port is checked by comparing logits). Each figure is the median of several
-whole generations, the variants interleaved so the machine's drift hits all alike; ms/token is the
+whole generations, the variants interleaved (the order rotated each repeat, a pause before each) so the
+machine's drift hits all alike and no variant runs in another's wake; ms/token is the
 whole generation (prefill included) divided by 200.
 """
 
@@ -32,6 +33,7 @@ from pathlib import Path
 from common import default_data_dir, quiet_transformers, set_threads
 
 PROMPT, NEW = 20, 200
+PAUSE_S = 0.5          # idle time before each timed variant (see the loop in bench_shape)
 
 
 def port_to_transformers(model):
@@ -193,13 +195,19 @@ def bench_shape(name, mcfg, tokenizer, threads, repeats, goal, bandwidth):
                                 generator=torch.Generator().manual_seed(2))
     times = {k: [] for k in variants}
     late = {k: [] for k in variants}
-    for _ in range(repeats):
-        for k, f in variants.items():
+    names = list(variants)
+    for r in range(repeats):
+        # the order rotates each repeat, and each variant starts after a pause: torch's OpenMP threads spin
+        # for a while after its last call, and on 2 cores that slowed whatever ran next by 5-12 %
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            f = variants[k]
+            time.sleep(PAUSE_S)
             t0 = time.perf_counter()
             for _ in f(prompt, NEW):
                 pass
             times[k].append(time.perf_counter() - t0)
             if f is hf_generate:        # no per-token stamps from a plain call: the last 20 steps by difference
+                time.sleep(PAUSE_S)
                 t0 = time.perf_counter()
                 for _ in f(long_prompt, NEW - 20):
                     pass
@@ -209,6 +217,7 @@ def bench_shape(name, mcfg, tokenizer, threads, repeats, goal, bandwidth):
                 t2 = time.perf_counter()
                 late[k].append(((t2 - t1) - (t1 - t0)) / 20)
                 continue
+            time.sleep(PAUSE_S)
             stamps = [time.perf_counter()]
             for _ in f(long_prompt, NEW):
                 stamps.append(time.perf_counter())
