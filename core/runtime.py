@@ -137,16 +137,14 @@ class _Buffers:
         else:
             self._ids[...] = ids
         self._length[...] = length
-        shape = (*ids.shape, graph.vocab)
-        if ids.shape[1] == 1 and self._logits is not None and self._logits.shape == shape \
-                and self._logits.dtype == graph.logits_dtype:
-            graph.session.run_with_iobinding(io)
-            return self._logits.copy()
-        logits = np.empty(shape, graph.logits_dtype)
-        io.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
-        self._logits = logits if ids.shape[1] == 1 else None
+        shape, one = (*ids.shape, graph.vocab), ids.shape[1] == 1
+        logits = self._logits if one else None        # its dtype is this session's: binding() resets it
+        if logits is None or logits.shape != shape:
+            logits = np.empty(shape, graph.logits_dtype)
+            io.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
+            self._logits = logits if one else None
         graph.session.run_with_iobinding(io)
-        return logits.copy() if self._logits is not None else logits
+        return logits.copy() if one else logits
 
 
 @dataclass(frozen=True)
